@@ -1,0 +1,1 @@
+"""Datasets: synthetic data models of the papers and real images by name."""

@@ -1,0 +1,105 @@
+"""Every figure of rankbias, in one style (matplotlib, Agg backend).
+
+Figures are meant for a paper: labelled axes with units, legends, error bars
+over seeds. Each function takes plain data (lists / dicts from a summary) and a
+path, writes a PNG and returns the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["figure", "save", "style", "line_with_band", "distributions_by_group"]
+
+STYLE = {
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+@contextlib.contextmanager
+def style():
+    with plt.rc_context(STYLE):
+        yield
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, **kw):
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), **kw)
+    return fig, axes
+
+
+def save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as PNG atomically and close it."""
+    import io
+
+    from rankbias.runs import atomic_write_bytes
+
+    path = Path(path)
+    buf = io.BytesIO()
+    with style():
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def line_with_band(
+    ax,
+    x: Sequence[float],
+    mean: Sequence[float],
+    std: Sequence[float] | None = None,
+    *,
+    label: str | None = None,
+    marker: str = "o",
+    **kw,
+):
+    """A line with error bars (std over seeds/draws)."""
+    x, mean = np.asarray(x, float), np.asarray(mean, float)
+    if std is None:
+        return ax.plot(x, mean, marker=marker, label=label, **kw)
+    return ax.errorbar(x, mean, yerr=np.asarray(std, float), marker=marker, capsize=3, label=label, **kw)
+
+
+def distributions_by_group(
+    groups: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    title: str,
+    bins: int = 40,
+    legend_title: str | None = None,
+) -> Path:
+    """Overlaid density histograms, one per group (e.g. depth), with each group's median marked."""
+    fig, ax = figure(width=5.2, height=3.4)
+    cmap = plt.get_cmap("viridis")
+    all_vals = np.concatenate([np.asarray(v, float) for v in groups.values()])
+    lo, hi = float(all_vals.min()), float(all_vals.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    for i, (name, vals) in enumerate(groups.items()):
+        c = cmap(i / max(len(groups) - 1, 1))
+        vals = np.asarray(vals, float)
+        ax.hist(vals, bins=edges, density=True, histtype="stepfilled", alpha=0.35, color=c)
+        ax.hist(vals, bins=edges, density=True, histtype="step", color=c, label=name)
+        ax.axvline(np.median(vals), color=c, lw=1, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(title=legend_title, ncols=2)
+    return save(fig, path)

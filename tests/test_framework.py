@@ -1,0 +1,79 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+import rankbias
+from rankbias.config import ConfigError
+
+
+def test_run_experiment_writes_run_directory_and_is_deterministic(tmp_path):
+    over = {"n": 8, "depths": [1, 2, 4], "draws": 50}
+    a = rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path / "a")
+    b = rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path / "b")
+    assert a == b
+    for f in ("config.json", "metrics.csv", "summary.json", "report.md", "figures/entropy_rank_by_depth.png"):
+        assert (tmp_path / "a" / f).exists(), f
+    assert [r["depth"] for r in a["per_depth"]] == [1, 2, 4]
+    assert set(a["per_depth"][0]) >= {"depth", "mean", "median", "q05", "q95"}
+    assert a["verdict"]["holds"] is True
+
+
+def test_completed_run_is_not_recomputed(tmp_path):
+    over = {"n": 8, "depths": [1, 2], "draws": 20}
+    rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path)
+    mtime = (tmp_path / "summary.json").stat().st_mtime_ns
+    rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path)
+    assert (tmp_path / "summary.json").stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="different config"):
+        rankbias.run_experiment("depth-rank-init", {**over, "n": 9}, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"nope": 1}, r"unknown key\(s\) \['nope'\].*depths"),
+        ({"n": "big"}, r"n: got 'big'.*expected int"),
+        ({"init": "laplace"}, r"init: .*one of 'normal', 'uniform'"),
+        ({"depths": [4, 2]}, r"depths: .*strictly increasing"),
+        ({"draws": 1}, r"draws: got 1; accepted: an int >= 2"),
+    ],
+)
+def test_bad_config_is_a_clear_error_before_compute(over, match, tmp_path):
+    with pytest.raises(ConfigError, match=f"(?s){match}"):
+        rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_unknown_experiment_and_preset():
+    with pytest.raises(ConfigError, match="accepted: .*depth-rank-init"):
+        rankbias.run_experiment("nope")
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; accepted: quick, paper"):
+        rankbias.run_experiment("depth-rank-init", preset="huge")
+
+
+def test_cli_version_list_run(tmp_path):
+    exe = [sys.executable, "-m", "rankbias.cli"]
+    out = subprocess.run([*exe, "--version"], capture_output=True, text=True, check=True).stdout
+    assert rankbias.__version__ in out
+    out = subprocess.run([*exe, "list"], capture_output=True, text=True, check=True).stdout
+    assert "depth-rank-init" in out
+    r = subprocess.run(
+        [*exe, "run", "depth-rank-init", "--set", "n=6", "--set", "depths=1,3", "--set", "draws=10",
+         "--out", str(tmp_path), "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(r.stdout)["per_depth"][1]["depth"] == 3
+    r = subprocess.run([*exe, "run", "depth-rank-init", "--set", "n=x"], capture_output=True, text=True)
+    assert r.returncode == 2 and "n: got 'x'" in r.stderr
+
+
+def test_importing_measures_pulls_no_plotting_or_cli():
+    code = (
+        "import sys, rankbias; rankbias.effective_rank([[1.0, 0], [0, 1]]);"
+        "bad = [m for m in ('matplotlib', 'rankbias.cli', 'ray', 'pandas', 'rankbias.experiments') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
