@@ -161,7 +161,7 @@ def _reproduce_markdown(out_dir, entries, env) -> str:
             lines += [f"![{fig.stem}]({rel})", ""]
         if e.get("config") is not None:
             lines += ["<details><summary>config</summary>", "", "```json",
-                      json.dumps(e["config"], indent=2), "```", "", "</details>", ""]
+                      _config_json(e["config"]), "```", "", "</details>", ""]
         if e.get("run_dir"):
             lines += [f"Run directory: `{os.path.relpath(e['run_dir'], out_dir)}`", ""]
     lines += ["## Environment", "", _environment_markdown(entries, env)]
@@ -170,8 +170,14 @@ def _reproduce_markdown(out_dir, entries, env) -> str:
 
 def _environment_rows(env) -> list[dict]:
     rows = [{"item": k, "value": v} for k, v in env.items() if k not in ("packages", "wall_time_s")]
-    rows += [{"item": k, "value": v} for k, v in (env.get("packages") or {}).items()]
+    rows += [{"item": k, "value": v} for k, v in (env.get("packages") or {}).items() if k not in env]
     return rows
+
+
+def _config_json(config: Mapping[str, Any]) -> str:
+    """One field per line, lists kept on one line."""
+    body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in config.items())
+    return "{\n" + body + "\n}"
 
 
 def _environment_markdown(entries, env) -> str:
@@ -253,7 +259,7 @@ def _reproduce_html(entries, env) -> str:
                          f"<figcaption>{esc(fig.stem)}</figcaption></figure>")
         if e.get("config") is not None:
             parts.append("<details><summary>config</summary><pre>"
-                         + esc(json.dumps(e["config"], indent=2)) + "</pre></details>")
+                         + esc(_config_json(e["config"])) + "</pre></details>")
         parts.append("</section>")
     timing = [{"experiment": e["name"], "status": e["status"], "compute wall time": _seconds(e.get("wall_time_s")),
                "this invocation": _seconds(e.get("run_wall_time_s")), "cached": e.get("cached", False)}

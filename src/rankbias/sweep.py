@@ -211,6 +211,8 @@ class SweepPoint:
     """Its run directory's name under ``points/``: the config hash, or ``invalid-<hash>``."""
     error: str | None = None
     """Why the config is invalid (None for a valid point)."""
+    config: dict[str, Any] | None = None
+    """The validated config (None for an invalid point)."""
 
     @property
     def valid(self) -> bool:
@@ -258,12 +260,12 @@ def expand_grid(
             if seed is not None:
                 ov[sfield] = seed if sfield == "seed" else [seed]
             try:
-                cfg = build_config(name, ov, preset)
-                key, error = config_hash({"experiment": name, "config": cfg.to_dict()}), None
+                cfg = build_config(name, ov, preset).to_dict()
+                key, error = config_hash({"experiment": name, "config": cfg}), None
             except ConfigError as e:
                 key = "invalid-" + config_hash({"experiment": name, "preset": preset, "overrides": ov})
-                error = str(e)
-            points.append(SweepPoint(len(points), settings, seed, ov, key, error))
+                cfg, error = None, str(e)
+            points.append(SweepPoint(len(points), settings, seed, ov, key, error, cfg))
     return points
 
 
@@ -481,10 +483,14 @@ def _default_sweep_dir(name: str, spec: Mapping[str, Any]) -> Path:
 
 
 def _aggregate(
-    points: Sequence[SweepPoint], results: Mapping[str, dict], has_seed: bool
+    name: str, points: Sequence[SweepPoint], root: Path, results: dict[str, dict], has_seed: bool
 ) -> list[dict[str, Any]]:
     rows = []
     for p in points:
+        if p.valid and p.key not in results:  # finished just before an interrupt reached us
+            done = RunDir(root / p.key).completed_summary({"experiment": name, "config": p.config})
+            if done is not None:
+                results[p.key] = {"status": "done", "summary": done}
         row: dict[str, Any] = {"point": p.key}
         row.update({k: _cell(v) for k, v in p.settings.items()})
         if has_seed:
@@ -576,8 +582,7 @@ def run_sweep(
             continue
         if p.key in results or p.key in queued:
             continue  # two grid points with the same config: run once
-        cfg = build_config(name, p.overrides, preset)
-        done = run.completed_summary({"experiment": name, "config": cfg.to_dict()})
+        done = run.completed_summary({"experiment": name, "config": p.config})
         if done is not None:
             results[p.key] = {"status": "done", "summary": done}
         else:
@@ -616,7 +621,7 @@ def run_sweep(
     finally:
         bar.close()
         # also on Ctrl-C: what finished is aggregated, the rest is marked pending
-        rows = _aggregate(points, results, has_seed)
+        rows = _aggregate(name, points, root, results, has_seed)
         sweep_dir.write_csv("results.csv", rows)
         if timing:
             sweep_dir.write_csv("timing.csv", timing)
