@@ -51,6 +51,18 @@ class NoSeedConfig(Config):
     """A value."""
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchedConfig(Config):
+    x: float = 1.0
+    """A value."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
+    """Seeds, trained as one batch."""
+
+
+def batched_run(cfg: BatchedConfig, run) -> dict:
+    return {"verdict": {"holds": True, "n_seeds": len(cfg.seeds), "seed_sum": sum(cfg.seeds) * cfg.x}}
+
+
 def toy_run(cfg: ToyConfig, run) -> dict:
     if cfg.x == 13:
         raise RuntimeError("unlucky x=13")
@@ -67,7 +79,10 @@ def toy_experiments():
     registry.register("zz-toy-fails", description="always fails", config_cls=NoSeedConfig,
                       presets={"quick": {}}, claim="never checked")(
         lambda cfg, run: (_ for _ in ()).throw(ValueError("this experiment is broken")))
+    registry.register("zz-toy-batched", description="seeds list", config_cls=BatchedConfig,
+                      presets={"quick": {}}, claim="")(batched_run)
     yield
+    registry._REGISTRY.pop("zz-toy-batched", None)
     registry._REGISTRY.pop("zz-toy", None)
     registry._REGISTRY.pop("zz-toy-fails", None)
 
@@ -134,6 +149,18 @@ def test_flatten_summary():
         "verdict.holds": True, "verdict.by.a": 1, "short[0]": 1, "short[1]": 2,
         "per_other[0].k": 1, "per_other[1].k": 2, "name": "x",
     }
+
+
+def test_seeds_list_experiment_split_or_batched(tmp_path, toy_experiments):
+    split = run_sweep("zz-toy-batched", {"x": [1, 2]}, "0-2", out_dir=tmp_path / "s", progress=False)
+    assert [(r["x"], r["seed"], r["verdict.n_seeds"], r["verdict.seed_sum"]) for r in split.rows] == [
+        (1, 0, 1, 0), (1, 1, 1, 1), (1, 2, 1, 2), (2, 0, 1, 0), (2, 1, 1, 2), (2, 2, 1, 4)]
+    batched = run_sweep("zz-toy-batched", {"x": [1, 2]}, "0-2", out_dir=tmp_path / "b", batch_seeds=True,
+                        progress=False)
+    assert [(r["x"], r["seeds"], r["verdict.n_seeds"], r["verdict.seed_sum"]) for r in batched.rows] == [
+        (1, "[0, 1, 2]", 3, 3), (2, "[0, 1, 2]", 3, 6)]
+    with pytest.raises(ConfigError, match="batched seeds need a `seeds` list field; zz-toy has seed"):
+        run_sweep("zz-toy", {"x": [1]}, "0-1", batch_seeds=True, out_dir=tmp_path / "x")
 
 
 # ------------------------------------------------------------------ sweeps

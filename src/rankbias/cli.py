@@ -94,6 +94,7 @@ def cmd_sweep(args) -> int:
             args.name, args.grid, args.seeds, preset=args.preset, overrides=_parse_sets(args.set),
             out_dir=args.out, backend=args.backend, workers=args.workers, address=args.address,
             cpus_per_point=args.cpus_per_point, gpus_per_point=args.gpus_per_point, metrics=args.metric,
+            batch_seeds=args.batch_seeds,
         )
     except MissingDependency as e:
         print(f"rankbias: error: {e}", file=sys.stderr)
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a swept config field and its values (repeatable); list values as [1,2],[1,4]")
     sp.add_argument("--seeds", default=None, metavar="0-4",
                     help="seeds (0-4, 0,2,5): one run each, into the experiment's seed or seeds field")
+    sp.add_argument("--batch-seeds", action="store_true",
+                    help="experiments with a seeds list: all seeds in one run per grid point")
     sp.add_argument("--preset", default="quick", help="preset every point starts from")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field at every point (repeatable)")

@@ -31,6 +31,10 @@ run (so runs parallelise over seeds and results have a row per seed):
 * a config with neither cannot take ``seeds`` (an error); without ``seeds`` each
   point runs with the seed of its preset / overrides.
 
+With ``batch_seeds=True`` (``--batch-seeds``) a ``seeds`` experiment instead gets
+all the seeds in one run per grid point (faster where the experiment trains its
+seeds as one batch); rows are then one per grid point with a ``seeds`` column.
+
 The results aggregate into ``DIR/results.csv``: a row per grid point and seed,
 in grid order (independent of the order in which points finished), with the
 swept settings, ``seed``, ``status``, ``error``, ``run_dir`` and every scalar of
@@ -226,8 +230,13 @@ def expand_grid(
     *,
     preset: str = "quick",
     overrides: Mapping[str, Any] | None = None,
+    batch_seeds: bool = False,
 ) -> list[SweepPoint]:
     """Every point of the sweep, each validated (an invalid one carries its error).
+
+    ``batch_seeds=True`` (only for a ``seeds: list`` experiment) gives each grid
+    point all the seeds in one run, which the experiment batches; its rows are
+    then one per grid point, with the experiment's own spread over seeds.
 
     Mistakes that would fail every point (unknown experiment, preset or grid key;
     seeds for an experiment without a seed field) raise ConfigError at once.
@@ -251,14 +260,18 @@ def expand_grid(
         for where, keys in (("--grid", grid), ("--set", overrides)):
             if sfield in keys:
                 raise ConfigError(f"give the seeds either with --seeds or with {where} {sfield}=..., not both")
+    if batch_seeds and sfield != "seeds":
+        raise ConfigError(f"batched seeds need a `seeds` list field; {name} has {sfield or 'no seed field'}")
     points = []
-    seed_axis: list[int | None] = list(seeds) if seeds is not None else [None]
+    seed_axis: list[int | None] = list(seeds) if seeds is not None and not batch_seeds else [None]
     for combo in itertools.product(*grid.values()):
         settings = dict(zip(grid, combo))
         for seed in seed_axis:
             ov = {**overrides, **settings}
             if seed is not None:
                 ov[sfield] = seed if sfield == "seed" else [seed]
+            elif batch_seeds and seeds is not None:
+                ov[sfield] = list(seeds)
             try:
                 cfg = build_config(name, ov, preset).to_dict()
                 key, error = config_hash({"experiment": name, "config": cfg}), None
@@ -329,6 +342,12 @@ def _pool_init(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def _mark_running(root: Path, name: str, p: SweepPoint) -> Path:
+    """status.json says ``running`` while a point is out; a killed sweep leaves it so (and reruns it)."""
+    RunDir(root / p.key).write_json("status.json", _status_record(p, name, {"status": "running"}))
+    return root / p.key
+
+
 def _run_local_pool(
     name: str, preset: str, todo: Sequence[SweepPoint], root: Path, workers: int, threads: int | None
 ) -> Iterator[tuple[SweepPoint, dict]]:
@@ -340,7 +359,8 @@ def _run_local_pool(
                                   initializer=_pool_init, initargs=(threads,))
     try:
         futures = {
-            pool.submit(execute_point, name, preset, p.overrides, str(root / p.key)): p for p in todo
+            pool.submit(execute_point, name, preset, p.overrides, str(_mark_running(root, name, p))): p
+            for p in todo
         }
         for fut in cf.as_completed(futures):
             p = futures[fut]
@@ -380,6 +400,15 @@ def _run_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            # a local instance does not autoscale: a point that can never fit would wait forever
+            have = ray.cluster_resources()
+            for res, need in (("CPU", cpus_per_point), ("GPU", gpus_per_point)):
+                if need > have.get(res, 0):
+                    ray.shutdown()
+                    raise ConfigError(
+                        f"{res.lower()}s_per_point={need} but the local Ray instance has "
+                        f"{have.get(res, 0):g} {res}(s); lower it or pass --address of a cluster that has them"
+                    )
         started = True
     task = ray.remote(_ray_execute_point).options(
         num_cpus=cpus_per_point, num_gpus=gpus_per_point, name=f"rankbias:{name}"
@@ -387,7 +416,10 @@ def _run_ray(
     threads = max(1, int(math.ceil(cpus_per_point)))
     pending = {}
     try:
-        pending = {task.remote(name, preset, p.overrides, threads): p for p in todo}
+        pending = {}
+        for p in todo:
+            _mark_running(root, name, p)
+            pending[task.remote(name, preset, p.overrides, threads)] = p
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -483,7 +515,8 @@ def _default_sweep_dir(name: str, spec: Mapping[str, Any]) -> Path:
 
 
 def _aggregate(
-    name: str, points: Sequence[SweepPoint], root: Path, results: dict[str, dict], has_seed: bool
+    name: str, points: Sequence[SweepPoint], root: Path, results: dict[str, dict], has_seed: bool,
+    seeds_batched: bool = False,
 ) -> list[dict[str, Any]]:
     rows = []
     for p in points:
@@ -495,6 +528,8 @@ def _aggregate(
         row.update({k: _cell(v) for k, v in p.settings.items()})
         if has_seed:
             row["seed"] = p.seed
+        elif "seeds" in p.overrides and p.seed is None and seeds_batched:
+            row["seeds"] = _cell(p.overrides["seeds"])
         res = results.get(p.key)
         if not p.valid:
             row.update(status="invalid", error=p.error.replace("\n", " "))
@@ -533,6 +568,7 @@ def run_sweep(
     cpus_per_point: float = 1.0,
     gpus_per_point: float = 0.0,
     metrics: Sequence[str] | None = None,
+    batch_seeds: bool = False,
     progress: bool | None = None,
 ) -> SweepResult:
     """Run experiment ``name`` at every grid point and seed; resumable (see the module doc).
@@ -550,6 +586,8 @@ def run_sweep(
             ``gpus_per_point > 0`` should also set ``device=cuda``).
         metrics: results.csv columns to plot against each swept key (default:
             ``verdict.holds`` and the verdict's numbers that vary).
+        batch_seeds: give a ``seeds``-list experiment all seeds in one run per grid
+            point (it batches them) instead of one run per seed.
         progress: show a bar (None: only on a terminal).
     """
     if backend not in ("local", "ray"):
@@ -562,11 +600,11 @@ def run_sweep(
         )
     if backend == "ray":
         _import_ray()  # fail before any work when Ray is missing
-    points = expand_grid(name, grid, seeds, preset=preset, overrides=overrides)
+    points = expand_grid(name, grid, seeds, preset=preset, overrides=overrides, batch_seeds=batch_seeds)
     grid_keys = list(points[0].settings) if points else []
-    has_seed = seeds is not None
+    has_seed = seeds is not None and not batch_seeds
     spec = {"experiment": name, "preset": preset, "overrides": dict(overrides or {}),
-            "grid": parse_grid(grid or {}), "seeds": parse_seeds(seeds)}
+            "grid": parse_grid(grid or {}), "seeds": parse_seeds(seeds), "batch_seeds": batch_seeds}
     out = Path(out_dir) if out_dir is not None else _default_sweep_dir(name, spec)
     sweep_dir = RunDir(out)
     sweep_dir.write_json("sweep.json", {**spec, "points": len(points)})
@@ -596,15 +634,13 @@ def run_sweep(
     bar = tqdm(total=n_unique, initial=len(results), desc=f"sweep {name}", unit="point",
                disable=None if progress is None else not progress, dynamic_ncols=True)
     try:
-        for p in todo:
-            RunDir(root / p.key).write_json("status.json", _status_record(p, name, {"status": "running"}))
         if backend == "ray":
             stream = _run_ray(name, preset, todo, root, address=address, workers=workers if workers > 1 else None,
                               cpus_per_point=cpus_per_point, gpus_per_point=gpus_per_point)
         elif workers > 1 and len(todo) > 1:
             stream = _run_local_pool(name, preset, todo, root, min(workers, len(todo)), None)
         else:
-            stream = ((p, execute_point(name, preset, p.overrides, root / p.key)) for p in todo)
+            stream = ((p, execute_point(name, preset, p.overrides, _mark_running(root, name, p))) for p in todo)
         for p, res in stream:
             run = RunDir(root / p.key)
             if res.get("traceback"):
@@ -621,7 +657,7 @@ def run_sweep(
     finally:
         bar.close()
         # also on Ctrl-C: what finished is aggregated, the rest is marked pending
-        rows = _aggregate(name, points, root, results, has_seed)
+        rows = _aggregate(name, points, root, results, has_seed, seeds_batched=seeds is not None and batch_seeds)
         sweep_dir.write_csv("results.csv", rows)
         if timing:
             sweep_dir.write_csv("timing.csv", timing)
