@@ -94,7 +94,7 @@ def cmd_sweep(args) -> int:
             args.name, args.grid, args.seeds, preset=args.preset, overrides=_parse_sets(args.set),
             out_dir=args.out, backend=args.backend, workers=args.workers, address=args.address,
             cpus_per_point=args.cpus_per_point, gpus_per_point=args.gpus_per_point, metrics=args.metric,
-            batch_seeds=args.batch_seeds,
+            batch_seeds=args.batch_seeds, ray_ship_code=args.ray_ship_code,
         )
     except MissingDependency as e:
         print(f"rankbias: error: {e}", file=sys.stderr)
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1,
                     help="local: parallel processes (1 = in this process); ray: CPUs of a new local instance")
     sp.add_argument("--address", default=None, help="ray: address of an existing cluster (e.g. auto, host:6379)")
+    sp.add_argument("--ray-ship-code", action="store_true",
+                    help="ray: upload this rankbias to the workers (else each node needs it installed)")
     sp.add_argument("--cpus-per-point", type=float, default=1.0, help="ray: CPUs reserved per point")
     sp.add_argument("--gpus-per-point", type=float, default=0.0,
                     help="ray: GPUs reserved per point (also --set device=cuda)")

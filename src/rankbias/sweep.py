@@ -304,8 +304,14 @@ def execute_point(
         }
 
 
-def _ray_execute_point(name: str, preset: str, overrides: dict, threads: int | None) -> dict:
+def _ray_execute_point(name: str, preset: str, overrides: dict, threads: int | None, version: str) -> dict:
     """A Ray task: run into the worker's scratch space and ship the files back (no shared FS needed)."""
+    import rankbias
+
+    if rankbias.__version__ != version:
+        return {"status": "failed", "files": {}, "wall_time_s": None,
+                "error": f"the Ray worker has rankbias {rankbias.__version__}, the sweep {version}: "
+                         "install the same version on every node (or use --ray-ship-code)"}
     with tempfile.TemporaryDirectory(prefix="rankbias-point-") as tmp:
         res = execute_point(name, preset, overrides, tmp, threads)
         root = Path(tmp)
@@ -313,6 +319,19 @@ def _ray_execute_point(name: str, preset: str, overrides: dict, threads: int | N
             p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
         }
     return res
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _ray_error_message(e: BaseException) -> str:
+    """The informative last line of a Ray error, with a hint when the worker lacks rankbias."""
+    lines = [ln.strip() for ln in _strip_ansi(str(e)).splitlines() if ln.strip()]
+    msg = f"ray task failed: {lines[-1] if lines else type(e).__name__}"
+    if "No module named 'rankbias" in msg:
+        msg += " (install rankbias on every Ray node, or pass --ray-ship-code to upload it)"
+    return msg
 
 
 def _write_shipped_files(run: RunDir, files: Mapping[str, bytes]) -> None:
@@ -392,14 +411,37 @@ def _run_ray(
     workers: int | None,
     cpus_per_point: float,
     gpus_per_point: float,
+    ship_code: bool = False,
 ) -> Iterator[tuple[SweepPoint, dict]]:
+    import rankbias
+
     ray = _import_ray()
     started = False
     if not ray.is_initialized():
+        # ship_code uploads this rankbias to the workers instead of relying on the nodes' install
+        runtime_env = {"py_modules": [rankbias]} if ship_code else None
         if address:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+            except ConnectionError as e:
+                raise ConfigError(
+                    f"address: cannot connect to a Ray cluster at {address!r} ({e}); start one with "
+                    "`ray start --head` and pass the address it prints (or 'auto' on a cluster node), "
+                    "or omit --address for a local instance"
+                ) from None
+            have = ray.cluster_resources()
+            for res, need in (("CPU", cpus_per_point), ("GPU", gpus_per_point)):
+                if need > have.get(res, 0):
+                    import warnings
+
+                    warnings.warn(
+                        f"the Ray cluster at {address!r} has {have.get(res, 0):g} {res}(s) but each point asks "
+                        f"for {need}: the points wait until nodes with them join (autoscaling)",
+                        RuntimeWarning, stacklevel=2,
+                    )
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     runtime_env=runtime_env)
             # a local instance does not autoscale: a point that can never fit would wait forever
             have = ray.cluster_resources()
             for res, need in (("CPU", cpus_per_point), ("GPU", gpus_per_point)):
@@ -419,7 +461,7 @@ def _run_ray(
         pending = {}
         for p in todo:
             _mark_running(root, name, p)
-            pending[task.remote(name, preset, p.overrides, threads)] = p
+            pending[task.remote(name, preset, p.overrides, threads, rankbias.__version__)] = p
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -427,9 +469,9 @@ def _run_ray(
                 try:
                     res = ray.get(ref)
                     _write_shipped_files(RunDir(root / p.key), res.pop("files"))
-                except ray.exceptions.RayError as e:  # the task's worker died
-                    res = {"status": "failed", "error": f"ray task failed: {type(e).__name__}: {e}",
-                           "traceback": traceback.format_exc(), "wall_time_s": None}
+                except ray.exceptions.RayError as e:  # the worker died, or could not import rankbias
+                    res = {"status": "failed", "error": _ray_error_message(e),
+                           "traceback": _strip_ansi(traceback.format_exc()), "wall_time_s": None}
                 yield p, res
     finally:
         for ref in pending:
@@ -569,6 +611,7 @@ def run_sweep(
     gpus_per_point: float = 0.0,
     metrics: Sequence[str] | None = None,
     batch_seeds: bool = False,
+    ray_ship_code: bool = False,
     progress: bool | None = None,
 ) -> SweepResult:
     """Run experiment ``name`` at every grid point and seed; resumable (see the module doc).
@@ -586,6 +629,9 @@ def run_sweep(
             ``gpus_per_point > 0`` should also set ``device=cuda``).
         metrics: results.csv columns to plot against each swept key (default:
             ``verdict.holds`` and the verdict's numbers that vary).
+        ray_ship_code: upload this process's rankbias package to the Ray workers
+            (Ray ``runtime_env`` ``py_modules``); otherwise every node needs the
+            same rankbias version installed (checked per task).
         batch_seeds: give a ``seeds``-list experiment all seeds in one run per grid
             point (it batches them) instead of one run per seed.
         progress: show a bar (None: only on a terminal).
@@ -636,9 +682,13 @@ def run_sweep(
     try:
         if backend == "ray":
             stream = _run_ray(name, preset, todo, root, address=address, workers=workers if workers > 1 else None,
-                              cpus_per_point=cpus_per_point, gpus_per_point=gpus_per_point)
+                              cpus_per_point=cpus_per_point, gpus_per_point=gpus_per_point,
+                              ship_code=ray_ship_code)
         elif workers > 1 and len(todo) > 1:
-            stream = _run_local_pool(name, preset, todo, root, min(workers, len(todo)), None)
+            n_proc = min(workers, len(todo))
+            # share the cores instead of oversubscribing them (torch would take all of them in each process)
+            threads = max(1, (os.cpu_count() or 1) // n_proc)
+            stream = _run_local_pool(name, preset, todo, root, n_proc, threads)
         else:
             stream = ((p, execute_point(name, preset, p.overrides, _mark_running(root, name, p))) for p in todo)
         for p, res in stream:
