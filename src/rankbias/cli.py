@@ -103,9 +103,11 @@ def cmd_sweep(args) -> int:
     print(f"{args.name}: {len(res.rows)} runs ({counts}); results: {res.results_csv}")
     for fig in res.figures:
         print(f"  figure: {fig}")
-    for r in res.rows:
-        if r["status"] in ("failed", "invalid"):
-            print(f"  {r['status']}: {r['run_dir']}: {r['error']}", file=sys.stderr)
+    bad = [r for r in res.rows if r["status"] in ("failed", "invalid")]
+    for r in bad[:10]:
+        print(f"  {r['status']}: {r['run_dir']}: {r['error']}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"  ... and {len(bad) - 10} more (see the status column of results.csv)", file=sys.stderr)
     return 0 if res.ok else 1
 
 

@@ -127,7 +127,7 @@ def write_reproduce_report(out_dir, entries: Sequence[Mapping[str, Any]], env: M
 def _overview_rows(entries) -> list[dict]:
     rows = []
     for e in entries:
-        note = e.get("reason") or (e.get("error") or "").strip().split("\n")[0]
+        note = (e.get("reason") or (e.get("error") or "").strip().split("\n")[0]).replace("|", "/")
         rows.append({"experiment": e["name"], "verdict": e["verdict"],
                      "wall time": _seconds(e.get("wall_time_s")) + (" (cached)" if e.get("cached") else ""),
                      "note": note})
