@@ -729,7 +729,8 @@ def _as_number(v: Any) -> float | None:
 
 
 def default_metrics(rows: Sequence[Mapping[str, Any]], limit: int = 4) -> list[str]:
-    """``verdict.holds`` and the numeric verdict columns that vary over the points, else any numeric ones."""
+    """``verdict.holds`` and up to ``limit - 1`` numeric verdict columns that vary over the points
+    (spread over them when there are more), else any numeric columns that vary."""
     done = [r for r in rows if r.get("status") == "done"]
     if not done:
         return []
@@ -745,8 +746,11 @@ def default_metrics(rows: Sequence[Mapping[str, Any]], limit: int = 4) -> list[s
     pool = [c for c in cols if c.startswith("verdict.") and c != "verdict.holds"]
     if not pool:
         pool = [c for c in cols if c not in chosen]
-    chosen += [c for c in pool if numeric_and_varying(c)][: limit - len(chosen)]
-    return chosen
+    varying = [c for c in pool if numeric_and_varying(c)]
+    room = limit - len(chosen)
+    if len(varying) > room:  # spread the picks over the list (e.g. the first and the last depth)
+        varying = [varying[round(i * (len(varying) - 1) / max(room - 1, 1))] for i in range(room)]
+    return chosen + varying
 
 
 def plot_sweep(
