@@ -10,7 +10,7 @@ TORCH_PKGS ?= torch==2.9.1 torchvision==0.24.1
 else
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 endif
-EXTRAS ?= dev
+EXTRAS ?= dev,ray
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 OUT    ?= runs/demo
 

@@ -36,12 +36,15 @@ _LAZY = {
     "ConfigError": "rankbias.config",
     "RunDir": "rankbias.runs",
     "train": "rankbias.train",
+    "run_sweep": "rankbias.sweep",
+    "reproduce": "rankbias.sweep",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from rankbias.config import Config, ConfigError
     from rankbias.experiments.registry import experiments, run_experiment
     from rankbias.runs import RunDir
+    from rankbias.sweep import reproduce, run_sweep
     from rankbias.train import train
 
 
@@ -74,4 +77,6 @@ __all__ = [
     "experiments",
     "run_experiment",
     "train",
+    "run_sweep",
+    "reproduce",
 ]

@@ -86,6 +86,47 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from rankbias.sweep import MissingDependency, run_sweep
+
+    try:
+        res = run_sweep(
+            args.name, args.grid, args.seeds, preset=args.preset, overrides=_parse_sets(args.set),
+            out_dir=args.out, backend=args.backend, workers=args.workers, address=args.address,
+            cpus_per_point=args.cpus_per_point, gpus_per_point=args.gpus_per_point, metrics=args.metric,
+            batch_seeds=args.batch_seeds, ray_ship_code=args.ray_ship_code,
+        )
+    except MissingDependency as e:
+        print(f"rankbias: error: {e}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items()))
+    print(f"{args.name}: {len(res.rows)} runs ({counts}); results: {res.results_csv}")
+    for fig in res.figures:
+        print(f"  figure: {fig}")
+    bad = [r for r in res.rows if r["status"] in ("failed", "invalid")]
+    for r in bad[:10]:
+        print(f"  {r['status']}: {r['run_dir']}: {r['error']}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"  ... and {len(bad) - 10} more (see the status column of results.csv)", file=sys.stderr)
+    return 0 if res.ok else 1
+
+
+def cmd_reproduce(args) -> int:
+    from rankbias.sweep import reproduce
+
+    overrides: dict = {}
+    for item in args.set or ():
+        name, sep, rest = item.partition(":")
+        if not sep:
+            raise SystemExit(f"--set expects NAME:key=value, got {item!r}")
+        overrides.setdefault(name.strip(), {}).update(_parse_sets([rest]))
+    res = reproduce(args.preset, args.out, only=args.only, overrides=overrides)
+    for e in res.entries:
+        print(f"{e['name']:<28} {e['verdict']}" + (f"  ({e['error'].splitlines()[0]})" if e.get("error") else ""))
+    print(f"report: {res.report_html}  (and {res.report_md})")
+    return 1 if res.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rankbias import __version__
 
@@ -116,6 +157,40 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read a conv weight (out, in, kh, kw) as out x in*kh*kw (flatten) or per tap")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.set_defaults(func=cmd_measure)
+
+    sp = sub.add_parser("sweep", help="run one experiment over a grid of settings x seeds (resumable)")
+    sp.add_argument("name", help="experiment name (see `rankbias list`)")
+    sp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a swept config field and its values (repeatable); list values as [1,2],[1,4]")
+    sp.add_argument("--seeds", default=None, metavar="0-4",
+                    help="seeds (0-4, 0,2,5): one run each, into the experiment's seed or seeds field")
+    sp.add_argument("--batch-seeds", action="store_true",
+                    help="experiments with a seeds list: all seeds in one run per grid point")
+    sp.add_argument("--preset", default="quick", help="preset every point starts from")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field at every point (repeatable)")
+    sp.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local processes, or Ray tasks (pip install 'rankbias[ray]')")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="local: parallel processes (1 = in this process); ray: CPUs of a new local instance")
+    sp.add_argument("--address", default=None, help="ray: address of an existing cluster (e.g. auto, host:6379)")
+    sp.add_argument("--ray-ship-code", action="store_true",
+                    help="ray: upload this rankbias to the workers (else each node needs it installed)")
+    sp.add_argument("--cpus-per-point", type=float, default=1.0, help="ray: CPUs reserved per point")
+    sp.add_argument("--gpus-per-point", type=float, default=0.0,
+                    help="ray: GPUs reserved per point (also --set device=cuda)")
+    sp.add_argument("--metric", action="append", default=None, metavar="COLUMN",
+                    help="results.csv column to plot per swept key (repeatable; default: the verdict)")
+    sp.add_argument("--out", default=None, help="sweep directory (default runs/sweeps/NAME-HASH)")
+    sp.set_defaults(func=cmd_sweep)
+
+    sp = sub.add_parser("reproduce", help="run every experiment and write the combined report")
+    sp.add_argument("--preset", default="quick", help="quick (minutes on a laptop) or paper")
+    sp.add_argument("--out", default="runs/reproduce", help="output directory (rerun to resume)")
+    sp.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these experiments")
+    sp.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE",
+                    help="override a config field of one experiment (repeatable)")
+    sp.set_defaults(func=cmd_reproduce)
     return p
 
 

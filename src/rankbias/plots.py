@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["figure", "save", "style", "line_with_band", "distributions_by_group"]
+__all__ = ["figure", "save", "style", "line_with_band", "distributions_by_group", "sweep_figure"]
 
 STYLE = {
     "figure.dpi": 110,
@@ -102,4 +102,72 @@ def distributions_by_group(
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(title=legend_title, ncols=2)
+    return save(fig, path)
+
+
+def sweep_figure(
+    series: Mapping[str, Mapping[object, Sequence[Mapping[str, object]]]],
+    metrics: Sequence[str],
+    path: str | Path,
+    *,
+    xlabel: str,
+    title: str,
+    legend_title: str | None = None,
+) -> Path:
+    """Sweep results: a panel per metric against one swept setting, a line per series
+    (the other settings), mean with std error bars over the rows (seeds) at each x.
+
+    ``series`` maps a line label to {x value: rows}; a row maps metric names to
+    numbers (booleans count as 0/1, so ``verdict.holds`` plots as the fraction of
+    seeds for which the claim holds). Numeric x values go on a numeric axis (log
+    when they span 16x or more), others on a categorical one.
+    """
+
+    def num(v):
+        if isinstance(v, bool):
+            return float(v)
+        if isinstance(v, int | float) and np.isfinite(v):
+            return float(v)
+        return np.nan
+
+    xs: list = []
+    for points in series.values():
+        xs.extend(x for x in points if x not in xs)
+    numeric_x = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
+    if numeric_x:
+        xs = sorted(xs)
+        pos = {x: float(x) for x in xs}
+    else:
+        pos = {x: float(i) for i, x in enumerate(xs)}
+    n_seeds = max(len(rows) for points in series.values() for rows in points.values())
+    ncols = min(len(metrics), 2)
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = figure(ncols=ncols, nrows=nrows, width=4.4, height=3.2, squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, metric in zip(axes.flat, metrics):
+        for i, (label, points) in enumerate(series.items()):
+            keys = [x for x in xs if x in points]
+            vals = [np.array([num(r.get(metric)) for r in points[x]], float) for x in keys]
+            mean = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in vals]
+            std = [np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0 for v in vals]
+            color = cmap(i / max(len(series) - 1, 1)) if len(series) > 1 else "C0"
+            line_with_band(ax, [pos[x] for x in keys], mean, std if n_seeds > 1 else None,
+                           label=label or None, color=color)
+        if metric == "verdict.holds":
+            ax.set_ylabel("claim holds (fraction of seeds)")
+            ax.set_ylim(-0.05, 1.05)
+        else:
+            ax.set_ylabel(metric)
+        ax.set_xlabel(xlabel)
+        if numeric_x and xs and min(xs) > 0 and max(xs) / min(xs) >= 16:
+            ax.set_xscale("log")
+        if not numeric_x:
+            ax.set_xticks(list(pos.values()), [str(x) for x in xs])
+            ax.set_xlim(-0.5, len(xs) - 0.5)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    if any(series):
+        axes.flat[0].legend(title=legend_title, fontsize=7)
+    spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed per point"
+    fig.suptitle(f"{title} ({spread})", fontsize=10)
     return save(fig, path)
