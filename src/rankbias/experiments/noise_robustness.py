@@ -98,7 +98,8 @@ class NoiseRobustnessConfig(Config):
         self._require(self.init_std >= 0, "init_std", "a float >= 0")
         self._require(self.q >= 1, "q", "a float >= 1")
         self._require(self.kappa > 0, "kappa", "a float > 0")
-        self._require(1 <= self.batch_size <= self.n_train, "batch_size", "an int in 1..n_train")
+        self._require(self.optimizer == "gd" or 1 <= self.batch_size <= self.n_train, "batch_size",
+                      "an int in 1..n_train with optimizer=sgd")
         self._require(self.log_every >= 1, "log_every", "an int >= 1")
 
 
