@@ -118,16 +118,17 @@ def test_patch_data_orthogonal_noise_and_fixed_position():
 # ----------------------------------------------------------------- network
 
 
-def test_two_layer_cnn_matches_the_formula():
+@pytest.mark.parametrize("q, kappa", [(3.0, 1.0), (2.0, 0.5), (1.0, 1.0), (2.5, 1.5)])
+def test_two_layer_cnn_matches_the_formula(q, kappa):
     torch.manual_seed(0)
     M, n, P, d, m = 2, 5, 3, 4, 3
-    net = TwoLayerCNN(d, m, M, init_std=0.7, dtype=torch.float64)
+    net = TwoLayerCNN(d, m, M, q=q, kappa=kappa, init_std=0.7, dtype=torch.float64)
     x = torch.randn(M, n, P, d, dtype=torch.float64)
     f = net(x)
     W = net.weight.detach()
     for i in range(M):
         for s in range(n):
-            F = [sum(sigma_ref(float(W[i, j, r] @ x[i, s, p]), 3.0, 1.0) for r in range(m) for p in range(P)) / m
+            F = [sum(sigma_ref(float(W[i, j, r] @ x[i, s, p]), q, kappa) for r in range(m) for p in range(P)) / m
                  for j in range(2)]
             assert math.isclose(float(f[i, s].detach()), F[0] - F[1], rel_tol=1e-10, abs_tol=1e-12)
     # the fused activation + pooling backward equals autograd of the plain formula
@@ -135,10 +136,13 @@ def test_two_layer_cnn_matches_the_formula():
     (g,) = torch.autograd.grad(logistic_loss(net(x), y).sum(), net.weight)
     Wr = net.weight.detach().clone().requires_grad_(True)
     z = torch.einsum("inpd,ijrd->injrp", x, Wr)
-    h = torch.where(z <= 0, 0.0, torch.where(z <= 1, z**3 / 3, z - 2 / 3))
+    h = torch.where(z <= 0, 0.0, torch.where(z <= kappa, z.clamp_min(0) ** q / (q * kappa ** (q - 1)),
+                                             z - (1 - 1 / q) * kappa))
     F = h.sum((-1, -2)) / m
     logistic_loss(F[..., 0] - F[..., 1], y).sum().backward()
     torch.testing.assert_close(g, Wr.grad)
+    with torch.no_grad():  # the forward-only path gives the same scores
+        torch.testing.assert_close(net(x), f.detach())
 
 
 def _data(sigmas, seed=0, n=60):

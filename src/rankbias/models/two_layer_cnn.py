@@ -74,29 +74,81 @@ class _HuberizedReLUFn(torch.autograd.Function):
         return grad * _slope(zc, ctx.q, ctx.kappa), None, None
 
 
-class _ActPoolFn(torch.autograd.Function):
-    """(M, n P, 2m) pre-activations -> (M, n, 2) class scores (1/m) sum_{p,r} sigma(z).
+class _Workspace:
+    """Reusable buffers for the layer's dead temporaries (pre-activations, powers).
 
-    Fused so that the backward builds the pre-activation gradient in one pass
-    (slope times the broadcast score gradient) instead of materialising the
-    expanded pooling gradient first.
+    A batched sweep's pre-activations are large (M n P 2m floats); allocating
+    fresh ones for every elementwise step costs page faults that a single
+    model's cache-sized tensors never see. Buffers are keyed by shape and only
+    hold values that are dead when the op that wrote them returns.
+    """
+
+    def __init__(self, max_entries: int = 4):
+        self.bufs: dict[tuple, torch.Tensor] = {}
+        self.max_entries = max_entries
+
+    def get(self, name: str, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        key = (name, shape, like.dtype, like.device)
+        buf = self.bufs.get(key)
+        if buf is None:
+            if len(self.bufs) >= self.max_entries:
+                self.bufs.clear()
+            buf = self.bufs[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
+
+def _layer_forward(x, w, n, P, q, kappa, ws: _Workspace, keep_zc: bool):
+    """x (M, nP, d), w (M, 2m, d) -> class scores (M, n, 2) and clamp(z, 0, kappa)."""
+    M, nP, _ = x.shape
+    m = w.shape[1] // 2
+    shape = (M, nP, 2 * m)
+    z = torch.bmm(x, w.transpose(1, 2), out=ws.get("z", x, shape))  # (M, nP, 2m)
+    zc = torch.clamp(z, 0.0, kappa) if keep_zc else torch.clamp(z, 0.0, kappa, out=ws.get("zc", x, shape))
+    # sigma(z) = (z - kappa)_+ + zc^q / (q kappa^(q-1)), each pooled over (p, r) as it is made
+    F = z.sub_(kappa).clamp_min_(0.0).view(M, n, P, 2, m).sum(dim=(2, 4))
+    t = ws.get("t", x, shape)
+    if q == 3.0:
+        torch.mul(zc, zc, out=t).mul_(zc)
+    else:
+        torch.pow(zc, q, out=t)
+    F.add_(t.view(M, n, P, 2, m).sum(dim=(2, 4)), alpha=1.0 / (q * kappa ** (q - 1)))
+    return F.div_(m), zc
+
+
+class _CNNLayerFn(torch.autograd.Function):
+    """Patches (M, nP, d) and filters (M, 2m, d) -> class scores (M, n, 2):
+    one batched matmul, the Huberised ReLU and sum pooling, fused.
+
+    Saves clamp(z, 0, kappa) only; the backward builds the pre-activation
+    gradient in one pass (slope times the broadcast score gradient, in a reused
+    buffer) and the filter gradient with one batched matmul. No gradient flows
+    to the patches (they are data).
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, n: int, P: int, m: int, q: float, kappa: float):
-        M = z.shape[0]
-        h, zc = _act_and_slope(z, q, kappa)
-        ctx.save_for_backward(zc)
-        ctx.shape, ctx.q, ctx.kappa = (M, n, P, 2, m), q, kappa
-        return h.view(M, n, P, 2, m).sum(dim=(2, 4)).div_(m)  # (M, n, 2)
+    def forward(ctx, x, w, n, P, q, kappa, ws):
+        F, zc = _layer_forward(x, w, n, P, q, kappa, ws, keep_zc=True)
+        ctx.save_for_backward(x, zc)
+        ctx.q, ctx.kappa, ctx.ws, ctx.n, ctx.P = q, kappa, ws, n, P
+        return F
 
     @staticmethod
-    def backward(ctx, gF: torch.Tensor):
-        (zc,) = ctx.saved_tensors
-        M, n, P, _, m = ctx.shape
-        g = _slope(zc, ctx.q, ctx.kappa).view(ctx.shape)
-        g.mul_((gF / m)[:, :, None, :, None])
-        return g.view(M, n * P, 2 * m), None, None, None, None, None
+    def backward(ctx, gF):
+        x, zc = ctx.saved_tensors
+        q, kappa, n, P = ctx.q, ctx.kappa, ctx.n, ctx.P
+        M, nP, two_m = zc.shape
+        m = two_m // 2
+        g = ctx.ws.get("z", zc, zc.shape)  # the forward's z buffer is dead by now
+        if q == 1.0:
+            g.copy_(zc > 0)
+        elif q == 3.0:
+            torch.mul(zc, zc, out=g)
+        else:
+            torch.pow(zc, q - 1, out=g)
+        # sigma'(z) = (zc / kappa)^(q-1); dF/dz = sigma'(z) / m
+        g.view(M, n, P, 2, m).mul_((gF * (kappa ** (1.0 - q) / m))[:, :, None, :, None])
+        gw = torch.bmm(g.transpose(1, 2), x)  # (M, 2m, d)
+        return None, gw, None, None, None, None, None
 
 
 def huberized_relu(z: torch.Tensor, q: float = 3.0, kappa: float = 1.0) -> torch.Tensor:
@@ -172,6 +224,7 @@ class TwoLayerCNN(nn.Module):
             for s in seeds
         ]) * init_std
         self.weight = nn.Parameter(w.to(dtype=dtype, device=device))  # (M, 2, m, d)
+        self._ws = _Workspace()
 
     @property
     def filter_matrix(self) -> torch.Tensor:
@@ -188,8 +241,14 @@ class TwoLayerCNN(nn.Module):
         if x.dim() != 4 or x.shape[0] != M:
             raise ValueError(f"input must be (M={M}, n, P, d) or (n, P, d); got {tuple(x.shape)}")
         _, n, P, _ = x.shape
-        z = torch.bmm(x.reshape(M, n * P, d), self.filter_matrix.transpose(1, 2))  # (M, nP, 2m)
-        return _ActPoolFn.apply(z, n, P, m, self.act.q, self.act.kappa)  # (M, n, 2)
+        x = x.reshape(M, n * P, d)
+        q, kappa = self.act.q, self.act.kappa
+        if x.requires_grad:  # gradients w.r.t. the input: plain autograd
+            z = torch.bmm(x, self.filter_matrix.transpose(1, 2))  # (M, nP, 2m)
+            return self.act(z).view(M, n, P, 2, m).sum(dim=(2, 4)) / m
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _CNNLayerFn.apply(x, self.filter_matrix, n, P, q, kappa, self._ws)  # (M, n, 2)
+        return _layer_forward(x, self.filter_matrix.detach(), n, P, q, kappa, self._ws, keep_zc=False)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         F = self.class_scores(x)
