@@ -266,3 +266,14 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=rf"(?s)'mnist' not found: looked for .* under data root {tmp_path}.*download"):
         rankbias.run_experiment("noise-robustness-images", {"dataset": "mnist", "data_root": str(tmp_path)},
                                 out_dir=tmp_path / "run")
+
+
+def test_cache_blocking_does_not_change_results(monkeypatch):
+    import rankbias.models.two_layer_cnn as mod
+
+    X, y, Xt, yt = _data([0.0, 0.5, 1.0])
+    kw = dict(filters=3, steps=15, lr=1.0, init_std=0.05, log_every=5)
+    whole = train_two_layer_cnn(X, y, Xt, yt, **kw)
+    monkeypatch.setattr(mod, "_BLOCK_BYTES", 1)  # one model per block
+    blocked = train_two_layer_cnn(X, y, Xt, yt, **kw)
+    torch.testing.assert_close(blocked.model.weight, whole.model.weight, rtol=1e-5, atol=1e-7)

@@ -183,11 +183,11 @@ def build_data(cfg: NoiseImagesConfig):
     presets={
         "quick": {},
         "mnist": {
-            "dataset": "mnist", "classes": [0, 1], "n_train": 1000, "n_test": 1000, "patch_size": 7,
+            "dataset": "mnist", "classes": [0, 1], "n_train": 1000, "n_test": 1000, "patch_size": 14,
             "sigmas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0], "seeds": [0, 1], "steps": 500,
         },
         "paper": {
-            "dataset": "mnist", "classes": [0, 1], "n_train": 5000, "n_test": 2000, "patch_size": 7,
+            "dataset": "mnist", "classes": [0, 1], "n_train": 5000, "n_test": 2000, "patch_size": 14,
             "sigmas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5], "seeds": [0, 1, 2, 3, 4],
             "filters": 20, "steps": 2000, "log_every": 50,
         },

@@ -83,7 +83,7 @@ class _Workspace:
     hold values that are dead when the op that wrote them returns.
     """
 
-    def __init__(self, max_entries: int = 4):
+    def __init__(self, max_entries: int = 12):
         self.bufs: dict[tuple, torch.Tensor] = {}
         self.max_entries = max_entries
 
@@ -97,22 +97,37 @@ class _Workspace:
         return buf
 
 
+# Models are processed in blocks whose pre-activations fit in cache (~4 MB): the
+# elementwise passes then run at cache rather than DRAM bandwidth. Each block
+# is still one batched matmul; a small sweep is a single block.
+_BLOCK_BYTES = 4 << 20
+
+
+def _blocks(M: int, per_model_bytes: int):
+    size = max(1, min(M, _BLOCK_BYTES // max(per_model_bytes, 1)))
+    return [slice(i, min(i + size, M)) for i in range(0, M, size)]
+
+
 def _layer_forward(x, w, n, P, q, kappa, ws: _Workspace, keep_zc: bool):
     """x (M, nP, d), w (M, 2m, d) -> class scores (M, n, 2) and clamp(z, 0, kappa)."""
     M, nP, _ = x.shape
     m = w.shape[1] // 2
-    shape = (M, nP, 2 * m)
-    z = torch.bmm(x, w.transpose(1, 2), out=ws.get("z", x, shape))  # (M, nP, 2m)
-    zc = torch.clamp(z, 0.0, kappa) if keep_zc else torch.clamp(z, 0.0, kappa, out=ws.get("zc", x, shape))
-    # sigma(z) = (z - kappa)_+ + zc^q / (q kappa^(q-1)), each pooled over (p, r) as it is made
-    F = z.sub_(kappa).clamp_min_(0.0).view(M, n, P, 2, m).sum(dim=(2, 4))
-    t = ws.get("t", x, shape)
-    if q == 3.0:
-        torch.mul(zc, zc, out=t).mul_(zc)
-    else:
-        torch.pow(zc, q, out=t)
-    F.add_(t.view(M, n, P, 2, m).sum(dim=(2, 4)), alpha=1.0 / (q * kappa ** (q - 1)))
-    return F.div_(m), zc
+    zc_all = x.new_empty(M, nP, 2 * m) if keep_zc else None
+    F = x.new_empty(M, n, 2)
+    for sl in _blocks(M, nP * 2 * m * x.element_size()):
+        b = sl.stop - sl.start
+        shape = (b, nP, 2 * m)
+        z = torch.bmm(x[sl], w[sl].transpose(1, 2), out=ws.get("z", x, shape))  # (b, nP, 2m)
+        zc = torch.clamp(z, 0.0, kappa, out=zc_all[sl] if keep_zc else ws.get("zc", x, shape))
+        # sigma(z) = (z - kappa)_+ + zc^q / (q kappa^(q-1)), each pooled over (p, r) as it is made
+        Fb = z.sub_(kappa).clamp_min_(0.0).view(b, n, P, 2, m).sum(dim=(2, 4))
+        t = ws.get("t", x, shape)
+        if q == 3.0:
+            torch.mul(zc, zc, out=t).mul_(zc)
+        else:
+            torch.pow(zc, q, out=t)
+        F[sl] = Fb.add_(t.view(b, n, P, 2, m).sum(dim=(2, 4)), alpha=1.0 / (q * kappa ** (q - 1)))
+    return F.div_(m), zc_all
 
 
 class _CNNLayerFn(torch.autograd.Function):
@@ -138,16 +153,20 @@ class _CNNLayerFn(torch.autograd.Function):
         q, kappa, n, P = ctx.q, ctx.kappa, ctx.n, ctx.P
         M, nP, two_m = zc.shape
         m = two_m // 2
-        g = ctx.ws.get("z", zc, zc.shape)  # the forward's z buffer is dead by now
-        if q == 1.0:
-            g.copy_(zc > 0)
-        elif q == 3.0:
-            torch.mul(zc, zc, out=g)
-        else:
-            torch.pow(zc, q - 1, out=g)
-        # sigma'(z) = (zc / kappa)^(q-1); dF/dz = sigma'(z) / m
-        g.view(M, n, P, 2, m).mul_((gF * (kappa ** (1.0 - q) / m))[:, :, None, :, None])
-        gw = torch.bmm(g.transpose(1, 2), x)  # (M, 2m, d)
+        gw = x.new_empty(M, two_m, x.shape[-1])
+        scale = (gF * (kappa ** (1.0 - q) / m))[:, :, None, :, None]  # (M, n, 1, 2, 1)
+        for sl in _blocks(M, nP * two_m * zc.element_size()):
+            b = sl.stop - sl.start
+            g = ctx.ws.get("z", zc, (b, nP, two_m))  # the forward's z buffer is dead by now
+            if q == 1.0:
+                g.copy_(zc[sl] > 0)
+            elif q == 3.0:
+                torch.mul(zc[sl], zc[sl], out=g)
+            else:
+                torch.pow(zc[sl], q - 1, out=g)
+            # sigma'(z) = (zc / kappa)^(q-1); dF/dz = sigma'(z) / m
+            g.view(b, n, P, 2, m).mul_(scale[sl])
+            torch.bmm(g.transpose(1, 2), x[sl], out=gw[sl])  # (b, 2m, d)
         return None, gw, None, None, None, None, None
 
 
