@@ -133,10 +133,15 @@ def history_rows(history, sigmas, seeds) -> list[dict[str, Any]]:
 
 
 def _sigma_axis(ax, sigmas: Sequence[float], label: str) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     pos = [s for s in sigmas if s > 0]
     if pos:
         # symlog keeps sigma = 0 (the clean data) on a log-scaled axis
         ax.set_xscale("symlog", linthresh=min(pos), linscale=0.5)
+    ax.xaxis.set_major_locator(FixedLocator(list(sigmas)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{s:g}" for s in sigmas], rotation=45 if len(sigmas) > 6 else 0, fontsize=8)
     ax.set_xlabel(label)
 
 
@@ -174,10 +179,15 @@ def plot_ranks_vs_sigma(per_sigma, path, *, clean_rank: float, clean_label: str,
     ax.axhline(FILTER_FACTOR * clean_rank, color="k", ls=":", lw=0.8, label=f"{FILTER_FACTOR:g} x {clean_label.split(' ')[0]}")
     _shade_non_generalising(ax, per_sigma)
     ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     _sigma_axis(ax, x, sigma_label)
     ax.set_ylabel("stable rank (mean ± std over seeds)")
-    ax.set_title(title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=3, fontsize=7)
     return plots.save(fig, path)
 
 

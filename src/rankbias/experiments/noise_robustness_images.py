@@ -217,7 +217,7 @@ def run(cfg: NoiseImagesConfig, run: RunDir) -> dict:
     common.plot_ranks_vs_sigma(
         per_sigma, run.figure_path("stable_rank_vs_sigma"), clean_rank=clean_rank,
         clean_label=f"{clean_rank:.2f} (clean data)", sigma_label=sig_label,
-        title=f"{name}: canvas {info['canvas']}, {k}x{k} patches (d={c * k * k}), m={cfg.filters}",
+        title=f"{name}\ncanvas {info['canvas']}, {k}x{k} patches (d={c * k * k}), m={cfg.filters}",
         clean_data_key="data_patch_stable_rank_clean",
     )
     common.plot_filter_rank_over_steps(
