@@ -38,6 +38,15 @@ _LAZY = {
     "train": "rankbias.train",
     "run_sweep": "rankbias.sweep",
     "reproduce": "rankbias.sweep",
+    # paper 1 (noise robustness)
+    "PatchData": "rankbias.data.patches",
+    "make_patch_data": "rankbias.data.patches",
+    "HuberizedReLU": "rankbias.models.two_layer_cnn",
+    "huberized_relu": "rankbias.models.two_layer_cnn",
+    "TwoLayerCNN": "rankbias.models.two_layer_cnn",
+    "train_two_layer_cnn": "rankbias.models.two_layer_cnn",
+    "noisy_canvas": "rankbias.data.images",
+    "extract_patches": "rankbias.data.images",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,4 +88,12 @@ __all__ = [
     "train",
     "run_sweep",
     "reproduce",
+    "PatchData",
+    "make_patch_data",
+    "HuberizedReLU",
+    "huberized_relu",
+    "TwoLayerCNN",
+    "train_two_layer_cnn",
+    "noisy_canvas",
+    "extract_patches",
 ]

@@ -35,7 +35,9 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageData",
     "data_root",
+    "extract_patches",
     "load_image_dataset",
+    "noisy_canvas",
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -173,3 +175,70 @@ def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
     torch.save({"images": imgs, "labels": labels, "classes": ds.classes}, tmp)
     os.replace(tmp, cache)
     return ImageData(imgs.float().div_(255), labels, list(ds.classes), "cifar10")
+
+
+# ----------------------------------------------------------- noisy canvases, patches
+
+
+def noisy_canvas(
+    images: torch.Tensor,
+    canvas: int | tuple[int, int],
+    sigmas,
+    *,
+    position: str = "center",
+    noise_region: str = "background",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place images (N, C, h, w) on a larger canvas whose background is Gaussian noise.
+
+    Returns ``(noisy, clean)``: ``noisy`` (S, N, C, H, W) for the S noise standard
+    deviations in ``sigmas`` and ``clean`` (N, C, H, W) with a zero background.
+    ``position``: ``"center"`` or ``"random"`` (a uniform offset per image).
+    ``noise_region``: ``"background"`` (noise outside the image only, SCIENCE.md B)
+    or ``"all"`` (also over the image). The noise directions are drawn once and
+    scaled by each sigma (common random numbers across noise levels).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, h, w); got shape {tuple(images.shape)}")
+    H, W = (canvas, canvas) if isinstance(canvas, int) else tuple(canvas)
+    N, C, h, w = images.shape
+    if H < h or W < w:
+        raise ValueError(f"canvas {H}x{W} is smaller than the images ({h}x{w})")
+    if position not in ("center", "random"):
+        raise ValueError(f"position must be 'center' or 'random', got {position!r}")
+    if noise_region not in ("background", "all"):
+        raise ValueError(f"noise_region must be 'background' or 'all', got {noise_region!r}")
+    sig = torch.atleast_1d(torch.as_tensor(sigmas, dtype=images.dtype))
+    if sig.numel() == 0 or not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
+        raise ValueError(f"sigmas must be finite values >= 0, got {sigmas!r}")
+    if position == "center":
+        top = torch.full((N,), (H - h) // 2)
+        left = torch.full((N,), (W - w) // 2)
+    else:
+        top = torch.randint(0, H - h + 1, (N,), generator=generator)
+        left = torch.randint(0, W - w + 1, (N,), generator=generator)
+    rows = top[:, None] + torch.arange(h)  # (N, h)
+    cols = left[:, None] + torch.arange(w)  # (N, w)
+    clean = images.new_zeros(N, C, H, W)
+    n_idx = torch.arange(N)[:, None, None]
+    clean.permute(0, 2, 3, 1)[n_idx, rows[:, :, None], cols[:, None, :]] = images.permute(0, 2, 3, 1)
+    xi = torch.randn(N, C, H, W, generator=generator, dtype=images.dtype)
+    if noise_region == "background":
+        inside = torch.zeros(N, H, W, dtype=torch.bool)
+        inside[n_idx, rows[:, :, None], cols[:, None, :]] = True
+        xi = xi.masked_fill(inside[:, None], 0.0)
+    return clean + sig.to(images.device)[:, None, None, None, None] * xi.to(images.device), clean
+
+
+def extract_patches(images: torch.Tensor, k: int, stride: int | None = None) -> torch.Tensor:
+    """k x k patches of images (..., C, H, W) at ``stride`` (default k: non-overlapping),
+    flattened channel-major as a conv weight reads them: (..., P, C k k)."""
+    stride = k if stride is None else stride
+    if k < 1 or stride < 1:
+        raise ValueError(f"patch size and stride must be >= 1, got k={k}, stride={stride}")
+    *lead, C, H, W = images.shape
+    if k > H or k > W:
+        raise ValueError(f"patch size {k} exceeds the image size {H}x{W}")
+    x = images.reshape(-1, C, H, W)
+    p = torch.nn.functional.unfold(x, kernel_size=k, stride=stride)  # (B, C k k, P)
+    return p.transpose(1, 2).reshape(*lead, p.shape[-1], C * k * k)

@@ -1,0 +1,433 @@
+"""The two-layer CNN of Zhang, Gao, Zou & Cao (2025), "Gradient Descent Robustly
+Learns the Intrinsic Dimension of Data in Training Convolutional Neural
+Networks" (SCIENCE.md B, reconstructed):
+
+    f(W, x) = F_{+1}(W_{+1}, x) - F_{-1}(W_{-1}, x),
+    F_j(W_j, x) = (1/m) sum_{r=1..m} sum_{p=1..P} sigma(<w_{j,r}, x^(p)>),
+
+m filters per class shared over the P patches, a fixed second layer (+1/m for
+class +1, -1/m for class -1), and the Huberised ReLU sigma of power q and
+threshold kappa.
+
+Every tensor carries a leading model dimension M: M independent networks (a
+sweep over noise levels x seeds) run as one batched matmul
+(M, n P, d) @ (M, d, 2m), and train as one with :func:`rankbias.train.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from rankbias.measures import rank_measures
+
+__all__ = [
+    "CNNFit",
+    "CNNMetrics",
+    "HuberizedReLU",
+    "TwoLayerCNN",
+    "huberized_relu",
+    "logistic_loss",
+    "train_two_layer_cnn",
+]
+
+
+def _act_and_slope(z: torch.Tensor, q: float, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma(z) and zc = clamp(z, 0, kappa), from which sigma'(z) = (zc / kappa)^(q-1)."""
+    zc = z.clamp(0.0, kappa)
+    out = (z - kappa).clamp_min_(0.0).add_(_pow(zc, q), alpha=1.0 / (q * kappa ** (q - 1)))
+    return out, zc
+
+
+def _pow(x: torch.Tensor, e: float) -> torch.Tensor:
+    # small integer powers by multiplication: several times faster than pow on CPU
+    if e == 2.0:
+        return x * x
+    if e == 3.0:
+        return (x * x).mul_(x)
+    return x.pow(e)
+
+
+def _slope(zc: torch.Tensor, q: float, kappa: float) -> torch.Tensor:
+    if q == 1.0:
+        return (zc > 0).to(zc.dtype)
+    return _pow(zc, q - 1).mul_(kappa ** (1.0 - q))
+
+
+class _HuberizedReLUFn(torch.autograd.Function):
+    # Saves clamp(z, 0, kappa) only, and one fused backward instead of autograd
+    # through clamp/pow/add: the activation is most of a step's elementwise work.
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, q: float, kappa: float) -> torch.Tensor:
+        out, zc = _act_and_slope(z, q, kappa)
+        ctx.save_for_backward(zc)
+        ctx.q, ctx.kappa = q, kappa
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (zc,) = ctx.saved_tensors
+        return grad * _slope(zc, ctx.q, ctx.kappa), None, None
+
+
+class _Workspace:
+    """Reusable buffers for the layer's dead temporaries (pre-activations, powers).
+
+    A batched sweep's pre-activations are large (M n P 2m floats); allocating
+    fresh ones for every elementwise step costs page faults that a single
+    model's cache-sized tensors never see. Buffers are keyed by shape and only
+    hold values that are dead when the op that wrote them returns.
+    """
+
+    def __init__(self, max_entries: int = 12):
+        self.bufs: dict[tuple, torch.Tensor] = {}
+        self.max_entries = max_entries
+
+    def get(self, name: str, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        key = (name, shape, like.dtype, like.device)
+        buf = self.bufs.get(key)
+        if buf is None:
+            if len(self.bufs) >= self.max_entries:
+                self.bufs.clear()
+            buf = self.bufs[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
+
+# Models are processed in blocks whose pre-activations fit in cache (~4 MB): the
+# elementwise passes then run at cache rather than DRAM bandwidth. Each block
+# is still one batched matmul; a small sweep is a single block.
+_BLOCK_BYTES = 4 << 20
+
+
+def _blocks(M: int, per_model_bytes: int):
+    size = max(1, min(M, _BLOCK_BYTES // max(per_model_bytes, 1)))
+    return [slice(i, min(i + size, M)) for i in range(0, M, size)]
+
+
+def _layer_forward(x, w, n, P, q, kappa, ws: _Workspace, keep_zc: bool):
+    """x (M, nP, d), w (M, 2m, d) -> class scores (M, n, 2) and clamp(z, 0, kappa)."""
+    M, nP, _ = x.shape
+    m = w.shape[1] // 2
+    zc_all = x.new_empty(M, nP, 2 * m) if keep_zc else None
+    F = x.new_empty(M, n, 2)
+    for sl in _blocks(M, nP * 2 * m * x.element_size()):
+        b = sl.stop - sl.start
+        shape = (b, nP, 2 * m)
+        z = torch.bmm(x[sl], w[sl].transpose(1, 2), out=ws.get("z", x, shape))  # (b, nP, 2m)
+        zc = torch.clamp(z, 0.0, kappa, out=zc_all[sl] if keep_zc else ws.get("zc", x, shape))
+        # sigma(z) = (z - kappa)_+ + zc^q / (q kappa^(q-1)), each pooled over (p, r) as it is made
+        Fb = z.sub_(kappa).clamp_min_(0.0).view(b, n, P, 2, m).sum(dim=(2, 4))
+        t = ws.get("t", x, shape)
+        if q == 3.0:
+            torch.mul(zc, zc, out=t).mul_(zc)
+        else:
+            torch.pow(zc, q, out=t)
+        F[sl] = Fb.add_(t.view(b, n, P, 2, m).sum(dim=(2, 4)), alpha=1.0 / (q * kappa ** (q - 1)))
+    return F.div_(m), zc_all
+
+
+class _CNNLayerFn(torch.autograd.Function):
+    """Patches (M, nP, d) and filters (M, 2m, d) -> class scores (M, n, 2):
+    one batched matmul, the Huberised ReLU and sum pooling, fused.
+
+    Saves clamp(z, 0, kappa) only; the backward builds the pre-activation
+    gradient in one pass (slope times the broadcast score gradient, in a reused
+    buffer) and the filter gradient with one batched matmul. No gradient flows
+    to the patches (they are data).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, n, P, q, kappa, ws):
+        F, zc = _layer_forward(x, w, n, P, q, kappa, ws, keep_zc=True)
+        ctx.save_for_backward(x, zc)
+        ctx.q, ctx.kappa, ctx.ws, ctx.n, ctx.P = q, kappa, ws, n, P
+        return F
+
+    @staticmethod
+    def backward(ctx, gF):
+        x, zc = ctx.saved_tensors
+        q, kappa, n, P = ctx.q, ctx.kappa, ctx.n, ctx.P
+        M, nP, two_m = zc.shape
+        m = two_m // 2
+        gw = x.new_empty(M, two_m, x.shape[-1])
+        scale = (gF * (kappa ** (1.0 - q) / m))[:, :, None, :, None]  # (M, n, 1, 2, 1)
+        for sl in _blocks(M, nP * two_m * zc.element_size()):
+            b = sl.stop - sl.start
+            g = ctx.ws.get("z", zc, (b, nP, two_m))  # the forward's z buffer is dead by now
+            if q == 1.0:
+                g.copy_(zc[sl] > 0)
+            elif q == 3.0:
+                torch.mul(zc[sl], zc[sl], out=g)
+            else:
+                torch.pow(zc[sl], q - 1, out=g)
+            # sigma'(z) = (zc / kappa)^(q-1); dF/dz = sigma'(z) / m
+            g.view(b, n, P, 2, m).mul_(scale[sl])
+            torch.bmm(g.transpose(1, 2), x[sl], out=gw[sl])  # (b, 2m, d)
+        return None, gw, None, None, None, None, None
+
+
+def huberized_relu(z: torch.Tensor, q: float = 3.0, kappa: float = 1.0) -> torch.Tensor:
+    """sigma(z) = 0 (z <= 0); z^q / (q kappa^(q-1)) (0 < z <= kappa); z - (1 - 1/q) kappa (z > kappa).
+
+    Continuous with a continuous first derivative for every q >= 1 (q = 1 is
+    the ReLU). Elementwise; differentiable (derivative (clamp(z,0,kappa)/kappa)^(q-1)).
+    """
+    if not q >= 1:
+        raise ValueError(f"q must be >= 1, got {q}")
+    if not kappa > 0:
+        raise ValueError(f"kappa must be > 0, got {kappa}")
+    return _HuberizedReLUFn.apply(z, float(q), float(kappa))
+
+
+class HuberizedReLU(nn.Module):
+    """The Huberised ReLU as a module (see :func:`huberized_relu`)."""
+
+    def __init__(self, q: float = 3.0, kappa: float = 1.0):
+        super().__init__()
+        if not q >= 1:
+            raise ValueError(f"q must be >= 1, got {q}")
+        if not kappa > 0:
+            raise ValueError(f"kappa must be > 0, got {kappa}")
+        self.q, self.kappa = float(q), float(kappa)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return _HuberizedReLUFn.apply(z, self.q, self.kappa)
+
+    def extra_repr(self) -> str:
+        return f"q={self.q:g}, kappa={self.kappa:g}"
+
+
+class TwoLayerCNN(nn.Module):
+    """M independent two-layer CNNs with m filters per class over d-dimensional patches.
+
+    Parameters: ``weight`` (M, 2, m, d); index 0 of dim 1 is class +1, index 1 class -1.
+    Input: patches (M, n, P, d) (one data set per model) or (n, P, d) (shared).
+    Output: f (M, n).
+    ``seeds``: one init seed per model (default 0..M-1); w ~ N(0, init_std^2 I).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        filters: int,
+        models: int = 1,
+        *,
+        q: float = 3.0,
+        kappa: float = 1.0,
+        init_std: float = 0.01,
+        seeds: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
+        super().__init__()
+        for name, v in (("dim", dim), ("filters", filters), ("models", models)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if not init_std >= 0:
+            raise ValueError(f"init_std must be >= 0, got {init_std}")
+        self.dim, self.filters, self.models = int(dim), int(filters), int(models)
+        self.act = HuberizedReLU(q, kappa)
+        if seeds is None:
+            seeds = range(models)
+        seeds = list(seeds)
+        if len(seeds) != models:
+            raise ValueError(f"seeds must have one entry per model ({models}), got {len(seeds)}")
+        # One generator per model: a model's init depends on its seed only, not
+        # on which other models share the batch (batched == one at a time).
+        w = torch.stack([
+            torch.randn(2, filters, dim, generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds
+        ]) * init_std
+        self.weight = nn.Parameter(w.to(dtype=dtype, device=device))  # (M, 2, m, d)
+        self._ws = _Workspace()
+
+    @property
+    def filter_matrix(self) -> torch.Tensor:
+        """(M, 2m, d): rows 0..m-1 are class +1's filters, m..2m-1 class -1's."""
+        return self.weight.reshape(self.models, 2 * self.filters, self.dim)
+
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(F_{+1}, F_{-1}) of every image: (M, n, 2)."""
+        M, m, d = self.models, self.filters, self.dim
+        if x.shape[-1] != d:
+            raise ValueError(f"patch dimension {x.shape[-1]} != the model's dim {d}")
+        if x.dim() == 3:
+            x = x.unsqueeze(0).expand(M, *x.shape)
+        if x.dim() != 4 or x.shape[0] != M:
+            raise ValueError(f"input must be (M={M}, n, P, d) or (n, P, d); got {tuple(x.shape)}")
+        _, n, P, _ = x.shape
+        x = x.reshape(M, n * P, d)
+        q, kappa = self.act.q, self.act.kappa
+        if x.requires_grad:  # gradients w.r.t. the input: plain autograd
+            z = torch.bmm(x, self.filter_matrix.transpose(1, 2))  # (M, nP, 2m)
+            return self.act(z).view(M, n, P, 2, m).sum(dim=(2, 4)) / m
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _CNNLayerFn.apply(x, self.filter_matrix, n, P, q, kappa, self._ws)  # (M, n, 2)
+        return _layer_forward(x, self.filter_matrix.detach(), n, P, q, kappa, self._ws, keep_zc=False)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        F = self.class_scores(x)
+        return F[..., 0] - F[..., 1]  # (M, n)
+
+    def flops_per_step(self, n: int, P: int) -> int:
+        """Multiply-add FLOPs of one training step on n images (forward matmul +
+        weight-gradient matmul, 2 * (2 M n P d 2m)); the elementwise work is not counted."""
+        return 2 * 2 * self.models * n * P * self.dim * 2 * self.filters
+
+
+def logistic_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of log(1 + exp(-y f)) over the last dimension: (M, n) -> (M,)."""
+    return nn.functional.softplus(-y * f).mean(-1)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class CNNFit:
+    """The result of :func:`train_two_layer_cnn`."""
+
+    model: TwoLayerCNN
+    """The trained networks (weights of diverged models are left as they were)."""
+    history: list[dict[str, Any]]
+    """One row per logged step and model: step, model, loss, train_acc, test_loss,
+    test_acc, filter_<measure>, pos_<measure>, neg_<measure>."""
+    status: list[str]
+    """Per model: "ok" or "diverged"."""
+    diverged_at: list[int | None]
+    """Per model: the step at which its loss became non-finite."""
+    final: dict[str, torch.Tensor]
+    """Per-model (M,) values of the last logged row (NaN for diverged models)."""
+
+
+class CNNMetrics:
+    """Callback: train/test loss and accuracy and the rank measures of the filter
+    matrix (2m x d) and of each class's block (m x d), for every model."""
+
+    def __init__(
+        self,
+        model: TwoLayerCNN,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        X_test: torch.Tensor | None = None,
+        y_test: torch.Tensor | None = None,
+        measures: Sequence[str] = ("stable_rank", "effective_rank"),
+    ):
+        self.model, self.X, self.y, self.X_test, self.y_test = model, X, y, X_test, y_test
+        self.measures = tuple(measures)
+
+    @torch.no_grad()
+    def _eval(self, X, y, prefix: str) -> dict[str, torch.Tensor]:
+        f = self.model(X)
+        return {f"{prefix}loss": logistic_loss(f, y), f"{prefix}acc": ((f * y) > 0).float().mean(-1)}
+
+    @torch.no_grad()
+    def on_log(self, state) -> dict[str, torch.Tensor]:
+        out = self._eval(self.X, self.y, "train_")
+        if self.X_test is not None:
+            out.update(self._eval(self.X_test, self.y_test, "test_"))
+        W = self.model.weight.detach()  # (M, 2, m, d)
+        ok = torch.isfinite(W).flatten(1).all(1).cpu() & state.alive.cpu()
+        mats = {"filter": W.flatten(1, 2), "pos": W[:, 0], "neg": W[:, 1]}
+        for name, A in mats.items():
+            vals = {k: torch.full((W.shape[0],), float("nan"), dtype=torch.float64) for k in self.measures}
+            if bool(ok.any()):
+                got = rank_measures(A[ok.to(A.device)], list(self.measures))
+                for k in self.measures:
+                    vals[k][ok] = got[k].cpu()
+            out.update({f"{name}_{k}": v for k, v in vals.items()})
+        dead = ~state.alive.cpu()
+        return {k: torch.where(dead, torch.nan, v.cpu().double()) for k, v in out.items()}
+
+
+def train_two_layer_cnn(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    X_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    *,
+    filters: int = 10,
+    steps: int = 1000,
+    lr: float = 1.0,
+    init_std: float = 0.01,
+    q: float = 3.0,
+    kappa: float = 1.0,
+    optimizer: Literal["gd", "sgd"] = "gd",
+    batch_size: int | None = None,
+    init_seeds: Sequence[int] | None = None,
+    batch_seed: int = 0,
+    log_every: int = 50,
+    measures: Sequence[str] = ("stable_rank", "effective_rank"),
+    callbacks: Sequence[Any] = (),
+    progress: bool | None = False,
+) -> CNNFit:
+    """Train M two-layer CNNs at once on the logistic loss with :func:`rankbias.train.train`.
+
+    ``X``: patches (M, n, P, d), one training set per model; ``y``: labels in
+    {+1, -1}, (M, n) or (n,). ``optimizer="gd"``: full-batch gradient descent;
+    ``"sgd"``: mini-batches of ``batch_size`` images drawn without replacement
+    in epochs (the same indices for every model, from ``batch_seed``).
+    ``init_seeds``: one init seed per model (default 0..M-1). A model whose loss
+    becomes non-finite gets status ``diverged``; the others go on.
+    """
+    from rankbias.train import train
+
+    if X.dim() != 4:
+        raise ValueError(f"X must be (M, n, P, d); got shape {tuple(X.shape)}")
+    M, n, P, d = X.shape
+    y = _labels(y, M, n, "y", X)
+    if (X_test is None) != (y_test is None):
+        raise ValueError("give both X_test and y_test or neither")
+    if X_test is not None:
+        if X_test.dim() != 4 or X_test.shape[0] != M or X_test.shape[-1] != d:
+            raise ValueError(f"X_test must be (M={M}, n_test, P, d={d}); got {tuple(X_test.shape)}")
+        y_test = _labels(y_test, M, X_test.shape[1], "y_test", X_test)
+    if optimizer not in ("gd", "sgd"):
+        raise ValueError(f"optimizer must be 'gd' or 'sgd', got {optimizer!r}")
+    if optimizer == "sgd" and not (batch_size and 1 <= batch_size <= n):
+        raise ValueError(f"sgd needs 1 <= batch_size <= n={n}, got {batch_size}")
+    model = TwoLayerCNN(
+        d, filters, M, q=q, kappa=kappa, init_std=init_std, seeds=init_seeds, dtype=X.dtype, device=X.device
+    )
+    if optimizer == "gd":
+        def loss_fn(step: int) -> torch.Tensor:
+            return logistic_loss(model(X), y)
+    else:
+        gen = torch.Generator().manual_seed(int(batch_seed))
+        per_epoch = n // batch_size
+        order: list[torch.Tensor] = []
+
+        def loss_fn(step: int) -> torch.Tensor:
+            epoch, b = divmod(step, per_epoch)
+            while len(order) <= epoch:
+                order.append(torch.randperm(n, generator=gen).to(X.device))
+            idx = order[epoch][b * batch_size:(b + 1) * batch_size]
+            return logistic_loss(model(X[:, idx]), y[:, idx])
+
+    metrics = CNNMetrics(model, X, y, X_test, y_test, measures)
+    res = train(
+        loss_fn, model, steps=steps, optimizer="gd" if optimizer == "gd" else "sgd", lr=lr,
+        log_every=log_every, callbacks=[metrics, *callbacks], progress=progress, desc="two-layer CNN",
+    )
+    last_step = res.history[-1]["step"]
+    last = [r for r in res.history if r["step"] == last_step]
+    keys = [k for k in last[0] if k not in ("step", "model")]
+    final = {k: torch.tensor([float(r[k]) for r in last], dtype=torch.float64) for k in keys}
+    dead = torch.tensor([s != "ok" for s in res.status])
+    final = {k: v.masked_fill(dead, float("nan")) for k, v in final.items()}
+    return CNNFit(model, res.history, res.status, res.diverged_at, final)
+
+
+def _labels(y: torch.Tensor, M: int, n: int, name: str, X: torch.Tensor) -> torch.Tensor:
+    y = torch.as_tensor(y)
+    if y.dim() == 1:
+        y = y.unsqueeze(0).expand(M, -1)
+    if tuple(y.shape) != (M, n):
+        raise ValueError(f"{name} must be (n={n},) or (M={M}, n={n}); got {tuple(y.shape)}")
+    if not bool(((y == 1) | (y == -1)).all()):
+        raise ValueError(f"{name} must hold labels +1 and -1 only")
+    return y.to(dtype=X.dtype, device=X.device)
