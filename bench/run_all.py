@@ -19,18 +19,19 @@ HERE = Path(__file__).resolve().parent
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", default="", help="run only benchmarks whose file name contains this")
+    ap.add_argument("--dir", type=Path, default=HERE, help="where the bench_*.py files are")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to every benchmark")
     args = ap.parse_args(argv)
-    scripts = sorted(p for p in HERE.glob("bench_*.py") if args.k in p.name)
+    scripts = sorted(p for p in args.dir.glob("bench_*.py") if args.k in p.name)
     if not scripts:
-        print(f"no bench_*.py matching {args.k!r} in {HERE}", file=sys.stderr)
+        print(f"no bench_*.py matching {args.k!r} in {args.dir}", file=sys.stderr)
         return 1
     results = []
     for script in scripts:
         print(f"\n=== {script.name} ===", flush=True)
         t0 = time.perf_counter()
         try:
-            rc = subprocess.run([sys.executable, str(script), *args.extra], cwd=HERE.parent).returncode
+            rc = subprocess.run([sys.executable, str(script), *args.extra], cwd=script.parent.parent).returncode
         except KeyboardInterrupt:
             raise
         except Exception as e:  # e.g. the interpreter could not start

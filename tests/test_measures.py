@@ -259,6 +259,13 @@ def test_auto_keeps_the_gram_route_only_where_it_is_accurate(monkeypatch):
     calls.clear()
     stable_rank(randn(40, 3, seed=21) @ randn(3, 50, seed=22))  # needs no small singular value
     assert calls == []
+    # inputs that require grad take the SVD, unless gradients are off
+    Ag = A.clone().requires_grad_()
+    rank_measures(Ag)
+    assert calls == [(60, 90)]
+    with torch.no_grad():
+        rank_measures(Ag)
+    assert calls == [(60, 90)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

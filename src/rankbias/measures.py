@@ -37,15 +37,17 @@ allows: distinct non-zero singular values; the zero terms of the entropy
 
 Spectra (``method="auto"``, the default) come from the Gram matrix of the
 smaller side (``A A^T`` or ``A^T A``) in the computing dtype with ``eigvalsh``,
-several times cheaper than an SVD. Its eigenvalues carry an absolute error
-~ eps s_1^2, which moves every measure by less than ~1e-7 relative as long as
-s_min >= 1e-6 s_1 (float64); matrices whose spectrum reaches below that (nearly
-rank-deficient ones) go through ``torch.linalg.svdvals`` instead, so that small
-singular values and the numerical rank are as exact as an SVD makes them. Where
-a numerical rank with a given atol/rtol, or the singular values themselves, are
-asked for, the switch is at 1e-3 s_1 (singular values exact to ~1e-9 relative).
-Inputs that require grad always take the SVD. Each matrix is first scaled by a
-power of two (exact) so that its Gram matrix can neither overflow nor underflow.
+several times cheaper than an SVD. Its eigenvalues carry an absolute error of
+at most ~ k eps s_1^2; from that bound "auto" estimates, per matrix, the error
+of every requested measure and recomputes with ``torch.linalg.svdvals`` the
+matrices where it could exceed 0.1 sqrt(eps) (~1.5e-9 relative in float64):
+nearly rank-deficient matrices, nearly rank-one ones (entropy rank ~ 0), a
+singular value within reach of the numerical-rank threshold. Inputs that require
+grad always take the SVD. ``method="gram"`` never falls back (singular values
+below ~sqrt(k eps) s_1 are then returned as 0) and ``method="svd"`` always
+uses the SVD. Each matrix is first scaled by a power of two (exact) so that its
+Gram matrix can neither overflow nor underflow. The participation ratio needs
+no eigenvalues: (tr C)^2 / ||C||_F^2 of the centred Gram matrix.
 
 This module imports nothing else of rankbias.
 """
@@ -289,7 +291,7 @@ def _spectrum(
 
     ``names``: the measures wanted (for "auto"'s accuracy check); ``tol_fn(s1)``:
     the numerical rank's threshold for given top singular values."""
-    if method == "svd" or (method == "auto" and X.requires_grad):
+    if method == "svd" or (method == "auto" and X.requires_grad and torch.is_grad_enabled()):
         return torch.linalg.svdvals(X), False
     s = _gram_spectrum(X, G)
     if method == "gram":
@@ -533,7 +535,8 @@ def rank_measures(
     out: dict[str, torch.Tensor] = {}
     Gc = G = None
     if "participation_ratio" in names:
-        use_gram = bool(spectral) and method != "svd" and not (method == "auto" and X.requires_grad)
+        use_gram = bool(spectral) and method != "svd" and not (
+            method == "auto" and X.requires_grad and torch.is_grad_enabled())
         Gc, G = _centered_grams(X, use_gram)
         tr = Gc.diagonal(dim1=-2, dim2=-1).sum(-1)
         out["participation_ratio"] = _pr_from_traces(tr, Gc.square().sum((-2, -1)))
