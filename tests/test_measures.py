@@ -767,3 +767,25 @@ def test_cli_measure_errors(tmp_path, capsys):
     np.savez(tmp_path / "nan.npz", good=np.eye(3), bad=np.array([[np.nan, 1.0], [0.0, 1.0]]))
     rows = _json_rows(capsys, tmp_path / "nan.npz")
     assert rows["good"]["numerical_rank"] == 3 and "NaN" in rows["bad"]["error"]
+
+
+@PROP
+@given(st.integers(1, 30), st.integers(1, 8), st.lists(st.integers(1, 10), min_size=1, max_size=5),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_property_kernel_spectrum_independent_of_batching(N, d, cuts, centered, seed):
+    Z = randn(N, d, seed=seed) * 3 + 1
+    sizes, left = [], N
+    for c in cuts:
+        if left == 0:
+            break
+        sizes.append(min(c, left))
+        left -= sizes[-1]
+    if left:
+        sizes.append(left)
+    a, b = stream(Z, sizes, centered=centered), stream(Z, [N], centered=centered)
+    assert torch.allclose(a.scatter(), b.scatter(), rtol=1e-10, atol=1e-10)
+    ea, eb = a.embedding_measures(), b.embedding_measures()
+    ref = rank_measures(Z - Z.mean(0) if centered else Z, ["stable_rank", "participation_ratio"])
+    for k in ("stable_rank", "participation_ratio"):
+        assert float(ea[k]) == pytest.approx(float(eb[k]), rel=1e-9, abs=1e-12)
+        assert float(ea[k]) == pytest.approx(float(ref[k]), rel=1e-8, abs=1e-10)
