@@ -87,7 +87,6 @@ MEASURES: tuple[str, ...] = (
     "participation_ratio",
     "rankme",
 )
-_SPECTRAL = tuple(k for k in MEASURES if k != "participation_ratio")
 
 Method = Literal["auto", "gram", "svd"]
 Tol = float | torch.Tensor | None
