@@ -215,9 +215,28 @@ def as_matrix(weight, reading: Literal["flatten", "taps"] = "flatten") -> torch.
 
 def _pow2_scale(X: torch.Tensor) -> torch.Tensor:
     """Per-matrix power of two c (batch shape + (1, 1)) with max|X / c| in [1, 2)."""
-    amax = X.detach().abs().amax(dim=(-2, -1), keepdim=True)
+    return _pow2_scale_and_max(X)[0]
+
+
+def _pow2_scale_and_max(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = X.detach().flatten(-2).aminmax(dim=-1)  # one pass, no |X| temporary
+    amax = torch.maximum(-lo, hi)[..., None, None]  # NaN or Inf if X holds one
     _, e = torch.frexp(torch.where(amax > 0, amax, torch.ones_like(amax)))
-    return torch.ldexp(torch.ones_like(amax), e - 1)
+    return torch.ldexp(torch.ones_like(amax), e - 1), amax
+
+
+def _scaled(A: torch.Tensor, cdt: torch.dtype, name: str = "A") -> tuple[torch.Tensor, torch.Tensor]:
+    """A in the computing dtype divided by its power-of-two scale c, and c.
+
+    Checks finiteness on the way: NaN and Inf reach the per-matrix extremes, so
+    the full check (which counts them for the message) runs only when one is there."""
+    X = A.to(cdt)
+    c, amax = _pow2_scale_and_max(X)
+    if not bool(torch.isfinite(amax).all()):
+        _check_finite(A, name)
+    if X is A or X._base is not None:
+        return X / c, c
+    return X.mul_(1.0 / c), c  # X is our own copy: scale it in place (1/c is exact)
 
 
 def _gram(X: torch.Tensor) -> torch.Tensor:
@@ -320,10 +339,8 @@ def singular_values(A, *, method: Method = "auto", dtype: torch.dtype | None = N
     """
     A = _to_tensor(A)
     _check_method(method)
-    _check_finite(A, "A")
-    X = A.to(_compute_dtype(dtype))
-    c = _pow2_scale(X)
-    s, _ = _spectrum(X / c, method)
+    X, c = _scaled(A, _compute_dtype(dtype))
+    s, _ = _spectrum(X, method)
     return s * c[..., 0]
 
 
@@ -483,9 +500,9 @@ def _centered_grams(X: torch.Tensor, need_uncentred: bool) -> tuple[torch.Tensor
     # shift by the first row before taking the mean (exact for equal rows, and no
     # cancellation for a large common offset: the covariance is shift-invariant)
     x0 = X[..., :1, :]
-    Y = X - x0
-    mu_y = Y.mean(-2, keepdim=True)
-    Xc = Y - mu_y
+    Xc = X - x0
+    mu_y = Xc.mean(-2, keepdim=True)
+    Xc.sub_(mu_y)  # a fresh temporary: centre in place
     mu = x0 + mu_y  # (..., 1, n)
     Gc = _gram(Xc)
     if not need_uncentred:
@@ -524,11 +541,8 @@ def rank_measures(
     _check_method(method)
     _check_tol(atol, "atol")
     _check_tol(rtol, "rtol")
-    _check_finite(A, "A")
-    cdt = _compute_dtype(dtype)
-    X = A.to(cdt)
-    c = _pow2_scale(X)
-    X = X / c
+    X, c = _scaled(A, _compute_dtype(dtype))
+    cdt = X.dtype
     m, n = X.shape[-2:]
     spectral = [k for k in names if k != "participation_ratio"]
     out: dict[str, torch.Tensor] = {}
