@@ -53,8 +53,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    import torch
-
     from rankbias.measures import MEASURES, as_matrix, rank_measures
     from rankbias.report import markdown_table
     from rankbias.tensors_io import load_tensors
@@ -65,24 +63,32 @@ def cmd_measure(args) -> int:
         if t.ndim < 2 or t.numel() == 0 or t.is_complex():
             continue
         M = as_matrix(t, args.conv_reading)
-        row = {"name": name, "shape": "x".join(map(str, t.shape)), "matrix": "x".join(map(str, M.shape[-2:]))}
+        mat = "x".join(map(str, M.shape[-2:]))
+        if M.ndim > 2:  # taps: one matrix per kernel position, averaged below
+            mat = f"{M.shape[0]} x {mat}"
+        row = {"name": name, "shape": "x".join(map(str, t.shape)), "matrix": mat}
         try:
             ms = rank_measures(M)
+        except ValueError as e:  # one bad tensor (NaN, Inf) does not hide the others
+            row["error"] = str(e)
+        else:
             for k in MEASURES:
                 v = ms[k]
-                v = v.double().mean() if v.ndim else v  # taps: mean over kernel positions
-                row[k] = int(v) if k == "numerical_rank" and v.ndim == 0 and not v.is_floating_point() else float(v)
-        except ValueError as e:
-            row["error"] = str(e)
+                if v.ndim:
+                    row[k] = float(v.double().mean())
+                else:
+                    row[k] = int(v) if k == "numerical_rank" else float(v)
         rows.append(row)
     if not rows:
         print(f"{args.path}: no tensor with 2 or more dimensions", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        print(markdown_table(rows), end="")
-    del torch
+        return 0
+    columns = ["name", "shape", "matrix", *MEASURES] + (["error"] if any("error" in r for r in rows) else [])
+    print(markdown_table(rows, columns), end="")
+    if args.conv_reading == "taps" and any(" x " in r["matrix"] for r in rows):
+        print("\n(taps: measures of a conv weight are means over its kernel positions)")
     return 0
 
 
@@ -201,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"rankbias: error: {e}", file=sys.stderr)
         return 2
 

@@ -40,6 +40,15 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; accepted: {', '.join(SUPPORTED_SUFFIXES)}")
+    try:
+        return _load(path, suffix)
+    except (ImportError, FileNotFoundError):
+        raise
+    except Exception as e:  # corrupt or foreign file: say which and why
+        raise ValueError(f"{path}: could not read as a {suffix} file: {type(e).__name__}: {e}") from e
+
+
+def _load(path: Path, suffix: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     if suffix == ".npy":
         _flatten(np.load(path, allow_pickle=False), path.stem, out)
