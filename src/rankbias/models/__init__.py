@@ -1,0 +1,1 @@
+"""Model families used by the experiments (small modules, batched over a leading model dimension)."""
