@@ -184,3 +184,44 @@ def test_bad_configs(name, over, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         rankbias.run_experiment(name, over, out_dir=tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+# ------------------------------------------------------------ trained experiments
+
+
+def test_depth_rank_trained_quick_preset_verdict(tmp_path):
+    """SCIENCE.md C.2 on the quick preset (the CI-sized config): low-rank target ->
+    rank falls with depth toward the target's, test loss best at an intermediate
+    depth; full-rank target -> the deepest nets fit worse than the shallow ones."""
+    s = rankbias.run_experiment("depth-rank-trained", out_dir=tmp_path)
+    low, full = s["per_target"]
+    assert (low["target"], full["target"]) == ("low_rank", "full_rank")
+    assert low["target_entropy_rank"] == pytest.approx(math.log(4), abs=1e-9)
+    v = low["verdict"]
+    assert v["rank_strictly_falls_with_depth"] and v["deepest_closer_to_target_than_depth_1"]
+    assert v["best_test_depth"] not in (1, 32)
+    assert full["verdict"]["holds"]
+    assert s["verdict"]["holds"] is True
+    assert (tmp_path / "figures" / "depth_rank_trained.png").exists()
+    assert "step" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_depth_rank_optimizers_verdict_ci_config(tmp_path):
+    over = {"depths": [1, 4, 16], "seeds": 2, "steps": 600, "lbfgs_steps": 15,
+            "random_search_steps": 400}
+    s = rankbias.run_experiment("depth-rank-optimizers", over, out_dir=tmp_path)
+    assert [p["optimizer"] for p in s["per_optimizer"]] == ["sgd", "nesterov", "adam", "lbfgs", "random_search"]
+    for p in s["per_optimizer"]:
+        assert p["rank_largest_depth"] < p["rank_depth_1"], p["optimizer"]
+    assert s["verdict"]["holds"] is True
+    for f in ("entropy_rank_by_optimizer", "depth_rank_optimizers"):
+        assert (tmp_path / "figures" / f"{f}.png").exists()
+
+
+def test_trained_runs_are_deterministic(tmp_path):
+    over = {"depths": [1, 3], "seeds": 2, "steps": 20, "log_every": 10, "batch_size": 8,
+            "optimizer": "sgd"}
+    a = rankbias.run_experiment("depth-rank-trained", over, out_dir=tmp_path / "a")
+    b = rankbias.run_experiment("depth-rank-trained", over, out_dir=tmp_path / "b")
+    assert a == b
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()

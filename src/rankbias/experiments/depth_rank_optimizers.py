@@ -84,7 +84,7 @@ class DepthRankOptimizersConfig(Config):
     """L-BFGS outer steps (each up to 20 function evaluations)."""
     random_search_sigma: float = 0.01
     """Random search initial perturbation std per coordinate."""
-    random_search_steps: int = 1500
+    random_search_steps: int = 1000
     """Random search steps."""
     population: int = 16
     """Random search candidates per step and network."""
