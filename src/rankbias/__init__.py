@@ -36,6 +36,9 @@ _LAZY = {
     "ConfigError": "rankbias.config",
     "RunDir": "rankbias.runs",
     "train": "rankbias.train",
+    "DeepLinear": "rankbias.models.deep_linear",
+    "fit_deep_linear": "rankbias.matrix_fit",
+    "random_search": "rankbias.gradient_free",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +46,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from rankbias.experiments.registry import experiments, run_experiment
     from rankbias.runs import RunDir
     from rankbias.train import train
+    from rankbias.gradient_free import random_search
+    from rankbias.matrix_fit import fit_deep_linear
+    from rankbias.models.deep_linear import DeepLinear
 
 
 def __getattr__(name: str):
@@ -74,4 +80,7 @@ __all__ = [
     "experiments",
     "run_experiment",
     "train",
+    "DeepLinear",
+    "fit_deep_linear",
+    "random_search",
 ]

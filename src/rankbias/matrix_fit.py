@@ -170,6 +170,7 @@ def fit_deep_linear(
     init_scale: float = 1.0,
     scale_of: Literal["factor", "end_to_end"] = "factor",
     batched: bool = True,
+    group_by_depth: bool = True,
     population: int = 16,
     log_every: int | None = None,
     generator: torch.Generator | None = None,
@@ -182,7 +183,9 @@ def fit_deep_linear(
     initial step size). ``batch_size``: training pairs per step (mini-batch
     SGD, drawn from ``generator``); None uses all of them. ``batched=False``
     trains the same networks (same initial factors, same mini-batches) one at
-    a time; L-BFGS always does. ``scale_of``: ``init_scale`` is each factor's
+    a time; L-BFGS always does. ``group_by_depth`` (when batched): one batch
+    per depth (no padding); else one batch for all, shallower networks padded
+    with frozen identity factors. ``scale_of``: ``init_scale`` is each factor's
     gain (``factor``: the end-to-end map of a depth-L network then has gain
     init_scale^L), or the end-to-end map's gain at every depth (``end_to_end``:
     each factor gets init_scale^(1/L)).
@@ -219,27 +222,32 @@ def fit_deep_linear(
                                      population=population, generator=generator,
                                      log_every=log_every, batched=batched)
         status = ["ok"] * M
-    elif batched and optimizer != "lbfgs":
-        status, history = _fit_gradient(net, xtr, ytr, xte, yte, batches, optimizer=optimizer,
-                                        lr=lr, steps=steps, momentum=momentum,
-                                        log_every=log_every, progress=progress)
     else:
-        status, history = [], []
+        if not batched or optimizer == "lbfgs":
+            groups = [[m] for m in range(M)]
+        elif group_by_depth:  # one unpadded batch per depth: no work on identity factors
+            groups = [[m for m in range(M) if depths[m] == d] for d in sorted(set(depths))]
+        else:  # one batch, shallower networks padded with identities
+            groups = [list(range(M))]
+        status, history = ["ok"] * M, []
         factors = net.factors.detach()
         trained = []
-        for m in range(M):
-            one = DeepLinear.from_factors([list(factors[m, : depths[m]])])
-            sl = slice(m, m + 1)
+        for group in groups:
+            sub = DeepLinear.from_factors([list(factors[m, : depths[m]]) for m in group])
+            gi = torch.as_tensor(group, device=xtr.device)
             st, hist = _fit_gradient(
-                one, xtr[sl], ytr[sl], xte[sl], yte[sl],
-                None if batches is None else batches[:, sl], optimizer=optimizer, lr=lr,
-                steps=steps, momentum=momentum, log_every=log_every, progress=False)
-            status += st
-            history += [{**r, "model": m} for r in hist]
-            trained.append(one.factors.detach()[0])
+                sub, xtr[gi], ytr[gi], xte[gi], yte[gi],
+                None if batches is None else batches[:, gi], optimizer=optimizer, lr=lr,
+                steps=steps, momentum=momentum, log_every=log_every,
+                progress=progress if len(groups) == 1 else False)
+            for j, m in enumerate(group):
+                status[m] = st[j]
+            history += [{**r, "model": group[r["model"]]} for r in hist]
+            trained.append((group, sub.factors.detach()))
         with torch.no_grad():
-            for m, F in enumerate(trained):
-                net.factors[m, : depths[m]] = F
+            for group, F in trained:
+                for j, m in enumerate(group):
+                    net.factors[m, : depths[m]] = F[j, : depths[m]]
         history.sort(key=lambda r: (r["step"], r["model"]))
     with torch.no_grad():
         We = net.end_to_end()

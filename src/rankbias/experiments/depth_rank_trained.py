@@ -128,7 +128,7 @@ def nanstats(values) -> dict[str, float]:
 
 
 def fit_sweep(cfg, targets, *, optimizer=None, lr=None, steps=None, batch_size="cfg",
-              batched=None, population: int = 16, progress=None):
+              batched=None, group_by_depth=None, population: int = 16, progress=None):
     """Train every (target, depth, seed) network of ``cfg``; returns (layout, tasks, FitResult)."""
     tasks, index = [], {}
     for ti, target in enumerate(targets):
@@ -141,7 +141,9 @@ def fit_sweep(cfg, targets, *, optimizer=None, lr=None, steps=None, batch_size="
         optimizer=optimizer or cfg.optimizer, lr=lr or cfg.lr, steps=steps or cfg.steps,
         momentum=cfg.momentum, batch_size=cfg.batch_size if batch_size == "cfg" else batch_size,
         init=cfg.init, init_scale=cfg.init_scale, scale_of=cfg.scale_of,
-        batched=cfg.batched if batched is None else batched, population=population,
+        batched=cfg.batched if batched is None else batched,
+        group_by_depth=getattr(cfg, "group_by_depth", True) if group_by_depth is None else group_by_depth,
+        population=population,
         log_every=getattr(cfg, "log_every", None), generator=gen, progress=progress)
     return layout, tasks, res
 
