@@ -44,11 +44,11 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from rankbias.config import Config, ConfigError
     from rankbias.experiments.registry import experiments, run_experiment
-    from rankbias.runs import RunDir
-    from rankbias.train import train
     from rankbias.gradient_free import random_search
     from rankbias.matrix_fit import fit_deep_linear
     from rankbias.models.deep_linear import DeepLinear
+    from rankbias.runs import RunDir
+    from rankbias.train import train
 
 
 def __getattr__(name: str):
