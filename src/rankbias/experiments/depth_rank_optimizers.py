@@ -26,7 +26,7 @@ from rankbias.experiments.depth_rank_trained import (
     target_entropy_rank,
 )
 from rankbias.experiments.registry import register
-from rankbias.runs import RunDir
+from rankbias.runs import RunDir, config_hash
 
 CLAIM = (
     "Depth lowers the entropy rank of the solution whatever the optimiser: for SGD, SGD with "
@@ -146,15 +146,17 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
     from rankbias.report import markdown_table, write_run_report
 
     per_optimizer, history_rows, h_target = [], [], None
+    # a part is reused (resume) only by a run of the same settings
+    chash = config_hash({k: v for k, v in cfg.to_dict().items() if k != "optimizers"})
     for name in tqdm(cfg.optimizers, desc="optimizers", disable=None, leave=False):
-        part = run.part(f"optimizer-{name}")
+        part = run.part(f"optimizer-{name}-{chash}")
         if part is None:
             layout, tasks, res = fit_sweep(cfg, ["low_rank"], **_settings(cfg, name))
             rows = per_depth_rows(layout, res, 0, cfg.depths)
             part = {"rows": rows, "target_entropy_rank": target_entropy_rank(tasks),
                     "history": [{"optimizer": name, **r} for r in res.history],
                     "layout": layout}
-            run.save_part(f"optimizer-{name}", part)
+            run.save_part(f"optimizer-{name}-{chash}", part)
         h_target = part["target_entropy_rank"]
         history_rows += part["history"]
         rows = part["rows"]
@@ -212,7 +214,7 @@ def _plot_rank(per_optimizer, h_target, path, cfg):
     ax.minorticks_off()
     ax.set_xlabel("depth L")
     ax.set_ylabel("converged entropy rank of $W_L\\cdots W_1$ (nats)")
-    ax.set_title(f"Deep linear nets on a rank-{cfg.target_rank} target, n={cfg.n} "
+    ax.set_title(f"Deep linear nets, rank-{cfg.target_rank} target, n={cfg.n}\n"
                  f"(error bars: std over {cfg.seeds} seeds)", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return plots.save(fig, path)
