@@ -82,7 +82,7 @@ def test_batched_training_equals_one_at_a_time(optimizer, batch_size):
     tasks = [make_task(6, "low_rank", rank=2, n_train=8, n_test=16, noise=0.1, generator=g) for _ in range(2)]
     kw = dict(optimizer=optimizer, lr=0.01, steps=30, batch_size=batch_size)
     p = fit_deep_linear(tasks, [0, 1, 0, 1], [2, 2, 5, 1], generator=_gen(3), group_by_depth=False, **kw)
-    a = fit_deep_linear(tasks, [0, 1, 0, 1], [2, 2, 5, 1], generator=_gen(3), batched=True, **kw)
+    a = fit_deep_linear(tasks, [0, 1, 0, 1], [2, 2, 5, 1], generator=_gen(3), group_by_depth=True, **kw)
     b = fit_deep_linear(tasks, [0, 1, 0, 1], [2, 2, 5, 1], generator=_gen(3), batched=False, **kw)
     assert torch.allclose(a.end_to_end, b.end_to_end, rtol=1e-10, atol=1e-12)
     assert torch.allclose(a.train_loss, b.train_loss, rtol=1e-9)

@@ -170,7 +170,7 @@ def fit_deep_linear(
     init_scale: float = 1.0,
     scale_of: Literal["factor", "end_to_end"] = "factor",
     batched: bool = True,
-    group_by_depth: bool = True,
+    group_by_depth: bool = False,
     population: int = 16,
     log_every: int | None = None,
     generator: torch.Generator | None = None,

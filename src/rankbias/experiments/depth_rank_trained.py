@@ -142,7 +142,7 @@ def fit_sweep(cfg, targets, *, optimizer=None, lr=None, steps=None, batch_size="
         momentum=cfg.momentum, batch_size=cfg.batch_size if batch_size == "cfg" else batch_size,
         init=cfg.init, init_scale=cfg.init_scale, scale_of=cfg.scale_of,
         batched=cfg.batched if batched is None else batched,
-        group_by_depth=getattr(cfg, "group_by_depth", True) if group_by_depth is None else group_by_depth,
+        group_by_depth=getattr(cfg, "group_by_depth", False) if group_by_depth is None else group_by_depth,
         population=population,
         log_every=getattr(cfg, "log_every", None), generator=gen, progress=progress)
     return layout, tasks, res
