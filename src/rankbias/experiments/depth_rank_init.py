@@ -195,7 +195,7 @@ def strictly_decreasing(xs) -> bool:
 
 @register(
     "depth-rank-init",
-    description="Entropy rank of deep linear networks at initialisation, against depth (Huh et al. sec. 3)",
+    description="Entropy rank at init against depth: deep linear maps and MLP kernels (Huh et al. sec. 3)",
     config_cls=DepthRankInitConfig,
     presets={
         "quick": {"network": "mlp", "draws": 1000, "chunk": 500},
