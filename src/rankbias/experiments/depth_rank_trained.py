@@ -231,6 +231,10 @@ def run(cfg: DepthRankTrainedConfig, run: RunDir) -> dict:
         sections.append((f"{target} target (entropy rank {h_t:.3f} nats; mean and std over "
                          f"{cfg.seeds} seeds)", markdown_table(rows)))
     verdict = {"holds": all(v["holds"] for v in verdicts.values()),
+               "criterion": ("low_rank: mean converged entropy rank strictly falls with depth, the "
+                             "deepest is closer to the target's than depth 1, and the mean test loss "
+                             "is lowest at neither the first nor the last depth; full_rank: the "
+                             "deepest's mean train loss exceeds those of the two shallowest depths"),
                **{f"{t}_holds": v["holds"] for t, v in verdicts.items()},
                **({"best_test_depth_low_rank": verdicts["low_rank"]["best_test_depth"]}
                   if "low_rank" in verdicts else {})}
