@@ -48,11 +48,17 @@ _LAZY = {
     "train_two_layer_cnn": "rankbias.models.two_layer_cnn",
     "noisy_canvas": "rankbias.data.images",
     "extract_patches": "rankbias.data.images",
+    "DeepLinear": "rankbias.models.deep_linear",
+    "fit_deep_linear": "rankbias.matrix_fit",
+    "random_search": "rankbias.gradient_free",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from rankbias.config import Config, ConfigError
     from rankbias.experiments.registry import experiments, run_experiment
+    from rankbias.gradient_free import random_search
+    from rankbias.matrix_fit import fit_deep_linear
+    from rankbias.models.deep_linear import DeepLinear
     from rankbias.runs import RunDir
     from rankbias.sweep import reproduce, run_sweep
     from rankbias.train import train
@@ -98,4 +104,7 @@ __all__ = [
     "train_two_layer_cnn",
     "noisy_canvas",
     "extract_patches",
+    "DeepLinear",
+    "fit_deep_linear",
+    "random_search",
 ]

@@ -17,7 +17,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["figure", "save", "style", "line_with_band", "distributions_by_group", "sweep_figure"]
+__all__ = [
+    "figure",
+    "save",
+    "style",
+    "line_with_band",
+    "distributions_by_group",
+    "sweep_figure",
+    "quantile_lines",
+]
 
 STYLE = {
     "figure.dpi": 110,
@@ -170,4 +178,43 @@ def sweep_figure(
         axes.flat[0].legend(title=legend_title, fontsize=7)
     spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed per point"
     fig.suptitle(f"{title} ({spread})", fontsize=10)
+    return save(fig, path)
+
+
+def quantile_lines(
+    series: Mapping[str, Sequence[Mapping[str, float]]],
+    path: str | Path,
+    *,
+    x: str,
+    center: str,
+    lo: str,
+    hi: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+    hline: tuple[float, str] | None = None,
+    legend_title: str | None = None,
+) -> Path:
+    """One line per series (rows of dicts: ``x``, ``center``, ``lo``, ``hi``) with
+    a shaded band from ``lo`` to ``hi`` (e.g. median and 5-95% quantiles over draws)."""
+    fig, ax = figure(width=6.6, height=3.8)
+    cmap = plt.get_cmap("tab10")
+    all_x: set = set()
+    for i, (name, rows) in enumerate(series.items()):
+        xs = [r[x] for r in rows]
+        all_x.update(xs)
+        c = cmap(i % 10)
+        ax.plot(xs, [r[center] for r in rows], marker="o", ms=3, color=c, label=name)
+        ax.fill_between(xs, [r[lo] for r in rows], [r[hi] for r in rows], color=c, alpha=0.15, lw=0)
+    if hline is not None:
+        ax.axhline(hline[0], color="k", ls=":", lw=1, label=hline[1])
+    if logx:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(all_x), [f"{v:g}" for v in sorted(all_x)])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)

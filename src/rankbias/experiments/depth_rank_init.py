@@ -11,6 +11,23 @@ of the list. Each depth's distribution is exact; the depths of one draw share
 their first factors (prefix products), which correlates depths, not draws.
 Each factor is scaled by 1/sqrt(n) (Gaussian) or sqrt(3/n) (uniform) so the
 product neither overflows nor underflows; the entropy rank is scale-invariant.
+
+With ``network="mlp"`` the run also measures the same effect for nonlinear
+networks (Huh et al. sec. 3, fig. 3): N random inputs x_j ~ N(0, I_w) pass
+through an MLP h_l = phi(W_l h_{l-1}) with w x w factors and no biases; the
+kernel of the depth-L embeddings, K = Z_L Z_L^T (N x N, uncentred), has its
+entropy rank (p_i = lambda_i(K) / sum_j lambda_j(K), the "kernel effective
+rank" in nats) measured at every depth of the list, for every activation.
+
+Initialisation per activation: W_l has i.i.d. entries of variance g^2 / w
+(normal, or uniform with that variance), with the gain g chosen so that unit
+pre-activation variance is a fixed point of the variance map,
+g^2 E[phi(z)^2] = 1 for z ~ N(0, 1) (computed by Gauss-Hermite quadrature).
+This is He's sqrt(2) for ReLU, sqrt(2 / (1 + a^2)) for leaky ReLU, 1 for the
+identity and for SELU (LeCun init, SELU's self-normalising fixed point), and
+~1.59 for tanh, ~1.53 for GELU, ~1.52 for sine. The signal's scale thus neither
+explodes nor vanishes with depth, so any fall of the kernel's rank is a change of
+its shape, not of its size (the entropy rank is scale-invariant anyway).
 """
 
 from __future__ import annotations
@@ -20,17 +37,46 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rankbias.config import Config
 from rankbias.experiments.registry import register
 from rankbias.measures import rank_measures
 from rankbias.runs import RunDir
 
+CLAIM_MLP = (
+    "The same holds for nonlinear networks: the entropy rank of the kernel of N random "
+    "inputs' embeddings through a deep MLP at initialisation decreases with depth, for "
+    "linear, tanh, ReLU, leaky ReLU, SELU, GELU and sine activations (Huh et al. 2023, fig. 3)."
+)
 CLAIM = (
     "The entropy rank of the end-to-end map W_L...W_1 of a deep linear network at "
     "initialisation decreases with depth L: its distribution over draws shifts down "
     "(and widens) as L grows (Huh et al. 2023, sec. 3)."
 )
+
+
+LEAKY_SLOPE = 0.01
+ACTIVATION_FNS = {
+    "linear": lambda x: x,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, LEAKY_SLOPE),
+    "selu": F.selu,
+    "gelu": F.gelu,
+    "sine": torch.sin,
+}
+ACTIVATIONS = tuple(ACTIVATION_FNS)
+
+
+def variance_preserving_gain(activation: str, order: int = 101) -> float:
+    """g with g^2 E[phi(z)^2] = 1, z ~ N(0, 1): unit pre-activation variance is
+    then a fixed point of layer-to-layer propagation (Gauss-Hermite quadrature)."""
+    if activation not in ACTIVATION_FNS:
+        raise ValueError(f"unknown activation {activation!r}; accepted: {', '.join(ACTIVATIONS)}")
+    z, w = np.polynomial.hermite_e.hermegauss(order)
+    phi = ACTIVATION_FNS[activation](torch.as_tensor(z, dtype=torch.float64)).numpy()
+    return float(1.0 / np.sqrt((w * phi**2).sum() / w.sum()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +95,15 @@ class DepthRankInitConfig(Config):
     """Draws processed per batched matmul (memory: chunk * n * n * 8 bytes per buffer)."""
     device: str = "cpu"
     """torch device, e.g. "cpu" or "cuda"."""
+    network: Literal["linear", "mlp"] = "linear"
+    """"linear": the end-to-end maps W_L...W_1 only; "mlp": those and, for every
+    activation, the kernel of N random inputs' embeddings through deep MLPs."""
+    activations: list[str] = dataclasses.field(default_factory=lambda: list(ACTIVATIONS))
+    """MLP activations (network="mlp"): any of linear, tanh, relu, leaky_relu, selu, gelu, sine."""
+    width: int = 64
+    """MLP width w (input dimension and every hidden layer; network="mlp")."""
+    n_inputs: int = 32
+    """Number N of random inputs whose N x N kernel is measured (network="mlp")."""
 
     def validate(self) -> None:
         self._require(self.n >= 2, "n", "an int >= 2")
@@ -58,6 +113,12 @@ class DepthRankInitConfig(Config):
                       "strictly increasing depths")
         self._require(self.draws >= 2, "draws", "an int >= 2")
         self._require(self.chunk >= 1, "chunk", "an int >= 1")
+        self._require(len(self.activations) >= 1 and all(a in ACTIVATIONS for a in self.activations),
+                      "activations", f"a non-empty list of: {', '.join(ACTIVATIONS)}")
+        self._require(len(set(self.activations)) == len(self.activations), "activations",
+                      "each activation at most once")
+        self._require(self.width >= 2, "width", "an int >= 2")
+        self._require(self.n_inputs >= 2, "n_inputs", "an int >= 2")
 
 
 def sample_factor(shape, init: str, n: int, gen: torch.Generator, device) -> torch.Tensor:
@@ -84,6 +145,40 @@ def entropy_ranks_by_depth(cfg: DepthRankInitConfig) -> dict[int, np.ndarray]:
     return {d: np.concatenate(v) for d, v in out.items()}
 
 
+def mlp_embeddings(X: torch.Tensor, weights, activation: str, depths) -> dict[int, torch.Tensor]:
+    """Embeddings phi(W_L ... phi(W_1 x)) of inputs X (b, N, w) at every depth in
+    ``depths``; ``weights`` yields the factors (b, w, w) in order."""
+    phi = ACTIVATION_FNS[activation]
+    wanted, out, h = set(depths), {}, X
+    for depth, W in zip(range(1, max(depths) + 1), weights):
+        h = phi(h @ W.mT)  # (b, N, w)
+        if depth in wanted:
+            out[depth] = h
+    return out
+
+
+def kernel_entropy_ranks_by_depth(cfg: DepthRankInitConfig, activation: str) -> dict[int, np.ndarray]:
+    """Entropy rank of the kernel Z_L Z_L^T of ``cfg.n_inputs`` random inputs through
+    an MLP with ``activation`` at every depth in ``cfg.depths``, shape (draws,) each.
+    Every draw has its own inputs and weights; draws run in batches of ``cfg.chunk``."""
+    # one stream per activation, so adding or reordering activations changes no other result
+    gen = torch.Generator(device=cfg.device).manual_seed(
+        cfg.seed * 1000 + 1 + ACTIVATIONS.index(activation))
+    gain = variance_preserving_gain(activation)
+    w, N = cfg.width, cfg.n_inputs
+    out: dict[int, list[np.ndarray]] = {d: [] for d in cfg.depths}
+    for start in range(0, cfg.draws, cfg.chunk):
+        b = min(cfg.chunk, cfg.draws - start)
+        X = torch.randn((b, N, w), generator=gen, dtype=torch.float64, device=cfg.device)
+        weights = (sample_factor((b, w, w), cfg.init, w, gen, cfg.device) * gain
+                   for _ in range(max(cfg.depths)))
+        for depth, Z in mlp_embeddings(X, weights, activation, cfg.depths).items():
+            K = Z @ Z.mT  # (b, N, N): the kernel; its singular values are its eigenvalues
+            h = rank_measures(K, ["entropy_rank"])["entropy_rank"]
+            out[depth].append(h.cpu().numpy())
+    return {d: np.concatenate(v) for d, v in out.items()}
+
+
 def describe(values: np.ndarray) -> dict[str, float]:
     return {
         "mean": float(values.mean()),
@@ -100,11 +195,12 @@ def strictly_decreasing(xs) -> bool:
 
 @register(
     "depth-rank-init",
-    description="Entropy rank of deep linear networks at initialisation, against depth (Huh et al. sec. 3)",
+    description="Entropy rank at init against depth: deep linear maps and MLP kernels (Huh et al. sec. 3)",
     config_cls=DepthRankInitConfig,
     presets={
-        "quick": {},
-        "paper": {"n": 256, "depths": [1, 2, 4, 8, 16, 32, 64], "draws": 10000, "chunk": 256},
+        "quick": {"network": "mlp", "draws": 1000, "chunk": 500},
+        "paper": {"n": 256, "depths": [1, 2, 4, 8, 16, 32, 64], "draws": 10000, "chunk": 256,
+                  "network": "mlp", "width": 256, "n_inputs": 128},
     },
     claim=CLAIM,
 )
@@ -132,14 +228,72 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
         legend_title="depth",
     )
     summary = {"per_depth": per_depth, "verdict": verdict, "max_entropy_rank": float(np.log(cfg.n))}
+    sections = [("Entropy rank by depth (nats; the maximum is log n = "
+                 f"{np.log(cfg.n):.3f})", markdown_table(per_depth))]
+    figures = ["entropy_rank_by_depth"]
+    if cfg.network == "mlp":
+        per_activation = _run_mlp(cfg, run)
+        falls = {a["activation"]: a["strictly_decreasing"] for a in per_activation}
+        verdict = {
+            "holds": verdict["holds"] and all(falls.values()),
+            "criterion": ("median entropy rank strictly decreasing in depth, for the linear "
+                          "end-to-end map and for every activation's kernel"),
+            "median_by_depth": verdict["median_by_depth"],
+            "linear_end_to_end_falls": verdict["holds"],
+            "kernel_falls_by_activation": falls,
+        }
+        summary.update(verdict=verdict, per_activation=per_activation,
+                       max_kernel_entropy_rank=float(np.log(min(cfg.n_inputs, cfg.width))))
+        rows = [{"activation": a["activation"], "gain": a["gain"],
+                 **{f"L={r['depth']}": r["median"] for r in a["per_depth"]},
+                 "falls": a["strictly_decreasing"]} for a in per_activation]
+        sections.append((
+            f"Kernel entropy rank of deep MLPs (median over {cfg.draws} draws, nats; N = "
+            f"{cfg.n_inputs} inputs, width {cfg.width}, max log {min(cfg.n_inputs, cfg.width)} = "
+            f"{np.log(min(cfg.n_inputs, cfg.width)):.3f})", markdown_table(rows)))
+        figures.append("kernel_entropy_rank_by_depth")
     write_run_report(
         run,
         title="depth-rank-init: effective rank at initialisation against depth",
-        claim=CLAIM,
-        verdict=verdict,
-        sections=[("Entropy rank by depth (nats; the maximum is log n = "
-                   f"{np.log(cfg.n):.3f})", markdown_table(per_depth))],
-        figures=["entropy_rank_by_depth"],
+        claim=CLAIM if cfg.network == "linear" else CLAIM + " " + CLAIM_MLP,
+        verdict=summary["verdict"],
+        sections=sections,
+        figures=figures,
         config=cfg.to_dict(),
     )
     return summary
+
+
+def _run_mlp(cfg: DepthRankInitConfig, run: RunDir) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from rankbias import plots
+
+    per_activation, ranks_by_act = [], {}
+    for act in tqdm(cfg.activations, desc="kernels", disable=None, leave=False):
+        ranks = kernel_entropy_ranks_by_depth(cfg, act)
+        ranks_by_act[act] = ranks
+        rows = [{"depth": d, **describe(v)} for d, v in ranks.items()]
+        per_activation.append({
+            "activation": act,
+            "gain": variance_preserving_gain(act),
+            "per_depth": rows,
+            "strictly_decreasing": strictly_decreasing([r["median"] for r in rows]),
+        })
+    run.write_csv(
+        "kernel_metrics.csv",
+        ({"activation": a, "depth": d, "draw": i, "kernel_entropy_rank": float(x)}
+         for a, ranks in ranks_by_act.items() for d, v in ranks.items() for i, x in enumerate(v)),
+    )
+    plots.quantile_lines(
+        {a["activation"]: a["per_depth"] for a in per_activation},
+        run.figure_path("kernel_entropy_rank_by_depth"),
+        x="depth", center="median", lo="q05", hi="q95",
+        xlabel="depth L (number of layers)",
+        ylabel="kernel entropy rank (nats)",
+        title=(f"Deep MLPs at init: kernel of N={cfg.n_inputs} random inputs, width {cfg.width}\n"
+               f"median and 5-95% band over {cfg.draws} draws"),
+        logx=True,
+        hline=(float(np.log(min(cfg.n_inputs, cfg.width))), "maximum log N"),
+    )
+    return per_activation

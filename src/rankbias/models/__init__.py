@@ -1,1 +1,1 @@
-"""Models of the papers reproduced by rankbias."""
+"""Model families used by the experiments (small modules, batched over a leading model dimension)."""

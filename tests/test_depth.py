@@ -1,0 +1,229 @@
+"""Depth and rank (SCIENCE.md C.1, C.2): deep linear nets, MLP kernels at init,
+trained deep linear nets, optimisers."""
+
+import math
+
+import pytest
+import torch
+
+import rankbias
+from rankbias.config import ConfigError
+from rankbias.experiments.depth_rank_init import (
+    ACTIVATIONS,
+    LEAKY_SLOPE,
+    mlp_embeddings,
+    variance_preserving_gain,
+)
+from rankbias.gradient_free import random_search
+from rankbias.matrix_fit import fit_deep_linear, make_task
+from rankbias.measures import entropy_rank
+from rankbias.models.deep_linear import DeepLinear, sample_factors
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------- deep linear model
+
+
+def test_padding_with_identity_is_exact_and_frozen():
+    depths = [1, 3, 5, 8]
+    net = DeepLinear(depths, 6, generator=_gen())
+    We = net.end_to_end()
+    for m, d in enumerate(depths):
+        P = net.factors[m, 0]
+        for i in range(1, d):
+            P = net.factors[m, i] @ P
+        assert torch.equal(We[m], P)  # bit for bit: identities multiply exactly
+        alone = DeepLinear.from_factors([list(net.factors.detach()[m, :d])])
+        assert torch.equal(alone.end_to_end()[0], We[m])
+        assert torch.equal(net.factors[m, d:], torch.eye(6).expand(8 - d, 6, 6).double())
+    We.square().sum().backward()
+    for m, d in enumerate(depths):
+        assert torch.count_nonzero(net.factors.grad[m, d:]) == 0  # padded slots never move
+        assert torch.count_nonzero(net.factors.grad[m, :d]) > 0
+
+
+def test_depth_one_and_orthogonal_closed_forms():
+    # depth 1: the end-to-end map is the factor; an orthogonal product has all
+    # singular values equal, so its entropy rank is exactly log n at every depth
+    net = DeepLinear([1, 4, 16], 8, init="orthogonal", init_scale=2.0, generator=_gen())
+    assert torch.equal(net.end_to_end()[0], net.factors[0, 0])
+    h = entropy_rank(net.collapse())
+    assert torch.allclose(h, torch.full((3,), math.log(8), dtype=h.dtype), atol=1e-10)
+    sv = torch.linalg.svdvals(net.collapse())
+    assert torch.allclose(sv[1], torch.full((8,), 2.0**4, dtype=sv.dtype), rtol=1e-10)
+    # forward = x W_e^T
+    x = torch.randn(5, 8, generator=_gen(1), dtype=torch.float64)
+    assert torch.allclose(net(x)[2], x @ net.collapse()[2].T)
+
+
+def test_factor_variance_matches_scale():
+    W = sample_factors((400, 16, 16), init="uniform", scale=0.5, generator=_gen())
+    assert abs(W.var().item() * 16 - 0.25) < 0.01
+    with pytest.raises(ValueError, match="init must be one of"):
+        sample_factors((2, 2), init="cauchy")
+
+
+def test_deep_linear_bad_input():
+    with pytest.raises(ValueError, match="depths must be a non-empty list of ints >= 1"):
+        DeepLinear([0, 2], 4)
+    with pytest.raises(ValueError, match="init_scale: expected a float or 2 floats"):
+        DeepLinear([1, 2], 4, init_scale=[1.0])
+
+
+# --------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("optimizer, batch_size", [("gd", None), ("sgd", 4), ("adam", None)])
+def test_batched_training_equals_one_at_a_time(optimizer, batch_size):
+    g = _gen()
+    tasks = [make_task(6, "low_rank", rank=2, n_train=8, n_test=16, noise=0.1, generator=g) for _ in range(2)]
+    kw = dict(optimizer=optimizer, lr=0.01, steps=30, batch_size=batch_size)
+    p = fit_deep_linear(tasks, [0, 1, 0, 1], [2, 2, 5, 1], generator=_gen(3), group_by_depth=False, **kw)
+    a = fit_deep_linear(tasks, [0, 1, 0, 1], [2, 2, 5, 1], generator=_gen(3), group_by_depth=True, **kw)
+    b = fit_deep_linear(tasks, [0, 1, 0, 1], [2, 2, 5, 1], generator=_gen(3), batched=False, **kw)
+    assert torch.allclose(a.end_to_end, b.end_to_end, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(a.train_loss, b.train_loss, rtol=1e-9)
+    assert torch.allclose(p.end_to_end, b.end_to_end, rtol=1e-10, atol=1e-12)  # padded batch
+    assert a.status == b.status == p.status == ["ok"] * 4
+
+
+def test_depth_one_gd_converges_to_least_squares():
+    # depth 1, full batch, more pairs than dimensions: GD reaches the least-squares solution
+    t = make_task(5, "full_rank", n_train=40, n_test=10, noise=0.3, generator=_gen())
+    res = fit_deep_linear([t], [0], [1], optimizer="gd", lr=1.0, steps=3000, generator=_gen(1))
+    W_ls = torch.linalg.lstsq(t.x_train, t.y_train).solution.T
+    assert torch.allclose(res.end_to_end[0], W_ls, atol=1e-8)
+
+
+def test_make_task_closed_forms():
+    t = make_task(8, "low_rank", rank=3, n_train=4, n_test=4, generator=_gen())
+    sv = torch.linalg.svdvals(t.target)
+    assert torch.allclose(sv[:3], torch.full((3,), (8 / 3) ** 0.5, dtype=sv.dtype))
+    assert sv[3:].abs().max() < 1e-12
+    assert abs(entropy_rank(t.target).item() - math.log(3)) < 1e-10
+    assert torch.allclose(t.y_test, t.x_test @ t.target.T)
+    with pytest.raises(ValueError, match="rank must be in"):
+        make_task(4, "low_rank", rank=5, n_train=2, n_test=2)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        fit_deep_linear([t], [0], [1], optimizer="newton")
+
+
+def test_random_search_batched_minimises_and_respects_mask():
+    target = torch.randn(3, 5, generator=_gen(), dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[:, -1] = False
+    x0 = torch.zeros(3, 5, dtype=torch.float64)
+    reps = 8
+
+    def loss(c):  # c: (3 * reps, 5), model-major
+        return (c - target.repeat_interleave(reps, 0)).square().sum(-1)
+
+    res = random_search(loss, x0, steps=300, population=reps, sigma=0.5, generator=_gen(1), mask=mask)
+    assert torch.all(res.params[:, -1] == 0)
+    assert torch.allclose(res.params[:, :-1], target[:, :-1], atol=1e-3)
+    assert torch.allclose(res.loss, target[:, -1].square(), atol=1e-5)
+    # the 1/5 rule: step size shrinks as the optimum is approached
+    assert torch.all(res.sigma < 0.5)
+
+
+# --------------------------------------------------------------------- MLP kernels
+
+
+def test_variance_preserving_gains_closed_forms():
+    assert variance_preserving_gain("linear") == pytest.approx(1.0, abs=1e-12)
+    assert variance_preserving_gain("relu") == pytest.approx(math.sqrt(2), rel=1e-3)
+    assert variance_preserving_gain("leaky_relu") == pytest.approx(
+        math.sqrt(2 / (1 + LEAKY_SLOPE**2)), rel=1e-3)
+    assert variance_preserving_gain("selu") == pytest.approx(1.0, abs=2e-3)  # self-normalising
+    # sine: E[sin^2 z] = (1 - e^{-2}) / 2
+    assert variance_preserving_gain("sine") == pytest.approx(math.sqrt(2 / (1 - math.exp(-2))), rel=1e-8)
+
+
+def test_mlp_linear_kernel_is_the_linear_network_kernel():
+    X = torch.randn(4, 10, 6, generator=_gen(), dtype=torch.float64)
+    Ws = [torch.randn(4, 6, 6, generator=_gen(i + 1), dtype=torch.float64) for i in range(3)]
+    Z = mlp_embeddings(X, iter(Ws), "linear", [1, 3])
+    P = Ws[2] @ Ws[1] @ Ws[0]
+    assert torch.allclose(Z[3], X @ P.mT)
+    assert torch.allclose(Z[1], X @ Ws[0].mT)
+    Zr = mlp_embeddings(X, iter(Ws), "relu", [2])
+    assert torch.allclose(Zr[2], torch.relu(torch.relu(X @ Ws[0].mT) @ Ws[1].mT))
+
+
+def test_depth_rank_init_mlp_verdict_and_determinism(tmp_path):
+    over = {"network": "mlp", "n": 16, "depths": [1, 2, 4, 8, 16], "draws": 300, "chunk": 300,
+            "width": 32, "n_inputs": 16}
+    a = rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path / "a")
+    b = rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path / "b")
+    assert a == b
+    assert [p["activation"] for p in a["per_activation"]] == list(ACTIVATIONS)
+    assert a["verdict"]["holds"] is True, a["verdict"]
+    assert all(a["verdict"]["kernel_falls_by_activation"].values())
+    assert [r["depth"] for r in a["per_depth"]] == [1, 2, 4, 8, 16]  # the linear part is kept
+    for f in ("figures/kernel_entropy_rank_by_depth.png", "figures/entropy_rank_by_depth.png",
+              "kernel_metrics.csv"):
+        assert (tmp_path / "a" / f).exists()
+    # the kernel's entropy rank never exceeds log N
+    assert max(r["q95"] for p in a["per_activation"] for r in p["per_depth"]) <= math.log(16) + 1e-9
+
+
+@pytest.mark.parametrize(
+    "name, over, match",
+    [
+        ("depth-rank-init", {"activations": ["swish"]}, r"activations: .*accepted: a non-empty list of: linear"),
+        ("depth-rank-init", {"network": "cnn"}, r"network: .*one of 'linear', 'mlp'"),
+        ("depth-rank-trained", {"target_rank": 16}, r"target_rank: got 16; accepted: an int in \[1, n - 1 = 15\]"),
+        ("depth-rank-trained", {"optimizer": "lbfgs", "batch_size": 4}, r"batch_size: .*null with optimizer lbfgs"),
+        ("depth-rank-trained", {"targets": ["medium"]}, r"targets\[0\]: got 'medium'"),
+        ("depth-rank-optimizers", {"optimizers": ["sgd", "cma"]}, r"optimizers\[1\]: got 'cma'"),
+        ("depth-rank-optimizers", {"batch_size": 99}, r"batch_size: got 99; accepted: null or an int in \[1, n_train = 32\]"),
+    ],
+)
+def test_bad_configs(name, over, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        rankbias.run_experiment(name, over, out_dir=tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+# ------------------------------------------------------------ trained experiments
+
+
+def test_depth_rank_trained_quick_preset_verdict(tmp_path):
+    """SCIENCE.md C.2 on the quick preset (the CI-sized config): low-rank target ->
+    rank falls with depth toward the target's, test loss best at an intermediate
+    depth; full-rank target -> the deepest nets fit worse than the shallow ones."""
+    s = rankbias.run_experiment("depth-rank-trained", out_dir=tmp_path)
+    low, full = s["per_target"]
+    assert (low["target"], full["target"]) == ("low_rank", "full_rank")
+    assert low["target_entropy_rank"] == pytest.approx(math.log(4), abs=1e-9)
+    v = low["verdict"]
+    assert v["rank_strictly_falls_with_depth"] and v["deepest_closer_to_target_than_depth_1"]
+    assert v["best_test_depth"] not in (1, 32)
+    assert full["verdict"]["holds"]
+    assert s["verdict"]["holds"] is True
+    assert (tmp_path / "figures" / "depth_rank_trained.png").exists()
+    assert "step" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_depth_rank_optimizers_verdict_ci_config(tmp_path):
+    over = {"depths": [1, 4, 16], "seeds": 2, "steps": 600, "lbfgs_steps": 15,
+            "random_search_steps": 400}
+    s = rankbias.run_experiment("depth-rank-optimizers", over, out_dir=tmp_path)
+    assert [p["optimizer"] for p in s["per_optimizer"]] == ["sgd", "nesterov", "adam", "lbfgs", "random_search"]
+    for p in s["per_optimizer"]:
+        assert p["rank_largest_depth"] < p["rank_depth_1"], p["optimizer"]
+    assert s["verdict"]["holds"] is True
+    for f in ("entropy_rank_by_optimizer", "depth_rank_optimizers"):
+        assert (tmp_path / "figures" / f"{f}.png").exists()
+
+
+def test_trained_runs_are_deterministic(tmp_path):
+    over = {"depths": [1, 3], "seeds": 2, "steps": 20, "log_every": 10, "batch_size": 8,
+            "optimizer": "sgd"}
+    a = rankbias.run_experiment("depth-rank-trained", over, out_dir=tmp_path / "a")
+    b = rankbias.run_experiment("depth-rank-trained", over, out_dir=tmp_path / "b")
+    assert a == b
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
