@@ -36,9 +36,12 @@ _LAZY = {
     "ConfigError": "rankbias.config",
     "RunDir": "rankbias.runs",
     "train": "rankbias.train",
+    "rank_report": "rankbias.analysis",
+    "RankTracker": "rankbias.analysis",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rankbias.analysis import RankTracker, rank_report
     from rankbias.config import Config, ConfigError
     from rankbias.experiments.registry import experiments, run_experiment
     from rankbias.runs import RunDir
@@ -74,4 +77,6 @@ __all__ = [
     "experiments",
     "run_experiment",
     "train",
+    "rank_report",
+    "RankTracker",
 ]

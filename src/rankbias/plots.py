@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["figure", "save", "style", "line_with_band", "distributions_by_group"]
+__all__ = ["figure", "save", "style", "line_with_band", "distributions_by_group", "layer_ranks"]
 
 STYLE = {
     "figure.dpi": 110,
@@ -102,4 +102,43 @@ def distributions_by_group(
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(title=legend_title, ncols=2)
+    return save(fig, path)
+
+
+def layer_ranks(
+    layers: Sequence[str],
+    weights: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    embeddings: Mapping[str, Sequence[float]] | None = None,
+    data: Mapping[str, float] | None = None,
+    title: str = "",
+    max_labels: int = 40,
+) -> Path:
+    """Per-layer normalised ranks: weights (left) and output embeddings (right)
+    side by side, one line per measure; ``data`` (the inputs' own values) as
+    dashed horizontal lines on the embedding panel. NaN values leave gaps."""
+    panels = [("weights", weights)] + ([("output embeddings", embeddings)] if embeddings else [])
+    n = len(layers)
+    width = min(max(4.2, 0.16 * n + 2.5), 9.0)
+    fig, axes = figure(ncols=len(panels), width=width, height=3.6, squeeze=False, sharey=True)
+    x = np.arange(n)
+    step = max(1, int(np.ceil(n / max_labels)))
+    colors = plt.get_cmap("tab10")
+    for ax, (label, series) in zip(axes[0], panels):
+        for i, (name, vals) in enumerate(series.items()):
+            ax.plot(x, np.asarray(vals, float), marker="o", ms=3, lw=1.2, color=colors(i), label=name)
+            if label != "weights" and data and name in data and np.isfinite(data[name]):
+                ax.axhline(data[name], color=colors(i), ls="--", lw=1, alpha=0.8)
+        ax.set_xticks(x[::step])
+        ax.set_xticklabels([layers[j] for j in range(0, n, step)], rotation=90, fontsize=6)
+        ax.set_xlabel("layer (module order)")
+        ax.set_title(label)
+        ax.set_ylim(0, 1.05)
+        if label != "weights" and data:
+            ax.plot([], [], color="grey", ls="--", label="input data")
+        ax.legend(loc="best", framealpha=0.85)
+    axes[0][0].set_ylabel("rank / max possible rank")
+    if title:
+        fig.suptitle(title)
     return save(fig, path)
