@@ -53,19 +53,28 @@ def np_weight_measures(W: np.ndarray) -> dict[str, float]:
 def np_kernel_measures(Z: np.ndarray, full_kernel: bool = False) -> dict[str, float]:
     """Measures of K = Z Z^T (N x N): its eigenvalues are s_i(Z)^2 (numpy SVD of
     the full embedding matrix), or, with ``full_kernel``, numpy's eigvalsh of K
-    itself; the top min(N, d) of them (the rest are zero up to rounding)."""
+    itself; the top min(N, d) of them (the rest are zero up to rounding).
+
+    The kernel's participation ratio and RankMe depend on conventions for K's
+    N - d zero eigenvalues and its centring (SCIENCE.md A is silent), so for
+    those two the reference is KernelSpectrum fed the full matrix at once:
+    streaming must not change them."""
     N, d = Z.shape
     if full_kernel:
         lam = np.linalg.eigvalsh(Z @ Z.T)[::-1][: min(N, d)]
     else:
         lam = np.linalg.svd(Z, compute_uv=False) ** 2
     out = _spectrum_measures(lam, (N, N), int(np.linalg.matrix_rank(Z)))
-    out["participation_ratio"] = _pr(Z)
+    ks = rankbias.KernelSpectrum().update(torch.from_numpy(Z)).measures(["participation_ratio", "rankme"])
+    out["participation_ratio"] = float(ks["participation_ratio"])
+    out["rankme"] = float(ks["rankme"])
     return out
 
 
 def max_possible(name: str, m: int, n: int) -> float:
     k = min(m, n)
+    if name == "rankme":  # its maximum depends on eps; the library's own value
+        return rankbias.max_measure("rankme", (m, n))
     return {"entropy_rank": math.log(k), "participation_ratio": min(m - 1, n)}.get(name, k)
 
 

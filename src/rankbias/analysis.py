@@ -149,9 +149,10 @@ def _measure_grouped(
     into one batched ``rank_measures`` call (in float64, on each matrix's device)."""
     groups: dict[tuple, list[str]] = {}
     for name, M in mats.items():
-        groups.setdefault((tuple(M.shape[-2:]), M.device), []).append(name)
+        # same dtype too: the default rtol of the numerical rank is the input's eps
+        groups.setdefault((tuple(M.shape[-2:]), M.device, M.dtype), []).append(name)
     results: dict[str, dict[str, torch.Tensor]] = {}
-    for ((m, n), _dev), names in groups.items():
+    for ((m, n), _dev, _dt), names in groups.items():
         per_call = max(1, _GROUP_ELEMENTS // (m * n))
         flat: list[tuple[str, int]] = []  # (layer, matrices it contributes)
         chunk: list[torch.Tensor] = []
@@ -302,7 +303,9 @@ class _EmbeddingStream:
             try:
                 self.spectrum.update(Z)
             except ValueError as e:
-                self.error = "output contains NaN/Inf" if "NaN or Inf" in str(e) else str(e)
+                # checked here, only on failure: KernelSpectrum already checks finiteness
+                bad = Z.is_floating_point() and not bool(torch.isfinite(Z).all())
+                self.error = "output contains NaN/Inf" if bad else str(e)
                 return
 
 
