@@ -400,3 +400,15 @@ def test_tracker_validates():
         RankTracker(every=0)
     with pytest.raises(ValueError, match="unknown measure"):
         RankTracker(measures=["rnk"])
+
+
+def test_centered_kernel_removes_the_mean_embedding(cnn_data):
+    model, x = cnn_data
+    df = rank_report(model, x, centered=True, embedding_measures=["stable_rank", "effective_rank"],
+                     include_data=False, progress=False)
+    Z = layer_outputs(model, x)["5"].numpy()
+    s2 = np.linalg.svd(Z - Z.mean(0), compute_uv=False) ** 2
+    p = s2 / s2.sum()
+    row = df[df["name"] == "5"].iloc[0]
+    assert row["emb_stable_rank"] == pytest.approx((s2**2).sum() / s2[0] ** 2, rel=1e-7)
+    assert row["emb_effective_rank"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-7)

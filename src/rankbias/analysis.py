@@ -67,6 +67,9 @@ _CONV_TYPES = (nn.modules.conv._ConvNd,)
 # Matrices per batched rank_measures call are capped at this many float64
 # elements (256 MiB), so a large model is measured in a few big calls, not one huge one.
 _GROUP_ELEMENTS = 1 << 25
+# Output elements streamed per KernelSpectrum update: the row copy (float32) and
+# its float64 version stay ~12 MiB, small next to a forward pass's activations.
+_CHUNK_ELEMENTS = 1 << 20
 
 
 # ----------------------------------------------------------------- layer choice
@@ -478,7 +481,7 @@ def _stream_embeddings(
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
-    chunk = 1 << 20  # elements per streamed chunk: ~12 MiB of float32 + float64 copies
+    chunk = _CHUNK_ELEMENTS
     streams: dict[str, _EmbeddingStream] = {}
     if include_data:
         streams[DATA_ROW_NAME] = _EmbeddingStream(max_dim, centered, None, chunk)

@@ -110,7 +110,7 @@ def cmd_analyze(args) -> int:
     df = rank_report(
         model, data, layers=args.layers or None, measures=args.measures or None,
         conv_reading=args.conv_reading, device=args.device, embedding_reading=args.embedding_reading,
-        batch_size=args.batch_size, progress=None,
+        batch_size=args.batch_size, centered=args.centered, progress=None,
     )
     out.write_text("rank_report.csv", df.to_csv(index=False))
     rows = [{k: (str(v) if isinstance(v, tuple) else v) for k, v in r.items()}
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a conv weight as out x in*kh*kw (flatten) or per tap (mean over taps)")
     sp.add_argument("--embedding-reading", choices=["position", "sample"], default="position",
                     help="conv outputs per position ((N*H*W) x C) or per sample (N x C*H*W)")
+    sp.add_argument("--centered", action="store_true",
+                    help="remove the mean embedding before the kernel (default: raw K = Z Z^T)")
     sp.add_argument("--device", default=None, help="torch device (default: cpu)")
     sp.add_argument("--out", default=None, help="output directory (default runs/analyze/MODEL)")
     sp.set_defaults(func=cmd_analyze)
