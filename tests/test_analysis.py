@@ -412,3 +412,14 @@ def test_centered_kernel_removes_the_mean_embedding(cnn_data):
     row = df[df["name"] == "5"].iloc[0]
     assert row["emb_stable_rank"] == pytest.approx((s2**2).sum() / s2[0] ** 2, rel=1e-7)
     assert row["emb_effective_rank"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-7)
+
+
+def test_taps_numerical_rank_keeps_the_fractional_mean():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with torch.no_grad():
+        model[0].weight[:, :, 0, 0] = 0  # one of the 9 taps is the zero matrix (rank 0)
+    df = rank_report(model, conv_reading="taps", measures=["numerical_rank"], progress=False)
+    assert df.loc[0, "numerical_rank"] == pytest.approx(8 * 3 / 9)
+    flat = rank_report(model, measures=["numerical_rank"], progress=False)
+    assert str(flat["numerical_rank"].dtype) == "Int64" and flat.loc[0, "numerical_rank"] == 4

@@ -436,8 +436,9 @@ def rank_report(
         r.setdefault("error", "")
     df = pd.DataFrame(ordered, columns=columns)
     for col in ("numerical_rank", "emb_numerical_rank"):
-        if col in df:
-            df[col] = df[col].round().astype("Int64")
+        # integers, unless a mean over taps made them fractional
+        if col in df and bool((df[col].dropna() % 1 == 0).all()):
+            df[col] = df[col].astype("Int64")
     df["error"] = df["error"].fillna("")
     return df
 
