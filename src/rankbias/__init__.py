@@ -51,9 +51,12 @@ _LAZY = {
     "DeepLinear": "rankbias.models.deep_linear",
     "fit_deep_linear": "rankbias.matrix_fit",
     "random_search": "rankbias.gradient_free",
+    "rank_report": "rankbias.analysis",
+    "RankTracker": "rankbias.analysis",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rankbias.analysis import RankTracker, rank_report
     from rankbias.config import Config, ConfigError
     from rankbias.experiments.registry import experiments, run_experiment
     from rankbias.gradient_free import random_search
@@ -107,4 +110,6 @@ __all__ = [
     "DeepLinear",
     "fit_deep_linear",
     "random_search",
+    "rank_report",
+    "RankTracker",
 ]

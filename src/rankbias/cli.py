@@ -133,6 +133,45 @@ def cmd_reproduce(args) -> int:
     return 1 if res.failed else 0
 
 
+def cmd_analyze(args) -> int:
+    import os
+    import re
+    from pathlib import Path
+
+    from rankbias.analysis import (
+        load_inputs,
+        load_model,
+        plot_rank_report,
+        rank_report,
+        summarize_report,
+    )
+    from rankbias.report import markdown_table
+    from rankbias.runs import RunDir
+
+    model = load_model(args.model, arch=args.arch, weights=args.weights)
+    data = None
+    if args.data is not None:
+        data = load_inputs(args.data, root=args.data_root, limit=args.limit, train=args.split == "train")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(args.model).stem if ":" not in args.model else args.model)
+    out = RunDir(args.out or Path(os.environ.get("RANKBIAS_RUNS", "runs")) / "analyze" / slug.strip("-"))
+    df = rank_report(
+        model, data, layers=args.layers or None, measures=args.measures or None,
+        conv_reading=args.conv_reading, device=args.device, embedding_reading=args.embedding_reading,
+        batch_size=args.batch_size, centered=args.centered, progress=None,
+    )
+    out.write_text("rank_report.csv", df.to_csv(index=False))
+    rows = [{k: (str(v) if isinstance(v, tuple) else v) for k, v in r.items()}
+            for r in df.astype(object).where(df.notna(), None).to_dict("records")]
+    title = f"{args.model}" + (f" on {args.data} ({len(data)} inputs)" if data is not None else "")
+    out.write_text("rank_report.md", f"# Rank report: {title}\n\n" + markdown_table(rows))
+    fig = plot_rank_report(df, out.figure_path("rank_report"), title=title)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{title}: {int((df['name'] != '<input>').sum())} weight layers, {n_params:,} parameters")
+    print(summarize_report(df))
+    print(f"wrote {out / 'rank_report.csv'}, {out / 'rank_report.md'}, {fig}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rankbias import __version__
 
@@ -197,6 +236,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE",
                     help="override a config field of one experiment (repeatable)")
     sp.set_defaults(func=cmd_reproduce)
+
+    sp = sub.add_parser("analyze", help="rank report of a model: weights, embeddings on data, the data")
+    sp.add_argument("model", help="torchvision:NAME, a file saved with torch.save(model), "
+                    "or a state_dict file with --arch")
+    sp.add_argument("--arch", default=None, help="architecture of a state_dict: a torchvision "
+                    "name (resnet18) or package.module:Class")
+    sp.add_argument("--weights", default=None, help="state_dict file for a torchvision:NAME model "
+                    "(default: random weights)")
+    sp.add_argument("--data", default=None, help="inputs: digits, mnist, fashion-mnist, cifar10, "
+                    "random:CxHxW, or a .pt/.npy tensor file")
+    sp.add_argument("--data-root", default=None, help="dataset root (default $RANKBIAS_DATA or ./data)")
+    sp.add_argument("--split", choices=["test", "train"], default="test", help="dataset split")
+    sp.add_argument("--limit", type=int, default=None, help="use the first N inputs")
+    sp.add_argument("--batch-size", type=int, default=256, help="inputs per forward pass")
+    sp.add_argument("--layers", nargs="*", default=None, help="layer names or glob patterns (default all)")
+    sp.add_argument("--measures", nargs="*", default=None, help="measures (default all)")
+    sp.add_argument("--conv-reading", choices=["flatten", "taps"], default="flatten",
+                    help="a conv weight as out x in*kh*kw (flatten) or per tap (mean over taps)")
+    sp.add_argument("--embedding-reading", choices=["position", "sample"], default="position",
+                    help="conv outputs per position ((N*H*W) x C) or per sample (N x C*H*W)")
+    sp.add_argument("--centered", action="store_true",
+                    help="remove the mean embedding before the kernel (default: raw K = Z Z^T)")
+    sp.add_argument("--device", default=None, help="torch device (default: cpu)")
+    sp.add_argument("--out", default=None, help="output directory (default runs/analyze/MODEL)")
+    sp.set_defaults(func=cmd_analyze)
     return p
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "distributions_by_group",
     "sweep_figure",
     "quantile_lines",
+    "layer_ranks",
 ]
 
 STYLE = {
@@ -217,4 +218,57 @@ def quantile_lines(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return save(fig, path)
+
+
+def layer_ranks(
+    layers: Sequence[str],
+    weights: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    embeddings: Mapping[str, Sequence[float]] | None = None,
+    data: Mapping[str, float] | None = None,
+    title: str = "",
+    max_labels: int = 40,
+    logy: bool | None = None,
+) -> Path:
+    """Per-layer normalised ranks: weights (left) and output embeddings (right)
+    side by side, one line per measure; ``data`` (the inputs' own values) as
+    dashed horizontal lines on the embedding panel. NaN values leave gaps.
+    ``logy`` (default: when some value is below 0.05) puts the y axis on a log
+    scale, so that small kernel ranks stay readable next to full ones."""
+    panels = [("weights", weights)] + ([("output embeddings", embeddings)] if embeddings else [])
+    n = len(layers)
+    width = min(max(4.2, 0.16 * n + 2.5), 9.0)
+    fig, axes = figure(ncols=len(panels), width=width, height=3.6, squeeze=False, sharey=True)
+    x = np.arange(n)
+    step = max(1, int(np.ceil(n / max_labels)))
+    colors = plt.get_cmap("tab10")
+    vals_all = np.concatenate(
+        [np.asarray(v, float) for _, ser in panels for v in ser.values()]
+        + [np.asarray(list((data or {}).values()), float)]
+    )
+    pos = vals_all[np.isfinite(vals_all) & (vals_all > 0)]
+    if logy is None:
+        logy = pos.size > 0 and pos.min() < 0.05
+    for ax, (label, series) in zip(axes[0], panels):
+        for i, (name, vals) in enumerate(series.items()):
+            ax.plot(x, np.asarray(vals, float), marker="o", ms=3, lw=1.2, color=colors(i), label=name)
+            if label != "weights" and data and name in data and np.isfinite(data[name]):
+                ax.axhline(data[name], color=colors(i), ls="--", lw=1, alpha=0.8)
+        ax.set_xticks(x[::step])
+        ax.set_xticklabels([layers[j] for j in range(0, n, step)], rotation=90, fontsize=6)
+        ax.set_xlabel("layer (module order)")
+        ax.set_title(label)
+        if logy:
+            ax.set_yscale("log")
+            ax.set_ylim(10 ** np.floor(np.log10(pos.min())), 1.3)
+        else:
+            ax.set_ylim(0, 1.05)
+        if label != "weights" and data:
+            ax.plot([], [], color="grey", ls="--", label="input data")
+        ax.legend(loc="best", framealpha=0.85)
+    axes[0][0].set_ylabel("rank / max possible rank" + (" (log scale)" if logy else ""))
+    if title:
+        fig.suptitle(title)
     return save(fig, path)
