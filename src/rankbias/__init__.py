@@ -36,11 +36,14 @@ _LAZY = {
     "ConfigError": "rankbias.config",
     "RunDir": "rankbias.runs",
     "train": "rankbias.train",
+    "overparameterize": "rankbias.overparam",
+    "collapse": "rankbias.overparam",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from rankbias.config import Config, ConfigError
     from rankbias.experiments.registry import experiments, run_experiment
+    from rankbias.overparam import collapse, overparameterize
     from rankbias.runs import RunDir
     from rankbias.train import train
 
@@ -74,4 +77,6 @@ __all__ = [
     "experiments",
     "run_experiment",
     "train",
+    "overparameterize",
+    "collapse",
 ]
