@@ -360,12 +360,14 @@ def plot(cfg, per_depth: list[dict], path) -> None:
             continue
         x = np.array([r["depth"] for r in rows], float) + (k - (len(cfg.models) - 1) / 2) * 0.06
         plots.line_with_band(ax1, x, [100 * r["test_acc_mean"] for r in rows],
-                             [100 * r["test_acc_std"] for r in rows], label=f"{model_name} test")
+                             [100 * r["test_acc_std"] for r in rows], label=f"{model_name} test",
+                             color=f"C{k}")
         plots.line_with_band(ax1, x, [100 * r["train_acc_mean"] for r in rows],
                              [100 * r["train_acc_std"] for r in rows], label=f"{model_name} train",
-                             ls="--", marker="s", alpha=0.6)
+                             ls="--", marker="s", alpha=0.6, color=f"C{k}")
         plots.line_with_band(ax2, x, [r["embed_erank_mean"] for r in rows],
-                             [r["embed_erank_std"] for r in rows], label=model_name)
+                             [r["embed_erank_std"] for r in rows], label=model_name,
+                             color=f"C{k}")
     for ax in (ax1, ax2):
         ax.set_xlabel("expansion depth (1 = baseline)")
         ax.set_xticks(sorted(cfg.depths))
