@@ -125,7 +125,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    # 1 thread by default: on a shared machine 2-thread step times swing 2-3x between repeats
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--memory-child", choices=TRAIN_VARIANTS, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = ap.parse_args(argv)
