@@ -20,7 +20,7 @@ allocates gradients and momentum buffers), and reports VmHWM - VmRSS-before:
 the extra resident memory the training step needed at its peak (activations,
 gradients, optimiser state, allocator slack), as the OS saw it.
 
-    python bench/bench_overparam.py [--model resnet20|resnet18] [--repeats 7]
+    python bench/bench_overparam.py [--model resnet20|resnet18] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
