@@ -53,6 +53,8 @@ _LAZY = {
     "random_search": "rankbias.gradient_free",
     "rank_report": "rankbias.analysis",
     "RankTracker": "rankbias.analysis",
+    "overparameterize": "rankbias.overparam",
+    "collapse": "rankbias.overparam",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rankbias.gradient_free import random_search
     from rankbias.matrix_fit import fit_deep_linear
     from rankbias.models.deep_linear import DeepLinear
+    from rankbias.overparam import collapse, overparameterize
     from rankbias.runs import RunDir
     from rankbias.sweep import reproduce, run_sweep
     from rankbias.train import train
@@ -112,4 +115,6 @@ __all__ = [
     "random_search",
     "rank_report",
     "RankTracker",
+    "overparameterize",
+    "collapse",
 ]

@@ -1,0 +1,107 @@
+"""overparam-classification on a CI-sized config (digits, small CNN): the
+summary's structure and verdict, exact collapse of trained models, failure
+isolation, augmentation, models."""
+
+import math
+
+import pytest
+import torch
+
+from rankbias import run_experiment
+from rankbias.config import ConfigError
+from rankbias.experiments import overparam_classification as opc
+from rankbias.models import build_model
+
+CI = {
+    "models": ["cnn"], "model_width": 8, "depths": [1, 2], "seeds": [0, 1], "epochs": 6, "warmup_epochs": 0.5, "lr": 0.2,
+    "train_limit": 256, "test_limit": 128, "num_threads": 1,
+}
+
+
+def test_ci_sized_run_summary_and_verdict(tmp_path):
+    s = run_experiment("overparam-classification", CI, out_dir=tmp_path / "r")
+    rows = {(r["model"], r["depth"]): r for r in s["per_depth"]}
+    assert set(rows) == {("cnn", 1), ("cnn", 2)}
+    for r in rows.values():
+        assert r["n_ok"] == 2 and r["n_failed"] == 0
+        assert 0.2 < r["test_acc_mean"] <= 1 and r["test_acc_std"] >= 0
+        assert 0 <= r["train_acc_mean"] <= 1
+        assert 1 <= r["embed_erank_mean"] <= 32  # embedding dim 4 * model_width
+    # the trained expanded model and its collapse agree (float32 here)
+    assert rows[("cnn", 2)]["collapse_max_rel_diff"] <= 1e-5
+    v = s["verdict"]
+    assert isinstance(v["holds"], bool)
+    c = v["comparisons"]["cnn/depth=2"]
+    assert v["holds"] == (c["expanded_test_acc"] >= c["baseline_test_acc"])
+    per_seed = {(r["depth"], r["seed"]): r["test_acc"] for r in s["runs"]}
+    diffs = [per_seed[(2, k)] - per_seed[(1, k)] for k in (0, 1)]
+    assert math.isclose(c["paired_diff_mean"], sum(diffs) / 2, abs_tol=1e-12)
+    # collapsed = baseline architecture; trained = more parameters
+    run2 = next(r for r in s["runs"] if r["depth"] == 2)
+    assert run2["params_collapsed"] == run2["params_baseline"] < run2["params_trained"]
+    assert (tmp_path / "r" / "figures" / "accuracy_rank_vs_depth.png").exists()
+    assert (tmp_path / "r" / "report.md").read_text().count("Verdict") == 1
+    # a seed determines the run: the same config again gives the same numbers
+    cfg = opc.OverparamClassificationConfig.from_dict(CI)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        again = opc.train_one(cfg, "cnn", 2, 1, opc._load(cfg))
+    finally:
+        torch.set_num_threads(threads)
+    assert again["test_acc"] == per_seed[(2, 1)]
+    assert again["embed_erank"] == next(r["embed_erank"] for r in s["runs"]
+                                        if r["depth"] == 2 and r["seed"] == 1)
+
+
+def test_a_failed_run_keeps_the_others(tmp_path, monkeypatch):
+    real = opc.train_one
+
+    def flaky(cfg, model_name, depth, seed, data):
+        if depth == 2 and seed == 1:
+            raise RuntimeError("boom")
+        return real(cfg, model_name, depth, seed, data)
+
+    monkeypatch.setattr(opc, "train_one", flaky)
+    cfg = {**CI, "epochs": 1}
+    s = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r")
+    assert s["failures"] == [{"model": "cnn", "depth": 2, "seed": 1, "error": "RuntimeError: boom"}]
+    rows = {r["depth"]: r for r in s["per_depth"]}
+    assert rows[1]["n_ok"] == 2 and rows[2]["n_ok"] == 1 and rows[2]["n_failed"] == 1
+    assert "Failed runs" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="depths"):
+        run_experiment("overparam-classification", {"depths": [2, 3]})
+    with pytest.raises(ConfigError, match="models"):
+        run_experiment("overparam-classification", {"models": ["vit"]})
+
+
+def test_augment_crop_and_flip():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4) + 1
+    g = torch.Generator().manual_seed(0)
+    out = opc.augment(x, 0, True, g)
+    for i in range(2):  # each image either unchanged or mirrored
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
+    out = opc.augment(x, 1, False, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    for i in range(2):  # a shifted window of the zero-padded image
+        padded = torch.nn.functional.pad(x[i], (1, 1, 1, 1))
+        assert any(torch.equal(out[i], padded[:, a:a + 4, b:b + 4]) for a in range(3) for b in range(3))
+
+
+def test_schedule():
+    assert opc.lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert opc.lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert opc.lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert opc.lr_factor(80, 100, 0, "step") == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet", "resnet18"])
+def test_models_have_penultimate_fc(name):
+    m = build_model(name, 1, 7, width=4)
+    assert m(torch.randn(2, 1, 8, 8)).shape == (2, 7)
+    assert isinstance(m.fc, torch.nn.Linear)
+    with pytest.raises(ValueError, match="accepted"):
+        build_model("vgg", 1, 7)
