@@ -7,14 +7,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 import rankbias
 from rankbias.analysis import DATA_ROW_NAME, RankTracker, rank_report, weight_layers
-
-pd = pytest.importorskip("pandas")
 
 RTOL = 1e-7
 

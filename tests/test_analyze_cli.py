@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from rankbias.analysis import load_inputs, rank_report
 from rankbias.cli import main
-
-pd = pytest.importorskip("pandas")
 
 
 def tiny_model() -> nn.Sequential:
