@@ -378,6 +378,20 @@ def test_rank_measures_many_equals_single_calls():
         rank_measures_many(torch.eye(3).numpy().tobytes())
 
 
+def test_rank_measures_many_keeps_each_entrys_batch_shape():
+    # entries with batch dims (conv taps, models of a sweep) stack with plain matrices
+    taps = as_matrix(randn(5, 4, 3, 3, seed=46), "taps")  # (9, 5, 4)
+    mats = {"taps": taps, "plain": randn(5, 4, seed=47), "models": randn(2, 3, 5, 4, seed=48)}
+    done = []
+    out = rank_measures_many(mats, ["effective_rank", "numerical_rank"], progress=done.append)
+    assert sum(done) == len(mats) and len(done) == 1  # one stacked call for the (5, 4) group
+    for name, A in mats.items():
+        ref = rank_measures(A, ["effective_rank", "numerical_rank"])
+        for k, v in out[name].items():
+            assert v.shape == A.shape[:-2], (name, k)
+            torch.testing.assert_close(v, ref[k], rtol=1e-12, atol=0)
+
+
 # ------------------------------------------------------------ methods and dtypes
 
 

@@ -35,7 +35,7 @@ from rankbias.measures import (
     _check_measure_names,
     as_matrix,
     max_measure,
-    rank_measures,
+    rank_measures_many,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,7 +66,6 @@ DATA_ROW_NAME = "<input>"
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
 # Matrices per batched rank_measures call are capped at this many float64
 # elements (256 MiB), so a large model is measured in a few big calls, not one huge one.
-_GROUP_ELEMENTS = 1 << 25
 # Output elements streamed per KernelSpectrum update: the row copy (float32) and
 # its float64 version stay ~12 MiB, small next to a forward pass's activations.
 _CHUNK_ELEMENTS = 1 << 20
@@ -143,46 +142,6 @@ def _weight_matrices(
             mats = as_matrix(w, reading)
         out[name] = mats
     return out
-
-
-def _measure_grouped(
-    mats: Mapping[str, torch.Tensor], measures: Sequence[str], progress=None
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Measures of every matrix batch, with same-shaped (m, n) matrices stacked
-    into one batched ``rank_measures`` call (in float64, on each matrix's device)."""
-    groups: dict[tuple, list[str]] = {}
-    for name, M in mats.items():
-        # same dtype too: the default rtol of the numerical rank is the input's eps
-        groups.setdefault((tuple(M.shape[-2:]), M.device, M.dtype), []).append(name)
-    results: dict[str, dict[str, torch.Tensor]] = {}
-    for ((m, n), _dev, _dt), names in groups.items():
-        per_call = max(1, _GROUP_ELEMENTS // (m * n))
-        flat: list[tuple[str, int]] = []  # (layer, matrices it contributes)
-        chunk: list[torch.Tensor] = []
-        count = 0
-
-        def flush():
-            nonlocal chunk, flat, count
-            if not chunk:
-                return
-            res = rank_measures(torch.cat(chunk), measures)
-            start = 0
-            for lname, k in flat:
-                results[lname] = {key: v[start : start + k] for key, v in res.items()}
-                start += k
-            if progress is not None:
-                progress.update(len(flat))
-            chunk, flat, count = [], [], 0
-
-        for name in names:
-            M = mats[name].reshape(-1, m, n)
-            if count and count + M.shape[0] > per_call:
-                flush()
-            chunk.append(M)
-            flat.append((name, M.shape[0]))
-            count += M.shape[0]
-        flush()
-    return results
 
 
 def _scalar(v: torch.Tensor) -> float:
@@ -395,7 +354,7 @@ def rank_report(
     mats = _weight_matrices(items, conv_reading)
     good = {k: v for k, v in mats.items() if isinstance(v, torch.Tensor)}
     with tqdm(total=len(good), desc="weights", unit="layer", disable=disable, leave=False) as bar:
-        results = _measure_grouped(good, w_names, bar)
+        results = rank_measures_many(good, w_names, progress=bar.update)
     for name, row in rows.items():
         M = mats[name]
         if isinstance(M, str):
@@ -661,7 +620,7 @@ class RankTracker:
         items = self._items(source)
         mats = _weight_matrices(items, self.conv_reading, batched=self.batched)
         good = {k: v for k, v in mats.items() if isinstance(v, torch.Tensor)}
-        res = _measure_grouped(good, self.measures)
+        res = rank_measures_many(good, self.measures)
         out: dict[str, torch.Tensor] = {}
         for name, M in mats.items():
             for key in self.measures:
