@@ -23,6 +23,23 @@ FLAT_FACTOR = 1.5
 """Filter stable rank may vary by less than this factor over generalising noise levels."""
 
 
+def validate_training(cfg) -> None:
+    """Checks shared by both experiments' configs: the sweep, the CNN and its training."""
+    req = cfg._require
+    req(len(cfg.sigmas) >= 1 and all(s >= 0 and np.isfinite(s) for s in cfg.sigmas),
+        "sigmas", "a non-empty list of finite floats >= 0")
+    req(len(set(cfg.sigmas)) == len(cfg.sigmas), "sigmas", "distinct values")
+    req(len(cfg.seeds) >= 1 and len(set(cfg.seeds)) == len(cfg.seeds), "seeds",
+        "a non-empty list of distinct ints")
+    req(cfg.filters >= 1, "filters", "an int >= 1")
+    req(cfg.steps >= 1, "steps", "an int >= 1")
+    req(cfg.lr > 0, "lr", "a float > 0")
+    req(cfg.init_std >= 0, "init_std", "a float >= 0")
+    req(cfg.q >= 1, "q", "a float >= 1")
+    req(cfg.kappa > 0, "kappa", "a float > 0")
+    req(cfg.log_every >= 1, "log_every", "an int >= 1")
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
     if v.size == 0:

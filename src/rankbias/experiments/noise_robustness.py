@@ -87,20 +87,9 @@ class NoiseRobustnessConfig(Config):
         self._require(self.dim >= 2 * self.K + int(self.orthogonal_noise), "dim",
                       f"an int >= 2K (= {2 * self.K}){' + 1 with orthogonal_noise' if self.orthogonal_noise else ''}")
         self._require(self.signal_norm > 0, "signal_norm", "a float > 0")
-        self._require(len(self.sigmas) >= 1 and all(s >= 0 and np.isfinite(s) for s in self.sigmas),
-                      "sigmas", "a non-empty list of finite floats >= 0")
-        self._require(len(set(self.sigmas)) == len(self.sigmas), "sigmas", "distinct values")
-        self._require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
-                      "a non-empty list of distinct ints")
-        self._require(self.filters >= 1, "filters", "an int >= 1")
-        self._require(self.steps >= 1, "steps", "an int >= 1")
-        self._require(self.lr > 0, "lr", "a float > 0")
-        self._require(self.init_std >= 0, "init_std", "a float >= 0")
-        self._require(self.q >= 1, "q", "a float >= 1")
-        self._require(self.kappa > 0, "kappa", "a float > 0")
+        common.validate_training(self)
         self._require(self.optimizer == "gd" or 1 <= self.batch_size <= self.n_train, "batch_size",
                       "an int in 1..n_train with optimizer=sgd")
-        self._require(self.log_every >= 1, "log_every", "an int >= 1")
 
 
 def build_data(cfg: NoiseRobustnessConfig):

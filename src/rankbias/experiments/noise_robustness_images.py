@@ -98,19 +98,8 @@ class NoiseImagesConfig(Config):
         self._require(self.stride is None or self.stride >= 1, "stride", "an int >= 1 or null")
         self._require(self.canvas is None or self.canvas >= self.patch_size, "canvas",
                       "an int >= patch_size, or null")
-        self._require(len(self.sigmas) >= 1 and all(s >= 0 and np.isfinite(s) for s in self.sigmas),
-                      "sigmas", "a non-empty list of finite floats >= 0")
-        self._require(len(set(self.sigmas)) == len(self.sigmas), "sigmas", "distinct values")
-        self._require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
-                      "a non-empty list of distinct ints")
-        self._require(self.filters >= 1, "filters", "an int >= 1")
-        self._require(self.steps >= 1, "steps", "an int >= 1")
-        self._require(self.lr > 0, "lr", "a float > 0")
-        self._require(self.init_std >= 0, "init_std", "a float >= 0")
-        self._require(self.q >= 1, "q", "a float >= 1")
-        self._require(self.kappa > 0, "kappa", "a float > 0")
+        common.validate_training(self)
         self._require(self.batch_size >= 1, "batch_size", "an int >= 1")
-        self._require(self.log_every >= 1, "log_every", "an int >= 1")
 
 
 def _binary(cfg: NoiseImagesConfig, train: bool):
