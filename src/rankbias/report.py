@@ -26,7 +26,9 @@ def fmt(v: Any, digits: int = 4) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     if not rows:
         return "(no rows)\n"
-    columns = list(columns or rows[0].keys())
+    if columns is None:  # the union of the rows' keys, in first-seen order
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    columns = list(columns)
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         out.append("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |")
@@ -89,13 +91,36 @@ def _flat_numbers(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _measured_tables(summary: Mapping[str, Any]) -> list[tuple[str, list[dict]]]:
-    """The ``per_<key>`` lists of a summary (what was swept), as tables."""
-    tables = []
+def _measured_tables(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[str, list[dict]]]:
+    """The ``per_<key>`` lists of a summary (what was swept), as tables.
+
+    Scalars stay columns; a nested mapping (e.g. a per-row verdict) is
+    flattened into dotted columns; a nested list of rows (e.g. ``per_depth``
+    inside ``per_target``) becomes a table of its own, titled by its parent row.
+    """
+    tables: list[tuple[str, list[dict]]] = []
     for k, v in summary.items():
-        if k.startswith("per_") and isinstance(v, list) and v and all(isinstance(r, Mapping) for r in v):
-            rows = [{c: (x if not isinstance(x, list | dict) else json.dumps(x)) for c, x in r.items()} for r in v]
-            tables.append((k, rows))
+        if not (k.startswith("per_") and isinstance(v, list) and v and all(isinstance(r, Mapping) for r in v)):
+            continue
+        rows, nested = [], []
+        for r in v:
+            row: dict[str, Any] = {}
+            for c, x in r.items():
+                if isinstance(x, Mapping):
+                    # one level only: deeper maps (numbers by depth) repeat the nested tables
+                    row.update({f"{c}.{kk}": vv for kk, vv in x.items()
+                                if not isinstance(vv, list | Mapping)})
+                elif isinstance(x, list) and x and all(isinstance(e, Mapping) for e in x):
+                    nested.append((r, c, x))
+                elif isinstance(x, list):
+                    row[c] = json.dumps(x)
+                else:
+                    row[c] = x
+            rows.append(row)
+        tables.append((f"{prefix}{k}", rows))
+        for r, c, x in nested:
+            label = next((f"{ck}={cv}" for ck, cv in r.items() if not isinstance(cv, list | Mapping)), "")
+            tables.extend(_measured_tables({c: x}, prefix=f"{prefix}{k}[{label}]."))
     return tables
 
 
