@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,12 @@ def _load(path: Path, suffix: str) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
+            # a whole pickled model (torch.save(model)) needs full unpickling
+            warnings.warn(
+                f"{path}: not a plain tensor file; unpickling it in full (weights_only=False), "
+                "which runs code stored in the file: load only files you trust",
+                stacklevel=2,
+            )
             obj = torch.load(path, map_location="cpu", weights_only=False)
         _flatten(obj, "", out)
     return out
