@@ -77,3 +77,16 @@ def test_importing_measures_pulls_no_plotting_or_cli():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_device_is_checked_before_compute(tmp_path, monkeypatch):
+    import torch
+
+    with pytest.raises(ConfigError, match="device: got 'tpu'; accepted: a torch device string"):
+        rankbias.run_experiment("depth-rank-init", {"device": "tpu"}, out_dir=tmp_path)
+    # availability is checked where the run executes, not when a config is built
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rankbias.list_experiments()["depth-rank-init"].config_cls.from_dict({"device": "cuda"})
+    with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
+        rankbias.run_experiment("depth-rank-init", {"device": "cuda"}, out_dir=tmp_path)
+    assert not (tmp_path / "config.json").exists()

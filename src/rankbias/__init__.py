@@ -32,11 +32,10 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported lazily)
 _LAZY = {
     "run_experiment": "rankbias.experiments.registry",
-    "experiments": "rankbias.experiments.registry",
+    "list_experiments": "rankbias.experiments.registry",
     "Config": "rankbias.config",
     "ConfigError": "rankbias.config",
     "RunDir": "rankbias.runs",
-    "train": "rankbias.train",
     "run_sweep": "rankbias.sweep",
     "reproduce": "rankbias.sweep",
     # paper 1 (noise robustness)
@@ -58,19 +57,27 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rankbias import train
     from rankbias.analysis import RankTracker, rank_report
     from rankbias.config import Config, ConfigError
-    from rankbias.experiments.registry import experiments, run_experiment
+    from rankbias.experiments.registry import list_experiments, run_experiment
     from rankbias.gradient_free import random_search
     from rankbias.matrix_fit import fit_deep_linear
     from rankbias.models.deep_linear import DeepLinear
     from rankbias.overparam import collapse, overparameterize
     from rankbias.runs import RunDir
     from rankbias.sweep import reproduce, run_sweep
-    from rankbias.train import train
+
+
+# submodules reachable as attributes without an explicit import; ``train`` is the
+# trainer's module (``rankbias.train.train``): a function of that name would be
+# shadowed by the submodule as soon as anything imported it
+_LAZY_MODULES = ("train",)
 
 
 def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"rankbias.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
@@ -97,7 +104,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "RunDir",
-    "experiments",
+    "list_experiments",
     "run_experiment",
     "train",
     "run_sweep",

@@ -19,7 +19,7 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
-__all__ = ["Config", "ConfigError", "field_docs", "parse_value"]
+__all__ = ["Config", "ConfigError", "check_device_available", "field_docs", "parse_value"]
 
 
 class ConfigError(ValueError):
@@ -163,10 +163,26 @@ class Config:
         for f in dataclasses.fields(self):
             value = _coerce(getattr(self, f.name), hints[f.name], f.name)
             object.__setattr__(self, f.name, value)
+        self._check_device_syntax()
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError for values the types allow but the experiment does not."""
+
+    def _check_device_syntax(self) -> None:
+        # Availability is checked where the run executes (run_experiment): a sweep
+        # may build cuda configs on a CPU-only driver for GPU workers.
+        device = getattr(self, "device", None)
+        if isinstance(device, str):
+            import torch
+
+            try:
+                torch.device(device)
+            except RuntimeError:
+                raise ConfigError(
+                    f"device: got {device!r}; accepted: a torch device string such as 'cpu', "
+                    "'cuda' or 'cuda:1'"
+                ) from None
 
     # helpers for validate()
     def _require(self, cond: bool, name: str, accepted: str) -> None:
@@ -209,3 +225,17 @@ class Config:
 
     def replace(self, **changes):
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def check_device_available(device: str) -> None:
+    """ConfigError unless ``device`` can run here (e.g. 'cuda' without a GPU)."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device: got {device!r}, but CUDA is not available on this machine; "
+            "accepted here: 'cpu'"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: got {device!r}, but MPS is not available; accepted here: 'cpu'")

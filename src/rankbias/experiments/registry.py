@@ -19,10 +19,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rankbias.config import Config, ConfigError
+from rankbias.config import Config, ConfigError, check_device_available
 from rankbias.runs import RunDir, config_hash
 
-__all__ = ["Experiment", "experiments", "get_experiment", "register", "run_experiment", "build_config"]
+__all__ = [
+    "Experiment",
+    "build_config",
+    "experiments",
+    "get_experiment",
+    "list_experiments",
+    "register",
+    "run_experiment",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +90,11 @@ def experiments() -> dict[str, Experiment]:
     return dict(sorted(_REGISTRY.items()))
 
 
+# ``rankbias.experiments`` is this package, so the top level exports the function
+# under a name the subpackage cannot shadow.
+list_experiments = experiments
+
+
 def get_experiment(name: str) -> Experiment:
     exps = experiments()
     if name not in exps:
@@ -122,6 +135,8 @@ def run_experiment(
     one that holds a different config is an error.
     """
     config = build_config(name, overrides, preset)
+    if isinstance(getattr(config, "device", None), str):
+        check_device_available(config.device)
     record = {"experiment": name, "config": config.to_dict()}
     chash = config_hash(record)
     run = RunDir(out_dir if out_dir is not None else default_out_dir(name, preset, chash))
