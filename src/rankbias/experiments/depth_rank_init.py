@@ -224,7 +224,7 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
         {f"L={d}": v for d, v in ranks.items()},
         run.figure_path("entropy_rank_by_depth"),
         xlabel="entropy rank of $W_L\\cdots W_1$ (nats)",
-        title=f"Deep linear nets at init, n={cfg.n}, {cfg.init} entries, {cfg.draws} draws",
+        title=f"Deep linear nets at init\nn={cfg.n}, {cfg.init} entries, {cfg.draws} draws",
         legend_title="depth",
     )
     summary = {"per_depth": per_depth, "verdict": verdict, "max_entropy_rank": float(np.log(cfg.n))}
