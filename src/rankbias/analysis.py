@@ -909,23 +909,19 @@ def summarize_report(df: pd.DataFrame, measure: str = "effective_rank") -> str:
     layers = df[df["name"] != DATA_ROW_NAME]
     col = f"{measure}_normalized"
     pretty = measure.replace("_", " ")
-    if col in df:
-        v = layers[col].astype(float)
+
+    def spread(column: str, label: str) -> None:
+        v = layers[column].astype(float)
         if v.notna().any():
             low = layers.loc[v.idxmin()]
-            lines.append(
-                f"weights: {pretty} / max over {int(v.notna().sum())} layers: median {v.median():.3f}, "
-                f"min {v.min():.3f} ({low['name']}), max {v.max():.3f}"
-            )
+            lines.append(f"{label}: median {v.median():.3f}, min {v.min():.3f} ({low['name']}), "
+                         f"max {v.max():.3f}")
+
+    if col in df:
+        spread(col, f"weights: {pretty} / max over {int(layers[col].notna().sum())} layers")
     ecol = f"emb_{col}"
     if ecol in df:
-        v = layers[ecol].astype(float)
-        if v.notna().any():
-            low = layers.loc[v.idxmin()]
-            lines.append(
-                f"embeddings: kernel {pretty} / max: median {v.median():.3f}, "
-                f"min {v.min():.3f} ({low['name']}), max {v.max():.3f}"
-            )
+        spread(ecol, f"embeddings: kernel {pretty} / max")
         d = df[df["name"] == DATA_ROW_NAME]
         if len(d) and _finite(d.iloc[0].get(f"emb_{measure}")):
             r = d.iloc[0]

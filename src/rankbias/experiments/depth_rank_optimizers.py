@@ -24,6 +24,7 @@ from rankbias.experiments.depth_rank_trained import (
     per_depth_rows,
     plot_sweep,
     target_entropy_rank,
+    validate_task,
 )
 from rankbias.experiments.registry import register
 from rankbias.runs import RunDir, config_hash
@@ -96,18 +97,7 @@ class DepthRankOptimizersConfig(Config):
     def validate(self) -> None:
         self._require(len(self.optimizers) >= 1 and len(set(self.optimizers)) == len(self.optimizers),
                       "optimizers", f"a non-empty list of distinct: {', '.join(OPTIMIZER_NAMES)}")
-        self._require(self.n >= 2, "n", "an int >= 2")
-        self._require(len(self.depths) >= 2 and all(d >= 1 for d in self.depths), "depths",
-                      "a list of at least two ints >= 1")
-        self._require(all(a < b for a, b in zip(self.depths, self.depths[1:])), "depths",
-                      "strictly increasing depths")
-        self._require(self.seeds >= 1, "seeds", "an int >= 1")
-        self._require(1 <= self.target_rank < self.n, "target_rank", f"an int in [1, {self.n - 1}]")
-        self._require(self.n_train >= 1 and self.n_test >= 1, "n_train", "n_train, n_test >= 1")
-        self._require(self.noise >= 0, "noise", "a float >= 0")
-        self._require(self.init_scale > 0, "init_scale", "a float > 0")
-        self._require(self.batch_size is None or 1 <= self.batch_size <= self.n_train, "batch_size",
-                      f"null or an int in [1, n_train = {self.n_train}]")
+        validate_task(self)
         for f in ("steps", "lbfgs_steps", "random_search_steps", "population", "log_every"):
             self._require(getattr(self, f) >= 1, f, "an int >= 1")
         for f in ("sgd_lr", "nesterov_lr", "adam_lr", "lbfgs_lr", "random_search_sigma"):

@@ -81,26 +81,31 @@ class DepthRankTrainedConfig(Config):
     """torch device."""
 
     def validate(self) -> None:
-        self._require(self.n >= 2, "n", "an int >= 2")
-        self._require(len(self.depths) >= 2 and all(d >= 1 for d in self.depths), "depths",
-                      "a list of at least two ints >= 1")
-        self._require(all(a < b for a, b in zip(self.depths, self.depths[1:])), "depths",
-                      "strictly increasing depths")
-        self._require(self.seeds >= 1, "seeds", "an int >= 1")
+        validate_task(self)
         self._require(len(self.targets) >= 1 and len(set(self.targets)) == len(self.targets),
                       "targets", "a non-empty list of distinct low_rank, full_rank")
-        self._require(1 <= self.target_rank < self.n, "target_rank", f"an int in [1, n - 1 = {self.n - 1}]")
-        self._require(self.n_train >= 1, "n_train", "an int >= 1")
-        self._require(self.n_test >= 1, "n_test", "an int >= 1")
-        self._require(self.noise >= 0, "noise", "a float >= 0")
-        self._require(self.init_scale > 0, "init_scale", "a float > 0")
         self._require(self.lr > 0, "lr", "a float > 0")
         self._require(self.steps >= 1, "steps", "an int >= 1")
         self._require(self.log_every >= 1, "log_every", "an int >= 1")
-        self._require(self.batch_size is None or 1 <= self.batch_size <= self.n_train, "batch_size",
-                      f"null or an int in [1, n_train = {self.n_train}]")
         self._require(not (self.optimizer == "lbfgs" and self.batch_size is not None), "batch_size",
                       "null with optimizer lbfgs (it needs full-batch losses)")
+
+
+def validate_task(cfg) -> None:
+    """Checks shared with depth-rank-optimizers: the sweep, the target and the data."""
+    req = cfg._require
+    req(cfg.n >= 2, "n", "an int >= 2")
+    req(len(cfg.depths) >= 2 and all(d >= 1 for d in cfg.depths), "depths",
+        "a list of at least two ints >= 1")
+    req(all(a < b for a, b in zip(cfg.depths, cfg.depths[1:])), "depths", "strictly increasing depths")
+    req(cfg.seeds >= 1, "seeds", "an int >= 1")
+    req(1 <= cfg.target_rank < cfg.n, "target_rank", f"an int in [1, n - 1 = {cfg.n - 1}]")
+    req(cfg.n_train >= 1, "n_train", "an int >= 1")
+    req(cfg.n_test >= 1, "n_test", "an int >= 1")
+    req(cfg.noise >= 0, "noise", "a float >= 0")
+    req(cfg.init_scale > 0, "init_scale", "a float > 0")
+    req(cfg.batch_size is None or 1 <= cfg.batch_size <= cfg.n_train, "batch_size",
+        f"null or an int in [1, n_train = {cfg.n_train}]")
 
 
 def sweep_layout(depths, seeds: int, n_targets: int) -> list[tuple[int, int, int]]:
