@@ -337,7 +337,7 @@ def test_tracker_as_train_callback(tmp_path):
 
 
 def test_tracker_in_a_plain_loop(tmp_path):
-    from rankbias.runs import RunDir
+    from rankbias.framework.runs import RunDir
 
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import rankbias
-from rankbias.config import ConfigError
 from rankbias.experiments.depth_rank_init import (
     ACTIVATIONS,
     LEAKY_SLOPE,
     mlp_embeddings,
     variance_preserving_gain,
 )
-from rankbias.gradient_free import random_search
-from rankbias.matrix_fit import fit_deep_linear, make_task
+from rankbias.fit.deep_linear import fit_deep_linear, make_task
+from rankbias.fit.random_search import random_search
+from rankbias.framework.config import ConfigError
 from rankbias.measures import entropy_rank
 from rankbias.models.deep_linear import DeepLinear, sample_factors
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import rankbias
-from rankbias.config import ConfigError
+from rankbias.framework.config import ConfigError
 
 
 def test_run_experiment_writes_run_directory_and_is_deterministic(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import rankbias
-from rankbias.config import ConfigError
 from rankbias.data.images import DatasetNotFoundError, extract_patches, noisy_canvas
 from rankbias.data.patches import data_rank_measures, make_patch_data
+from rankbias.framework.config import ConfigError
 from rankbias.models.two_layer_cnn import (
     HuberizedReLU,
     TwoLayerCNN,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rankbias import run_experiment
-from rankbias.config import ConfigError
 from rankbias.experiments import overparam_classification as opc
+from rankbias.framework.config import ConfigError
 from rankbias.models import build_model
 
 CI = {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rankbias.config import Config, ConfigError
 from rankbias.experiments import registry
+from rankbias.framework.config import Config, ConfigError
 from rankbias.sweep import (
     MissingDependency,
     expand_grid,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from rankbias._version import __version__
 from rankbias.measures import (
     MEASURES,
     KernelSpectrum,
@@ -27,15 +28,13 @@ from rankbias.measures import (
     stable_rank,
 )
 
-__version__ = "0.1.0"
-
 # public name -> module that defines it (imported lazily)
 _LAZY = {
     "run_experiment": "rankbias.experiments.registry",
     "list_experiments": "rankbias.experiments.registry",
-    "Config": "rankbias.config",
-    "ConfigError": "rankbias.config",
-    "RunDir": "rankbias.runs",
+    "Config": "rankbias.framework.config",
+    "ConfigError": "rankbias.framework.config",
+    "RunDir": "rankbias.framework.runs",
     "run_sweep": "rankbias.sweep",
     "reproduce": "rankbias.sweep",
     # paper 1 (noise robustness)
@@ -48,8 +47,8 @@ _LAZY = {
     "noisy_canvas": "rankbias.data.images",
     "extract_patches": "rankbias.data.images",
     "DeepLinear": "rankbias.models.deep_linear",
-    "fit_deep_linear": "rankbias.matrix_fit",
-    "random_search": "rankbias.gradient_free",
+    "fit_deep_linear": "rankbias.fit.deep_linear",
+    "random_search": "rankbias.fit.random_search",
     "rank_report": "rankbias.analysis",
     "RankTracker": "rankbias.analysis",
     "overparameterize": "rankbias.overparam",
@@ -57,15 +56,15 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rankbias import train
+    import rankbias.train as train
     from rankbias.analysis import RankTracker, rank_report
-    from rankbias.config import Config, ConfigError
     from rankbias.experiments.registry import list_experiments, run_experiment
-    from rankbias.gradient_free import random_search
-    from rankbias.matrix_fit import fit_deep_linear
+    from rankbias.fit.deep_linear import fit_deep_linear
+    from rankbias.fit.random_search import random_search
+    from rankbias.framework.config import Config, ConfigError
+    from rankbias.framework.runs import RunDir
     from rankbias.models.deep_linear import DeepLinear
     from rankbias.overparam import collapse, overparameterize
-    from rankbias.runs import RunDir
     from rankbias.sweep import reproduce, run_sweep
 
 

@@ -41,7 +41,7 @@ from rankbias.measures import (
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from rankbias.runs import RunDir
+    from rankbias.framework.runs import RunDir
     from rankbias.train import TrainState
 
 __all__ = [
@@ -539,7 +539,7 @@ class RankTracker:
         every: record every ``every`` steps (step % every == 0).
         conv_reading: "flatten" or "taps" (the mean over taps).
         batched: the weights carry a leading model dimension.
-        run: a :class:`rankbias.runs.RunDir` (or a path): the records are
+        run: a :class:`rankbias.framework.runs.RunDir` (or a path): the records are
             written to ``run/filename`` (CSV, atomically) as they come.
         filename: the CSV's name in the run directory.
         tensorboard: a log directory (or a ``SummaryWriter``): the records are
@@ -578,7 +578,7 @@ class RankTracker:
         self.filename = filename
         self.write_every = write_every
         if run is not None and not hasattr(run, "write_csv"):
-            from rankbias.runs import RunDir
+            from rankbias.framework.runs import RunDir
 
             run = RunDir(run)
         self.run = run
@@ -886,7 +886,7 @@ def plot_rank_report(
 ) -> Path:
     """The figure of a report: per-layer normalised ranks, weights and output
     embeddings side by side, the inputs' own values as dashed lines."""
-    from rankbias import plots
+    import rankbias.plots as plots
 
     layers = df[df["name"] != DATA_ROW_NAME]
     w_cols = [f"{m}_normalized" for m in measures]

@@ -7,11 +7,13 @@ import json
 import sys
 from collections.abc import Sequence
 
+from rankbias.framework.paths import runs_root
+
 __all__ = ["main"]
 
 
 def _parse_sets(items: Sequence[str]) -> dict:
-    from rankbias.config import parse_value
+    from rankbias.framework.config import parse_value
 
     out = {}
     for item in items or ():
@@ -53,9 +55,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_measure(args) -> int:
+    from rankbias.io import load_tensors
     from rankbias.measures import MEASURES, as_matrix, rank_measures
     from rankbias.report import markdown_table
-    from rankbias.tensors_io import load_tensors
 
     tensors = load_tensors(args.path)
     rows = []
@@ -134,7 +136,6 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    import os
     import re
     from pathlib import Path
 
@@ -145,15 +146,15 @@ def cmd_analyze(args) -> int:
         rank_report,
         summarize_report,
     )
+    from rankbias.framework.runs import RunDir
     from rankbias.report import markdown_table
-    from rankbias.runs import RunDir
 
     model = load_model(args.model, arch=args.arch, weights=args.weights)
     data = None
     if args.data is not None:
         data = load_inputs(args.data, root=args.data_root, limit=args.limit, train=args.split == "train")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(args.model).stem if ":" not in args.model else args.model)
-    out = RunDir(args.out or Path(os.environ.get("RANKBIAS_RUNS", "runs")) / "analyze" / slug.strip("-"))
+    out = RunDir(args.out or runs_root() / "analyze" / slug.strip("-"))
     df = rank_report(
         model, data, layers=args.layers or None, measures=args.measures or None,
         conv_reading=args.conv_reading, device=args.device, embedding_reading=args.embedding_reading,
@@ -173,7 +174,7 @@ def cmd_analyze(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rankbias import __version__
+    from rankbias._version import __version__
 
     p = argparse.ArgumentParser(
         prog="rankbias",
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rankbias.config import ConfigError
+    from rankbias.framework.config import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)

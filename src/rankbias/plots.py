@@ -58,7 +58,7 @@ def save(fig, path: str | Path) -> Path:
     """Write ``fig`` as PNG atomically and close it."""
     import io
 
-    from rankbias.runs import atomic_write_bytes
+    from rankbias.framework.runs import atomic_write_bytes
 
     path = Path(path)
     buf = io.BytesIO()

@@ -142,7 +142,7 @@ def write_reproduce_report(out_dir, entries: Sequence[Mapping[str, Any]], env: M
     every figure (embedded as base64 PNG in the HTML) and the config; then the
     environment with the wall time of each experiment and the total.
     """
-    from rankbias.runs import atomic_write_text
+    from rankbias.framework.runs import atomic_write_text
 
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "report.md", _reproduce_markdown(out_dir, entries, env))

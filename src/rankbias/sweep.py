@@ -67,9 +67,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from rankbias.config import ConfigError, parse_value
 from rankbias.experiments.registry import build_config, get_experiment, run_experiment
-from rankbias.runs import RunDir, config_hash, to_jsonable
+from rankbias.framework.config import ConfigError, parse_value
+from rankbias.framework.paths import runs_root
+from rankbias.framework.runs import RunDir, config_hash, to_jsonable
 
 __all__ = [
     "MissingDependency",
@@ -121,7 +122,7 @@ def _split_top_level(text: str) -> list[str]:
 def parse_grid(items: Iterable[str] | Mapping[str, Any]) -> dict[str, list[Any]]:
     """``["n=16,32", "depths=[1,2],[1,2,4]"]`` -> ``{"n": [16, 32], "depths": [[1, 2], [1, 2, 4]]}``.
 
-    Values are comma-separated, each read by :func:`rankbias.config.parse_value`
+    Values are comma-separated, each read by :func:`rankbias.framework.config.parse_value`
     (JSON, ``true``/``false``/``none``, else a string); a bracketed value is one
     list-valued setting. A mapping is taken as already parsed (a scalar value is
     a one-value axis).
@@ -306,11 +307,11 @@ def execute_point(
 
 def _ray_execute_point(name: str, preset: str, overrides: dict, threads: int | None, version: str) -> dict:
     """A Ray task: run into the worker's scratch space and ship the files back (no shared FS needed)."""
-    import rankbias
+    from rankbias._version import __version__
 
-    if rankbias.__version__ != version:
+    if __version__ != version:
         return {"status": "failed", "files": {}, "wall_time_s": None,
-                "error": f"the Ray worker has rankbias {rankbias.__version__}, the sweep {version}: "
+                "error": f"the Ray worker has rankbias {__version__}, the sweep {version}: "
                          "install the same version on every node (or use --ray-ship-code)"}
     with tempfile.TemporaryDirectory(prefix="rankbias-point-") as tmp:
         res = execute_point(name, preset, overrides, tmp, threads)
@@ -335,7 +336,7 @@ def _ray_error_message(e: BaseException) -> str:
 
 
 def _write_shipped_files(run: RunDir, files: Mapping[str, bytes]) -> None:
-    from rankbias.runs import atomic_write_bytes
+    from rankbias.framework.runs import atomic_write_bytes
 
     # summary.json last: its presence marks the point complete
     for rel in sorted(files, key=lambda r: r == "summary.json"):
@@ -413,7 +414,8 @@ def _run_ray(
     gpus_per_point: float,
     ship_code: bool = False,
 ) -> Iterator[tuple[SweepPoint, dict]]:
-    import rankbias
+    import rankbias  # the package itself is what Ray ships to the workers
+    from rankbias._version import __version__
 
     ray = _import_ray()
     started = False
@@ -461,7 +463,7 @@ def _run_ray(
         pending = {}
         for p in todo:
             _mark_running(root, name, p)
-            pending[task.remote(name, preset, p.overrides, threads, rankbias.__version__)] = p
+            pending[task.remote(name, preset, p.overrides, threads, __version__)] = p
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -552,7 +554,7 @@ class SweepResult:
 
 
 def _default_sweep_dir(name: str, spec: Mapping[str, Any]) -> Path:
-    root = Path(os.environ.get("RANKBIAS_RUNS", "runs"))
+    root = runs_root()
     return root / "sweeps" / f"{name}-{config_hash(spec, 8)}"
 
 
@@ -771,7 +773,7 @@ def plot_sweep(
     if missing:
         raise ConfigError(f"metric(s) {missing} are not columns of results.csv; accepted: "
                           + ", ".join(c for c in done[0] if c not in ("point", "run_dir")))
-    from rankbias import plots
+    import rankbias.plots as plots
 
     paths = []
     for key in grid_keys:

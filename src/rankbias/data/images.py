@@ -16,19 +16,22 @@ users with internet); otherwise a missing dataset is a
 :class:`DatasetNotFoundError` that says where it was looked for and how to get it.
 
 Images come back as float32 tensors (N, C, H, W) in [0, 1] and int64 labels;
-decoded JPEG folders are cached as a .pt file next to the data (or under
-``$RANKBIAS_CACHE``) so the second load is fast.
+decoded JPEG folders (and the extracted tar) are cached under ``$RANKBIAS_CACHE``
+(default ``~/.cache/rankbias``), never in the data root, so the second load is fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from rankbias.framework.paths import cache_dir, data_root
 
 __all__ = [
     "DATASETS",
@@ -37,7 +40,9 @@ __all__ = [
     "data_root",
     "extract_patches",
     "load_image_dataset",
+    "background_pixel_noise",
     "noisy_canvas",
+    "stratified_sample",
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -62,13 +67,23 @@ class ImageData:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def subset(self, classes: list[int] | None = None, limit: int | None = None) -> ImageData:
-        """Keep only ``classes`` (relabelled 0..k-1 in the given order), then the first ``limit``."""
+    def subset(
+        self, classes: list[int] | None = None, limit: int | None = None, seed: int = 0
+    ) -> ImageData:
+        """Keep only ``classes`` (relabelled 0..k-1 in the given order), then a sample of ``limit``.
+
+        The sample is random (``seed``) and stratified: every class gets ``limit // k`` or
+        one more image (a class with fewer images gives all it has, the rest is spread over
+        the others), in a shuffled order. Never the first ``limit``: dataset files are often
+        sorted by class (the CIFAR-10 JPEG folders are), and those would be one class.
+        """
         images, labels, names = self.images, self.labels, self.classes
         if classes is not None:
             bad = [c for c in classes if not 0 <= c < len(self.classes)]
             if bad:
                 raise ValueError(f"classes {bad} not in {self.name} (0..{len(self.classes) - 1})")
+            if len(set(classes)) != len(classes):
+                raise ValueError(f"classes must be distinct, got {classes}")
             keep = torch.isin(labels, torch.tensor(classes))
             images, old = images[keep], labels[keep]
             remap = torch.full((len(self.classes),), -1, dtype=torch.long)
@@ -76,19 +91,35 @@ class ImageData:
             labels = remap[old]
             names = [self.classes[c] for c in classes]
         if limit is not None:
-            images, labels = images[:limit], labels[:limit]
+            if limit < 1:
+                raise ValueError(f"limit must be an int >= 1 or None, got {limit}")
+            idx = stratified_sample(labels, limit, seed)
+            images, labels = images[idx], labels[idx]
         return ImageData(images, labels, names, self.name)
 
 
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    return Path(root if root is not None else os.environ.get("RANKBIAS_DATA", "data"))
+def stratified_sample(labels: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a seeded random sample of ``min(limit, N)`` labels, as balanced over the
+    classes present as their sizes allow (counts differ by at most one otherwise), shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    present = torch.unique(labels)
+    pools = [torch.nonzero(labels == c).flatten() for c in present.tolist()]
+    pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
+    want = min(limit, len(labels))
+    take = [0] * len(pools)
+    # water-filling: hand out one image per class in turn (random class order), skipping
+    # the classes that have run out
+    order = torch.randperm(len(pools), generator=g).tolist()
+    left = want
+    while left:
+        for i in order:
+            if left and take[i] < len(pools[i]):
+                take[i] += 1
+                left -= 1
+    idx = torch.cat([p[:t] for p, t in zip(pools, take, strict=True)])
+    return idx[torch.randperm(len(idx), generator=g)]
 
 
-def _cache_dir(root: Path) -> Path:
-    env = os.environ.get("RANKBIAS_CACHE")
-    if env:
-        return Path(env)
-    return root if os.access(root, os.W_OK) else Path.home() / ".cache" / "rankbias"
 
 
 def _not_found(name: str, root: Path, expected: str) -> DatasetNotFoundError:
@@ -150,7 +181,7 @@ def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).to(torch.float32).div_(255)
         return ImageData(x.contiguous(), torch.tensor(ds.targets), list(ds.classes), "cifar10")
     split = "train" if train else "test"
-    cache = _cache_dir(root) / f"cifar10-jpeg-{split}.pt"
+    cache = cache_dir() / f"cifar10-jpeg-{split}.pt"
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
         return ImageData(blob["images"].float().div_(255), blob["labels"], blob["classes"], "cifar10")
@@ -161,10 +192,12 @@ def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
             raise _not_found(
                 "cifar10", root, "cifar-10-batches-py/, cifar10-jpeg/{train,test}/ or cifar10-jpeg.tar"
             )
-        folder = _cache_dir(root) / "cifar10-jpeg" / split
+        folder = cache_dir() / "cifar10-jpeg" / split
         if not folder.exists():
+            print(f"rankbias: extracting {tar} into {cache_dir()} (once; about 240 MB; "
+                  "set $RANKBIAS_CACHE to choose where)", file=sys.stderr)
             with tarfile.open(tar) as tf:
-                tf.extractall(_cache_dir(root), filter="data")
+                tf.extractall(cache_dir(), filter="data")
     ds = datasets.ImageFolder(str(folder))
     from torchvision.io import ImageReadMode, decode_image, read_file
 
@@ -208,9 +241,7 @@ def noisy_canvas(
         raise ValueError(f"position must be 'center' or 'random', got {position!r}")
     if noise_region not in ("background", "all"):
         raise ValueError(f"noise_region must be 'background' or 'all', got {noise_region!r}")
-    sig = torch.atleast_1d(torch.as_tensor(sigmas, dtype=images.dtype))
-    if sig.numel() == 0 or not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
-        raise ValueError(f"sigmas must be finite values >= 0, got {sigmas!r}")
+    sig = _check_sigmas(sigmas, images.dtype)
     if position == "center":
         top = torch.full((N,), (H - h) // 2)
         left = torch.full((N,), (W - w) // 2)
@@ -228,6 +259,43 @@ def noisy_canvas(
         inside[n_idx, rows[:, :, None], cols[:, None, :]] = True
         xi = xi.masked_fill(inside[:, None], 0.0)
     return clean + sig.to(images.device)[:, None, None, None, None] * xi.to(images.device), clean
+
+
+def background_pixel_noise(
+    images: torch.Tensor,
+    sigmas,
+    *,
+    threshold: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper 1's second noise model: Gaussian noise on each image's own background pixels.
+
+    No canvas: a pixel is background when every channel is ``<= threshold`` (MNIST's
+    and Fashion-MNIST's zero pixels at the default 0); those pixels get
+    ``sigma * xi``, xi ~ N(0, 1), the object's pixels stay as they are. Returns
+    ``(noisy, clean)``, ``noisy`` (S, N, C, H, W) for the S values in ``sigmas`` and
+    ``clean`` = ``images``. The noise is drawn once and scaled by each sigma (common
+    random numbers across noise levels, as in :func:`noisy_canvas`).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
+    sig = _check_sigmas(sigmas, images.dtype)
+    background = (images <= threshold).all(dim=1, keepdim=True)  # (N, 1, H, W)
+    if not bool(background.any()):
+        raise ValueError(
+            f"no pixel of these images is background (every channel <= {threshold}); "
+            "use noise_model='canvas' for images without a plain background (CIFAR-10)"
+        )
+    xi = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(images.device)
+    xi = xi * background
+    return images + sig.to(images.device)[:, None, None, None, None] * xi, images
+
+
+def _check_sigmas(sigmas, dtype: torch.dtype) -> torch.Tensor:
+    sig = torch.atleast_1d(torch.as_tensor(sigmas, dtype=dtype))
+    if sig.numel() == 0 or not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
+        raise ValueError(f"sigmas must be finite values >= 0, got {sigmas!r}")
+    return sig
 
 
 def extract_patches(images: torch.Tensor, k: int, stride: int | None = None) -> torch.Tensor:

@@ -175,7 +175,7 @@ def _shade_non_generalising(ax, per_sigma) -> None:
 def plot_ranks_vs_sigma(per_sigma, path, *, clean_rank: float, clean_label: str, sigma_label: str,
                         title: str, image_key: str | None = "data_image_stable_rank",
                         clean_data_key: str | None = None):
-    from rankbias import plots
+    import rankbias.plots as plots
 
     x = [r["sigma"] for r in per_sigma]
     fig, ax = plots.figure(width=5.6, height=4.4)
@@ -211,7 +211,7 @@ def plot_ranks_vs_sigma(per_sigma, path, *, clean_rank: float, clean_label: str,
 def plot_filter_rank_over_steps(history, sigmas, path, *, clean_rank: float, clean_label: str, title: str):
     import matplotlib.pyplot as plt
 
-    from rankbias import plots
+    import rankbias.plots as plots
 
     fig, ax = plots.figure(width=5.4, height=3.6)
     cmap = plt.get_cmap("viridis")
@@ -236,7 +236,7 @@ def plot_filter_rank_over_steps(history, sigmas, path, *, clean_rank: float, cle
 
 
 def plot_acc_vs_sigma(per_sigma, path, *, sigma_label: str, title: str):
-    from rankbias import plots
+    import rankbias.plots as plots
 
     x = [r["sigma"] for r in per_sigma]
     fig, ax = plots.figure(width=5.0, height=3.4)

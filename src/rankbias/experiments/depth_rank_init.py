@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rankbias.config import Config
 from rankbias.experiments.registry import register
+from rankbias.framework.config import Config
+from rankbias.framework.runs import RunDir
 from rankbias.measures import rank_measures
-from rankbias.runs import RunDir
 
 CLAIM_MLP = (
     "The same holds for nonlinear networks: the entropy rank of the kernel of N random "
@@ -205,7 +205,7 @@ def strictly_decreasing(xs) -> bool:
     claim=CLAIM,
 )
 def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
-    from rankbias import plots
+    import rankbias.plots as plots
     from rankbias.report import markdown_table, write_run_report
 
     ranks = entropy_ranks_by_depth(cfg)
@@ -267,7 +267,7 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
 def _run_mlp(cfg: DepthRankInitConfig, run: RunDir) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from rankbias import plots
+    import rankbias.plots as plots
 
     per_activation, ranks_by_act = [], {}
     for act in tqdm(cfg.activations, desc="kernels", disable=None, leave=False):

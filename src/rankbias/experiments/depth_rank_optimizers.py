@@ -4,7 +4,7 @@
 The low-rank fitting problem of ``depth-rank-trained`` is solved with several
 optimisers -- SGD (mini-batch), SGD with Nesterov momentum, Adam, L-BFGS and,
 for contrast, gradient-free random search ((1+lambda)-ES with the 1/5 success
-rule, :func:`rankbias.gradient_free.random_search`) -- and the converged
+rule, :func:`rankbias.fit.random_search.random_search`) -- and the converged
 entropy rank of the end-to-end map is compared across depths. Every optimiser
 except L-BFGS trains the whole sweep (depths x seeds) as one batched
 computation; L-BFGS, whose line search couples the models of a batch, trains
@@ -18,7 +18,6 @@ import dataclasses
 import math
 from typing import Literal
 
-from rankbias.config import Config
 from rankbias.experiments.depth_rank_trained import (
     fit_sweep,
     per_depth_rows,
@@ -27,7 +26,8 @@ from rankbias.experiments.depth_rank_trained import (
     validate_task,
 )
 from rankbias.experiments.registry import register
-from rankbias.runs import RunDir, config_hash
+from rankbias.framework.config import Config
+from rankbias.framework.runs import RunDir, config_hash
 
 CLAIM = (
     "Depth lowers the entropy rank of the solution whatever the optimiser: for SGD, SGD with "
@@ -190,7 +190,7 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
 
 
 def _plot_rank(per_optimizer, h_target, path, cfg):
-    from rankbias import plots
+    import rankbias.plots as plots
 
     fig, ax = plots.figure(width=5.8, height=3.8)
     for i, p in enumerate(per_optimizer):

@@ -21,11 +21,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rankbias.config import Config
 from rankbias.experiments.registry import register
-from rankbias.matrix_fit import fit_deep_linear, make_task
+from rankbias.fit.deep_linear import fit_deep_linear, make_task
+from rankbias.framework.config import Config
+from rankbias.framework.runs import RunDir
 from rankbias.measures import rank_measures
-from rankbias.runs import RunDir
 
 CLAIM = (
     "Deep linear networks trained by gradient descent on a low-rank target find end-to-end "
@@ -265,7 +265,7 @@ def write_history(run: RunDir, history, layout, targets) -> None:
 
 def plot_sweep(per_target, path, *, title: str, label_key: str = "target"):
     """Train loss, test loss and entropy rank against depth, a line per entry of ``per_target``."""
-    from rankbias import plots
+    import rankbias.plots as plots
 
     fig, axes = plots.figure(ncols=3, width=4.0, height=3.4)
     for i, p in enumerate(per_target):

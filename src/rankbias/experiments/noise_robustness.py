@@ -21,10 +21,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rankbias.config import Config
 from rankbias.experiments import _noise_common as common
 from rankbias.experiments.registry import register
-from rankbias.runs import RunDir
+from rankbias.framework.config import Config
+from rankbias.framework.runs import RunDir
 
 CLAIM = (
     "Background noise inflates the rank of the data by an order of magnitude, but the "

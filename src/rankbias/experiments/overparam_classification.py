@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankbias.config import Config
 from rankbias.experiments.registry import register
+from rankbias.framework.config import Config
+from rankbias.framework.runs import RunDir
 from rankbias.measures import KernelSpectrum
-from rankbias.runs import RunDir
 
 CLAIM = (
     "Linearly over-parameterising a CNN (every Linear/Conv2d a product of depth linear maps, "
@@ -203,8 +203,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int,
 
 
 def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, seed: int, data) -> dict:
-    from rankbias import collapse, overparameterize
     from rankbias.models import build_model
+    from rankbias.overparam import collapse, overparameterize
     from rankbias.train import train
 
     xtr, ytr, xte, yte, n_classes = data
@@ -350,7 +350,7 @@ def make_verdict(per_depth: list[dict]) -> dict:
 
 
 def plot(cfg, per_depth: list[dict], path) -> None:
-    from rankbias import plots
+    import rankbias.plots as plots
 
     fig, (ax1, ax2) = plots.figure(ncols=2, width=4.4, height=3.3)
     for k, model_name in enumerate(cfg.models):

@@ -1,6 +1,6 @@
 """The experiment registry and the one entry point, :func:`run_experiment`.
 
-An experiment module defines a :class:`~rankbias.config.Config` subclass, a
+An experiment module defines a :class:`~rankbias.framework.config.Config` subclass, a
 ``run(config, run_dir) -> summary`` function and registers them with
 :func:`register` together with its presets (``quick``: minutes on 2 CPU cores;
 ``paper``: the papers' scale). Every module of this package is imported on the
@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rankbias.config import Config, ConfigError, check_device_available
-from rankbias.runs import RunDir, config_hash
+from rankbias.framework.config import Config, ConfigError, check_device_available
+from rankbias.framework.paths import runs_root
+from rankbias.framework.runs import RunDir, config_hash
 
 __all__ = [
     "Experiment",
@@ -113,7 +114,7 @@ def build_config(name: str, overrides: Mapping[str, Any] | None = None, preset: 
 
 
 def default_out_dir(name: str, preset: str, chash: str) -> Path:
-    root = Path(os.environ.get("RANKBIAS_RUNS", "runs"))
+    root = runs_root()
     return root / name / f"{preset}-{chash}"
 
 
@@ -167,10 +168,10 @@ def environment(wall_time_s: float | None = None) -> dict[str, Any]:
     import numpy
     import torch
 
-    import rankbias
+    from rankbias._version import __version__
 
     env = {
-        "rankbias": rankbias.__version__,
+        "rankbias": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,

@@ -12,7 +12,7 @@ deep linear networks (depths x seeds x tasks) on their tasks with
 padded with frozen identity factors, see :class:`~rankbias.models.deep_linear.DeepLinear`)
 or one network at a time (``batched=False``; always so for L-BFGS, whose line
 search would couple the networks of a batch). ``optimizer="random_search"``
-uses the gradient-free :func:`rankbias.gradient_free.random_search` instead,
+uses the gradient-free :func:`rankbias.fit.random_search.random_search` instead,
 batched over networks.
 """
 
@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from rankbias.gradient_free import random_search
+from rankbias.fit.random_search import random_search
 from rankbias.measures import rank_measures
 from rankbias.models.deep_linear import DeepLinear, end_to_end
 from rankbias.train import OPTIMIZERS, train

@@ -1,0 +1,1 @@
+"""Trainers: how each model family is fitted (the models themselves live in ``models/``)."""

@@ -1,0 +1,1 @@
+"""The experiment framework: validated dataclass configs, run directories, paths."""
