@@ -19,10 +19,12 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
+from rankbias.errors import RankbiasError
+
 __all__ = ["Config", "ConfigError", "check_device_available", "field_docs", "parse_value"]
 
 
-class ConfigError(ValueError):
+class ConfigError(RankbiasError, ValueError):
     """A config key or value that is not accepted."""
 
 

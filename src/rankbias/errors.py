@@ -1,0 +1,18 @@
+"""The project's own error types. The CLI turns exactly these (and OS errors) into one
+``rankbias: ...`` line and exit status 2; any other exception is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+__all__ = ["LoadError", "RankbiasError", "UnsupportedError"]
+
+
+class RankbiasError(Exception):
+    """Base class of every error rankbias raises on purpose."""
+
+
+class LoadError(RankbiasError, ValueError):
+    """A file, model or input could not be read as asked (corrupt, empty, wrong kind, untrusted)."""
+
+
+class UnsupportedError(RankbiasError, ValueError):
+    """A case rankbias refuses rather than answer wrongly (says what is accepted instead)."""
