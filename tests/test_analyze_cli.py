@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from rankbias.analysis import load_inputs, rank_report
+from rankbias.analysis import rank_report
+from rankbias.io import load_inputs
 from rankbias.cli import main
 
 
@@ -22,7 +23,8 @@ def test_analyze_saved_model_on_digits(tmp_path, capsys):
     path = tmp_path / "tiny.pt"
     torch.save(model, path)
     out = tmp_path / "out"
-    assert main(["analyze", str(path), "--data", "digits", "--limit", "50", "--out", str(out)]) == 0
+    assert main(["analyze", str(path), "--data", "digits", "--limit", "50", "--out", str(out),
+                 "--trust-pickle"]) == 0
     printed = capsys.readouterr().out
     assert "2 weight layers" in printed and "weights: effective rank" in printed
     assert "input data (50, 64)" in printed
@@ -52,7 +54,8 @@ def test_state_dict_needs_arch_and_loads_with_it(tmp_path, capsys):
 def test_input_size_mismatch_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "m.pt"
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(100, 4)), path)
-    assert main(["analyze", str(path), "--data", "digits", "--limit", "8", "--out", str(tmp_path / "o")]) == 2
+    assert main(["analyze", str(path), "--data", "digits", "--limit", "8", "--out", str(tmp_path / "o"),
+                 "--trust-pickle"]) == 2
     err = capsys.readouterr().err
     assert "inputs of shape (8, 1, 8, 8) in layer '1'" in err and "Linear(in_features=100" in err
 

@@ -7,8 +7,6 @@ import json
 import sys
 from collections.abc import Sequence
 
-from rankbias.framework.paths import runs_root
-
 __all__ = ["main"]
 
 
@@ -55,32 +53,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from rankbias.io import load_tensors
-    from rankbias.measures import MEASURES, as_matrix, rank_measures
+    from rankbias.analysis import measure_tensors
+    from rankbias.measures import MEASURES
     from rankbias.report import markdown_table
 
-    tensors = load_tensors(args.path)
-    rows = []
-    for name, t in tensors.items():
-        if t.ndim < 2 or t.numel() == 0 or t.is_complex():
-            continue
-        M = as_matrix(t, args.conv_reading)
-        mat = "x".join(map(str, M.shape[-2:]))
-        if M.ndim > 2:  # taps: one matrix per kernel position, averaged below
-            mat = f"{M.shape[0]} x {mat}"
-        row = {"name": name, "shape": "x".join(map(str, t.shape)), "matrix": mat}
-        try:
-            ms = rank_measures(M)
-        except ValueError as e:  # one bad tensor (NaN, Inf) does not hide the others
-            row["error"] = str(e)
-        else:
-            for k in MEASURES:
-                v = ms[k]
-                if v.ndim:
-                    row[k] = float(v.double().mean())
-                else:
-                    row[k] = int(v) if k == "numerical_rank" else float(v)
-        rows.append(row)
+    rows = measure_tensors(args.path, conv_reading=args.conv_reading, trust_pickle=args.trust_pickle)
     if not rows:
         print(f"{args.path}: no tensor with 2 or more dimensions", file=sys.stderr)
         return 1
@@ -136,40 +113,20 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    import re
-    from pathlib import Path
+    from rankbias.analysis import analyze
 
-    from rankbias.analysis import (
-        load_inputs,
-        load_model,
-        plot_rank_report,
-        rank_report,
-        summarize_report,
+    res = analyze(
+        args.model, args.data, out=args.out, arch=args.arch, weights=args.weights,
+        data_root=args.data_root, limit=args.limit, train=args.split == "train",
+        trust_pickle=args.trust_pickle, device=args.device, layers=args.layers or None,
+        measures=args.measures or None, conv_reading=args.conv_reading,
+        embedding_reading=args.embedding_reading, batch_size=args.batch_size, centered=args.centered,
+        embeddings=args.embeddings, token_index=args.token_index,
+        attention_heads=args.attention_heads, progress=None,
     )
-    from rankbias.framework.runs import RunDir
-    from rankbias.report import markdown_table
-
-    model = load_model(args.model, arch=args.arch, weights=args.weights)
-    data = None
-    if args.data is not None:
-        data = load_inputs(args.data, root=args.data_root, limit=args.limit, train=args.split == "train")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(args.model).stem if ":" not in args.model else args.model)
-    out = RunDir(args.out or runs_root() / "analyze" / slug.strip("-"))
-    df = rank_report(
-        model, data, layers=args.layers or None, measures=args.measures or None,
-        conv_reading=args.conv_reading, device=args.device, embedding_reading=args.embedding_reading,
-        batch_size=args.batch_size, centered=args.centered, progress=None,
-    )
-    out.write_text("rank_report.csv", df.to_csv(index=False))
-    rows = [{k: (str(v) if isinstance(v, tuple) else v) for k, v in r.items()}
-            for r in df.astype(object).where(df.notna(), None).to_dict("records")]
-    title = f"{args.model}" + (f" on {args.data} ({len(data)} inputs)" if data is not None else "")
-    out.write_text("rank_report.md", f"# Rank report: {title}\n\n" + markdown_table(rows))
-    fig = plot_rank_report(df, out.figure_path("rank_report"), title=title)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{title}: {int((df['name'] != '<input>').sum())} weight layers, {n_params:,} parameters")
-    print(summarize_report(df))
-    print(f"wrote {out / 'rank_report.csv'}, {out / 'rank_report.md'}, {fig}")
+    print(res.headline)
+    print(res.summary)
+    print(f"wrote {', '.join(map(str, res.files))}")
     return 0
 
 
@@ -199,8 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("measure", help="rank measures of every 2-D+ tensor in a file")
     sp.add_argument("path", help=".npy, .npz, .pt/.pth (tensor, state_dict or model) or .safetensors")
-    sp.add_argument("--conv-reading", choices=["flatten", "taps"], default="flatten",
-                    help="read a conv weight (out, in, kh, kw) as out x in*kh*kw (flatten) or per tap")
+    sp.add_argument("--conv-reading", choices=["flatten", "taps", "pooled"], default="flatten",
+                    help="a conv weight (out, in, kh, kw) as out x in*kh*kw (flatten), per tap "
+                    "(mean over taps), or pooled (WeightWatcher's: one spectrum of all taps)")
+    sp.add_argument("--trust-pickle", action="store_true",
+                    help="unpickle files in full (a torch.save(model) file); runs code stored in "
+                    "the file: only for files you trust")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.set_defaults(func=cmd_measure)
 
@@ -239,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_reproduce)
 
     sp = sub.add_parser("analyze", help="rank report of a model: weights, embeddings on data, the data")
-    sp.add_argument("model", help="torchvision:NAME, a file saved with torch.save(model), "
-                    "or a state_dict file with --arch")
+    sp.add_argument("model", help="torchvision:NAME, a state_dict file with --arch, or a file "
+                    "saved with torch.save(model) (with --trust-pickle)")
     sp.add_argument("--arch", default=None, help="architecture of a state_dict: a torchvision "
                     "name (resnet18) or package.module:Class")
     sp.add_argument("--weights", default=None, help="state_dict file for a torchvision:NAME model "
@@ -253,12 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=256, help="inputs per forward pass")
     sp.add_argument("--layers", nargs="*", default=None, help="layer names or glob patterns (default all)")
     sp.add_argument("--measures", nargs="*", default=None, help="measures (default all)")
-    sp.add_argument("--conv-reading", choices=["flatten", "taps"], default="flatten",
-                    help="a conv weight as out x in*kh*kw (flatten) or per tap (mean over taps)")
+    sp.add_argument("--conv-reading", choices=["flatten", "taps", "pooled"], default="flatten",
+                    help="a conv weight as out x in*kh*kw (flatten), per tap (mean over taps), or "
+                    "pooled (WeightWatcher's: one spectrum of all taps)")
     sp.add_argument("--embedding-reading", choices=["position", "sample"], default="position",
                     help="conv outputs per position ((N*H*W) x C) or per sample (N x C*H*W)")
+    sp.add_argument("--embeddings", nargs="*", default=None, metavar="MODULE[:input|:output]",
+                    help="also measure these modules' inputs or outputs (names or globs, e.g. fc:input)")
+    sp.add_argument("--token-index", type=int, default=None,
+                    help="keep only this token of (N, T, d) outputs (0: the CLS token)")
+    sp.add_argument("--attention-heads", action="store_true",
+                    help="one Q, K, V row per attention head")
     sp.add_argument("--centered", action="store_true",
                     help="remove the mean embedding before the kernel (default: raw K = Z Z^T)")
+    sp.add_argument("--trust-pickle", action="store_true",
+                    help="unpickle model/input files in full (a torch.save(model) file); runs code "
+                    "stored in the file: only for files you trust")
     sp.add_argument("--device", default=None, help="torch device (default: cpu)")
     sp.add_argument("--out", default=None, help="output directory (default runs/analyze/MODEL)")
     sp.set_defaults(func=cmd_analyze)

@@ -1,0 +1,57 @@
+"""Rank report of any PyTorch model: its weights, what chosen modules compute on
+data, and the data itself; and a tracker that records ranks during training.
+
+- :mod:`~rankbias.analysis.layers`: which layers are rows, how outputs are read;
+- :mod:`~rankbias.analysis.weights`: weights as matrices (conv readings);
+- :mod:`~rankbias.analysis.stream`: streaming embeddings through forward hooks;
+- :mod:`~rankbias.analysis.report`: :func:`rank_report`;
+- :mod:`~rankbias.analysis.tracker`: :class:`RankTracker`
+  (:mod:`~rankbias.analysis.lightning`: its Lightning callback);
+- :mod:`~rankbias.analysis.render`: the figure, summary and files, :func:`analyze`;
+- :mod:`~rankbias.analysis.tensors`: :func:`measure_tensors` (``rankbias measure``).
+
+Loading models and inputs by name lives in :mod:`rankbias.io` (``build_arch``,
+``load_model``, ``load_inputs`` are re-exported here for existing callers).
+"""
+
+from __future__ import annotations
+
+from rankbias.analysis.layers import DATA_ROW_NAME, WeightEntry, weight_entries, weight_layers
+from rankbias.analysis.render import (
+    Analysis,
+    analyze,
+    plot_rank_report,
+    summarize_report,
+    write_report,
+)
+from rankbias.analysis.report import rank_report
+from rankbias.analysis.tensors import measure_tensors
+from rankbias.analysis.tracker import RankTracker
+from rankbias.io import build_arch, load_inputs, load_model
+
+__all__ = [
+    "DATA_ROW_NAME",
+    "Analysis",
+    "RankTracker",
+    "RankTrackerCallback",
+    "WeightEntry",
+    "analyze",
+    "build_arch",
+    "load_inputs",
+    "load_model",
+    "measure_tensors",
+    "plot_rank_report",
+    "rank_report",
+    "summarize_report",
+    "weight_entries",
+    "weight_layers",
+    "write_report",
+]
+
+
+def __getattr__(name: str):
+    if name == "RankTrackerCallback":  # needs the optional lightning package
+        from rankbias.analysis.lightning import RankTrackerCallback
+
+        return RankTrackerCallback
+    raise AttributeError(f"module 'rankbias.analysis' has no attribute {name!r}")
