@@ -20,7 +20,7 @@
 
 Run: ``PYTHONPATH=src python bench/bench_rank_report.py`` (``--quick`` for a
 smoke run: 1 repeat, 2,000 images). The data root is ``--data-root``, else
-``$RANKBIAS_DATA``, else /work/shared/datasets, else ./data.
+``$RANKBIAS_DATA``, else ./data.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def small_cnn() -> nn.Sequential:
 
 
 def default_root() -> str:
-    if os.environ.get("RANKBIAS_DATA"):
-        return os.environ["RANKBIAS_DATA"]
-    return "/work/shared/datasets" if Path("/work/shared/datasets").exists() else "data"
+    from rankbias.framework.paths import data_root
+
+    return str(data_root())
 
 
 def mnist_test(root: str, n: int) -> torch.Tensor:

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from rankbias.analysis import rank_report
-from rankbias.io import load_inputs
 from rankbias.cli import main
+from rankbias.io import load_inputs
+from rankbias.measures import KernelSpectrum
 
 
 def tiny_model() -> nn.Sequential:
@@ -99,3 +100,29 @@ def test_analyze_torchvision_resnet18(tmp_path, capsys):
     fc = sd["fc.weight"].double().numpy()
     s = np.linalg.svd(fc, compute_uv=False)
     assert a.iloc[-1]["stable_rank"] == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-8)
+
+
+def test_analyze_embeddings_of_any_module_from_the_cli(tmp_path, capsys):
+    from rankbias.analysis import analyze
+
+    model = tiny_model()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    x = load_inputs("digits", limit=30)
+    res = analyze(model, x, out=tmp_path / "api", layers=[], embeddings=["2", "3:input"])
+    assert list(res.report["name"]) == ["<input>", "2:output", "3:input"]
+    assert res.headline.endswith("0 weight layers, 1,210 parameters")
+    with torch.no_grad():
+        feats = model[:3](x.float())  # the ReLU's output is the input of the last Linear
+    assert res.report.loc[1, "emb_matrix_shape"] == (30, 16)
+    ref = float(KernelSpectrum().update(feats.double()).measures(["stable_rank"])["stable_rank"])
+    np.testing.assert_allclose(res.report["emb_stable_rank"][1:].astype(float), [ref, ref], rtol=1e-9)
+    torch.save(model, tmp_path / "m.pt")
+    out = tmp_path / "cli"
+    assert main(["analyze", str(tmp_path / "m.pt"), "--trust-pickle", "--data", "digits",
+                 "--limit", "30", "--layers", "3", "--embeddings", "3:input", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "rank_report.csv")
+    assert list(df["name"]) == ["<input>", "3", "3:input"]
+    assert df.loc[2, "emb_stable_rank"] == pytest.approx(res.report.loc[2, "emb_stable_rank"], rel=1e-12)
+    assert main(["analyze", str(tmp_path / "m.pt"), "--trust-pickle", "--data", "digits",
+                 "--embeddings", "fcc", "--out", str(out)]) == 2
+    assert "match no module" in capsys.readouterr().err
