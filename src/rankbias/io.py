@@ -64,10 +64,10 @@ def torch_load(path: str | os.PathLike, *, trust_pickle: bool = False):
             return torch.load(path, map_location="cpu", weights_only=False)
         except (ImportError, AttributeError) as e:
             raise LoadError(f"{path}: could not unpickle: a class it names cannot be imported "
-                            f"here: {type(e).__name__}: {e}") from e
+                            f"here: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
         except Exception as e:  # zip, pickle and EOF errors of a corrupt file
             raise LoadError(f"{path}: could not read as a torch file (corrupt or not a torch.save "
-                            f"file): {type(e).__name__}: {str(e)[:300]}") from e
+                            f"file): {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the safe unpickler raises several types; each is a bad file
