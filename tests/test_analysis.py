@@ -22,7 +22,7 @@ RTOL = 1e-7
 
 
 def _spectrum_measures(s: np.ndarray, shape: tuple[int, int], n_rank: int) -> dict[str, float]:
-    """The SCIENCE.md A formulas, written out in numpy, from values s (descending)."""
+    """The definitions of docs/measures.md, written out in numpy, from values s (descending)."""
     s = np.clip(np.sort(s)[::-1], 0, None)
     p = s / s.sum()
     nz = p[p > 0]
@@ -55,7 +55,7 @@ def np_kernel_measures(Z: np.ndarray, full_kernel: bool = False) -> dict[str, fl
     itself; the top min(N, d) of them (the rest are zero up to rounding).
 
     The kernel's participation ratio and RankMe depend on conventions for K's
-    N - d zero eigenvalues and its centring (SCIENCE.md A is silent), so for
+    N - d zero eigenvalues and its centring (the definitions are silent), so for
     those two the reference is KernelSpectrum fed the full matrix at once:
     streaming must not change them."""
     N, d = Z.shape

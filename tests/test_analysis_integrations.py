@@ -43,6 +43,13 @@ def test_hf_dict_batches_leave_padding_tokens_out():
         for k in ("stable_rank", "effective_rank", "numerical_rank"):
             assert float(rows.loc[name, f"emb_{k}"]) == pytest.approx(float(ref[k]), rel=1e-4), (name, k)
     assert rows.loc["encoder.layer.0.attention.self.query", "emb_matrix_shape"] == (13, 16)
+    # a DataLoader of dict samples (collated into dict batches) gives the same numbers
+    samples = [{"input_ids": ids[i], "attention_mask": mask[i]} for i in range(3)]
+    loader = torch.utils.data.DataLoader(samples, batch_size=2)
+    again = rank_report(model, loader, layers=[], embeddings=["<root>"], progress=False)
+    assert list(again["name"]) == ["<root>:output"]
+    assert float(again.loc[0, "emb_stable_rank"]) == pytest.approx(
+        float(rows.loc["<root>:output", "emb_stable_rank"]), rel=1e-6)
     # the CLS token of every sequence instead
     cls = rank_report(model, batch, layers=[], embeddings=["<root>"], token_index=0, progress=False)
     with torch.no_grad():
