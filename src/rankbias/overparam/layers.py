@@ -17,8 +17,10 @@ architecture, so inference costs nothing extra.
   the 1x1 factors are block-diagonal per group, the product is again a grouped
   k x k conv: ``K_e[g] = M_L[g] ... M_2[g] K_1[g]`` per group ``g``. The hidden
   width is rounded to a multiple of ``groups``.
-- The bias lives on the last factor only (a bias on an inner factor would be
-  mapped through the later factors and add nothing expressible).
+- The bias lives on the last factor only by default (a bias on an inner factor is
+  mapped through the later factors into the same output bias); ``factor_bias=True``
+  puts one on every factor, as the authors' code does, and the collapsed bias folds
+  them: ``b = b_L + W_L (b_{L-1} + ... + W_2 b_1)``.
 
 Padding is applied to the input of the first factor only, and every factor is
 linear per spatial position after it, so the composition is exact for every
@@ -26,36 +28,28 @@ padding mode (zeros, reflect, replicate, circular) and for "same"/"valid".
 
 Forward forms (``mode``):
 
-- ``"kernel"`` (default): build the collapsed kernel from the factors (a chain
+- ``"kernel"``: build the collapsed kernel from the factors (a chain
   of small matmuls, independent of the batch) and run one conv/linear. Autograd
   goes through the chain, so the gradients are those of the factored
   parameterisation.
 - ``"sequential"``: run the factors one after another (what the authors' code
   does); same function and gradients up to rounding.
-- ``"auto"``: per call, count the multiply-adds of both forms for the actual
+- ``"auto"`` (default): per call, count the multiply-adds of both forms for the actual
   input shape and run the cheaper one.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "OverparamConv2d",
-    "OverparamLinear",
-    "collapse",
-    "expanded_modules",
-    "overparameterize",
-    "set_forward_mode",
-]
+__all__ = ["OverparamConv1D", "OverparamConv2d", "OverparamLinear"]
 
 Mode = Literal["kernel", "sequential", "auto"]
 MODES = ("kernel", "sequential", "auto")
@@ -162,24 +156,70 @@ def _chain(mats: Sequence[torch.Tensor]) -> torch.Tensor:
 # ------------------------------------------------------------------------ modules
 
 
+def _template(layer: nn.Module) -> nn.Module:
+    """A shallow copy of ``layer`` whose parameters are meta tensors: its class and
+    attributes, none of its memory. :meth:`_Expanded.fuse` fills it with the collapsed
+    weight, so a layer collapses to its own class (``nn.Linear``, a subclass without
+    its own forward, Hugging Face's ``Conv1D``), not to a look-alike."""
+    t = copy.copy(layer)
+    t._parameters = {
+        k: None if v is None else nn.Parameter(torch.empty_like(v, device="meta"), v.requires_grad)
+        for k, v in layer._parameters.items()
+    }
+    t._buffers, t._modules = dict(layer._buffers), dict(layer._modules)
+    return t
+
+
 class _Expanded(nn.Module):
     """Shared logic of the expanded modules; ``factors`` is an nn.ModuleList."""
 
     depth: int
     mode: str
     factors: nn.ModuleList
+    _plain: nn.Module | None
+
+    def _matrices(self) -> list[torch.Tensor]:
+        """The factors as (groups, out_i/groups, in_i/groups) matrices, input side first."""
+        raise NotImplementedError
+
+    def _collapsed_matrix(self) -> torch.Tensor:
+        return _chain(self._matrices())  # (G, out/G, fan_in/G)
 
     @property
     def bias(self) -> torch.Tensor | None:
-        """The collapsed bias (the last factor's), differentiable."""
-        return self.factors[-1].bias
+        """The collapsed bias, differentiable: every factor's bias mapped through the
+        factors after it, ``b = b_L + W_L (b_{L-1} + W_{L-1} (... b_1))``."""
+        biases = [f.bias for f in self.factors]
+        if all(b is None for b in biases):
+            return None
+        mats = self._matrices()
+        G = mats[0].shape[0]
+        b = None
+        for M, bi in zip(mats, biases):
+            if b is not None:
+                b = (M @ b.reshape(G, -1, 1)).reshape(-1)
+            if bi is not None:
+                b = bi if b is None else b + bi
+        return b
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, hidden={self.hidden}, mode={self.mode!r}"
 
-    def reparameterize(self) -> nn.Module:
-        """The plain layer this module collapses to (timm's ``reparameterize``
-        convention; a new module, detached from the factors)."""
+    def fuse(self) -> nn.Module:
+        """The plain layer this module collapses to: a new module of the original
+        layer's class, detached from the factors. This is timm's ``fuse()`` contract
+        (``timm.utils.reparameterize_model`` replaces a child by ``child.fuse()``)."""
+        w, b = self.weight.detach(), self.bias
+        plain = copy.deepcopy(self._plain) if self._plain is not None else self._new_plain(b is not None)
+        frozen_w = all(not f.weight.requires_grad for f in self.factors)
+        plain.weight = nn.Parameter(w.clone(), requires_grad=not frozen_w)
+        if b is not None:
+            grads = [f.bias.requires_grad for f in self.factors if f.bias is not None]
+            plain.bias = nn.Parameter(b.detach().clone(), requires_grad=any(grads))
+        plain.train(self.training)
+        return plain
+
+    def _new_plain(self, bias: bool) -> nn.Module:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +231,7 @@ class _Expanded(nn.Module):
             for f in self.factors:
                 x = f(x)
             return x
-        return self._plain_forward(x, self.weight, self.bias)
+        return self._plain_forward(x, self._collapsed_matrix(), self.bias)
 
 
 class OverparamLinear(_Expanded):
@@ -199,6 +239,8 @@ class OverparamLinear(_Expanded):
 
     ``weight`` / ``bias`` are the collapsed (out_features, in_features) matrix and
     (out_features,) vector, computed from the factors (differentiable).
+    ``factor_bias``: a bias on every factor (the authors' layout) instead of the
+    last one only; the collapsed bias folds them.
     """
 
     def __init__(
@@ -210,6 +252,7 @@ class OverparamLinear(_Expanded):
         depth: int = 2,
         width: float = 1.0,
         mode: Mode = "auto",
+        factor_bias: bool = False,
         device=None,
         dtype=None,
     ):
@@ -218,19 +261,23 @@ class OverparamLinear(_Expanded):
         self.in_features, self.out_features = in_features, out_features
         self.depth, self.width, self.mode = depth, width, _check_mode(mode)
         self.hidden = _hidden(width, out_features) if depth > 1 else out_features
+        object.__setattr__(self, "_plain", None)
         dims = [in_features] + [self.hidden] * (depth - 1) + [out_features]
         kw = {"device": device, "dtype": dtype}
         self.factors = nn.ModuleList(
-            nn.Linear(a, b, bias=bias and i == depth - 1, **kw)
+            nn.Linear(a, b, bias=bias and (factor_bias or i == depth - 1), **kw)
             for i, (a, b) in enumerate(zip(dims, dims[1:]))
         )
 
+    def _matrices(self):
+        return [f.weight.unsqueeze(0) for f in self.factors]
+
     @property
     def weight(self) -> torch.Tensor:
-        return _chain([f.weight for f in self.factors])  # (out, in)
+        return self._collapsed_matrix()[0]  # (out, in)
 
-    def _plain_forward(self, x, weight, bias):
-        return F.linear(x, weight, bias)
+    def _plain_forward(self, x, matrix, bias):
+        return F.linear(x, matrix[0], bias)
 
     def flops(self, shape: Sequence[int]) -> tuple[int, int]:
         """Multiply-adds of the (sequential, kernel) forward for an input of ``shape``."""
@@ -244,29 +291,56 @@ class OverparamLinear(_Expanded):
         ker = chain + rows * self.out_features * self.in_features
         return seq, ker
 
-    def reparameterize(self) -> nn.Linear:
-        w, b = self.weight.detach(), self.bias
-        lin = nn.Linear(self.in_features, self.out_features, bias=b is not None,
-                        device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if b is not None:
-                lin.bias.copy_(b.detach())
-        return lin
+    def _new_plain(self, bias: bool) -> nn.Linear:
+        w = self.factors[0].weight
+        return nn.Linear(self.in_features, self.out_features, bias=bias, device="meta",
+                         dtype=w.dtype)
 
     @classmethod
     def from_linear(cls, layer: nn.Linear, *, depth: int = 2, width: float = 1.0,
-                    init: str = "fresh", mode: Mode = "auto",
+                    init: str = "fresh", mode: Mode = "auto", factor_bias: bool = False,
                     generator: torch.Generator | None = None) -> OverparamLinear:
         """Expand ``layer``; ``init`` "fresh" or "preserve" (see :func:`overparameterize`)."""
         w = layer.weight
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, depth=depth,
-                  width=width, mode=mode, device=w.device, dtype=w.dtype)
-        new._init(w.detach().unsqueeze(0), layer.bias, init, generator)
+                  width=width, mode=mode, factor_bias=factor_bias, device=w.device, dtype=w.dtype)
+        object.__setattr__(new, "_plain", _template(layer))  # not a submodule: no state
+        _init_factors(new, w.detach().unsqueeze(0), layer, init, generator, fan_mode="fan_in")
         return new
 
-    def _init(self, W: torch.Tensor, bias, init: str, generator) -> None:
-        _init_factors(self, W, bias, init, generator)
+
+class OverparamConv1D(OverparamLinear):
+    """Hugging Face's ``Conv1D`` (GPT-2's attention and MLP layers: ``y = x W + b``
+    with ``W`` stored as (in, out)) as a product of ``depth`` linear maps.
+
+    Same factors as :class:`OverparamLinear`; ``weight`` is the collapsed matrix in
+    ``Conv1D``'s (in, out) layout, and :meth:`fuse` returns a ``Conv1D``.
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._collapsed_matrix()[0].T  # (in, out), Conv1D's layout
+
+    @property
+    def nx(self) -> int:
+        return self.in_features
+
+    @property
+    def nf(self) -> int:
+        return self.out_features
+
+    @classmethod
+    def from_conv1d(cls, layer: nn.Module, *, depth: int = 2, width: float = 1.0,
+                    init: str = "fresh", mode: Mode = "auto", factor_bias: bool = False,
+                    generator: torch.Generator | None = None) -> OverparamConv1D:
+        """Expand a Hugging Face ``Conv1D`` (weight (nx, nf) = (in, out))."""
+        w = layer.weight  # (in, out)
+        nx, nf = w.shape
+        new = cls(nx, nf, layer.bias is not None, depth=depth, width=width, mode=mode,
+                  factor_bias=factor_bias, device=w.device, dtype=w.dtype)
+        object.__setattr__(new, "_plain", _template(layer))  # not a submodule: no state
+        _init_factors(new, w.detach().T.unsqueeze(0), layer, init, generator, fan_mode="fan_in")
+        return new
 
 
 class OverparamConv2d(_Expanded):
@@ -276,7 +350,9 @@ class OverparamConv2d(_Expanded):
     padding_mode, dilation, groups, bias) is kept: the first factor carries
     them, the 1x1 factors are grouped like the original, so the collapsed
     ``weight`` (out, in/groups, kh, kw) and ``bias`` define a conv of the
-    original architecture.
+    original architecture. ``factor_bias``: a bias on every factor (the authors'
+    layout); exact for every padding mode, since padding acts before the first
+    factor's bias is added.
     """
 
     def __init__(
@@ -294,19 +370,22 @@ class OverparamConv2d(_Expanded):
         depth: int = 2,
         width: float = 1.0,
         mode: Mode = "auto",
+        factor_bias: bool = False,
         device=None,
         dtype=None,
     ):
         super().__init__()
         depth, width = _check_depth_width(depth, width)
         self.depth, self.width, self.mode = depth, width, _check_mode(mode)
+        object.__setattr__(self, "_plain", None)
         kw = {"device": device, "dtype": dtype}
         self.hidden = _hidden(width, out_channels, groups) if depth > 1 else out_channels
         first = nn.Conv2d(in_channels, self.hidden, kernel_size, stride, padding, dilation,
-                          groups, bias=bias and depth == 1, padding_mode=padding_mode, **kw)
+                          groups, bias=bias and (factor_bias or depth == 1),
+                          padding_mode=padding_mode, **kw)
         rest = [
             nn.Conv2d(self.hidden, out_channels if i == depth - 1 else self.hidden, 1,
-                      groups=groups, bias=bias and i == depth - 1, **kw)
+                      groups=groups, bias=bias and (factor_bias or i == depth - 1), **kw)
             for i in range(1, depth)
         ]
         self.factors = nn.ModuleList([first, *rest])
@@ -315,21 +394,23 @@ class OverparamConv2d(_Expanded):
         for name in ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"):
             setattr(self, name, getattr(first, name))
 
+    def _matrices(self):
+        G = self.groups
+        mats = []
+        for f in self.factors:
+            w = f.weight  # (o_i, in_i/G, kh, kw)
+            mats.append(w.reshape(G, w.shape[0] // G, -1))
+        return mats
+
     @property
     def weight(self) -> torch.Tensor:
-        G = self.groups
-        K = self.factors[0].weight  # (h, in/G, kh, kw)
-        if self.depth == 1:
-            return K
-        h, cin, kh, kw = K.shape
-        mats = [K.reshape(G, h // G, cin * kh * kw)]
-        for f in self.factors[1:]:
-            w = f.weight  # (o, h/G, 1, 1)
-            mats.append(w.reshape(G, w.shape[0] // G, w.shape[1]))
-        return _chain(mats).reshape(self.out_channels, cin, kh, kw)
+        _, cin, kh, kw = self.factors[0].weight.shape
+        return self._collapsed_matrix().reshape(self.out_channels, cin, kh, kw)
 
-    def _plain_forward(self, x, weight, bias):
+    def _plain_forward(self, x, matrix, bias):
         # nn.Conv2d's own padding logic (padding modes, "same"), applied to the collapsed kernel
+        _, cin, kh, kw = self.factors[0].weight.shape
+        weight = matrix.reshape(self.out_channels, cin, kh, kw)
         return self.factors[0]._conv_forward(x, weight, bias)
 
     def flops(self, shape: Sequence[int]) -> tuple[int, int]:
@@ -351,30 +432,26 @@ class OverparamConv2d(_Expanded):
         ker = chain + P * self.out_channels * fan
         return seq, ker
 
-    def reparameterize(self) -> nn.Conv2d:
-        f, w, b = self.factors[0], self.weight.detach(), self.bias
-        conv = nn.Conv2d(self.in_channels, self.out_channels, f.kernel_size, f.stride, f.padding,
-                         f.dilation, f.groups, bias=b is not None, padding_mode=f.padding_mode,
-                         device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(w)
-            if b is not None:
-                conv.bias.copy_(b.detach())
-        return conv
+    def _new_plain(self, bias: bool) -> nn.Conv2d:
+        f = self.factors[0]
+        return nn.Conv2d(self.in_channels, self.out_channels, f.kernel_size, f.stride, f.padding,
+                         f.dilation, f.groups, bias=bias, padding_mode=f.padding_mode,
+                         device="meta", dtype=f.weight.dtype)
 
     @classmethod
     def from_conv(cls, layer: nn.Conv2d, *, depth: int = 2, width: float = 1.0,
-                  init: str = "fresh", mode: Mode = "auto",
+                  init: str = "fresh", mode: Mode = "auto", factor_bias: bool = False,
                   generator: torch.Generator | None = None) -> OverparamConv2d:
         """Expand ``layer``; ``init`` "fresh" or "preserve" (see :func:`overparameterize`)."""
         w = layer.weight
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                   layer.padding, layer.dilation, layer.groups, layer.bias is not None,
                   layer.padding_mode, depth=depth, width=width, mode=mode,
-                  device=w.device, dtype=w.dtype)
+                  factor_bias=factor_bias, device=w.device, dtype=w.dtype)
+        object.__setattr__(new, "_plain", _template(layer))  # not a submodule: no state
         G = layer.groups
         W = w.detach().reshape(G, layer.out_channels // G, -1)  # (G, out/G, in/G*kh*kw)
-        _init_factors(new, W, layer.bias, init, generator)
+        _init_factors(new, W, layer, init, generator, fan_mode="fan_out")
         return new
 
 
@@ -387,150 +464,39 @@ def _out_size(size: int, conv: nn.Conv2d, dim: int) -> int:
 
 
 @torch.no_grad()
-def _init_factors(mod: _Expanded, W: torch.Tensor, bias, init: str, generator) -> None:
-    """W: the original weight as (groups, out/groups, fan_in/groups)."""
+def _init_factors(mod: _Expanded, W: torch.Tensor, layer: nn.Module, init: str, generator,
+                  fan_mode: str) -> None:
+    """W: the original weight as (groups, out/groups, fan_in/groups); ``layer`` the
+    original (its bias, and which of its parameters are frozen)."""
     factors = list(mod.factors)
+    bias = layer.bias
     if init == "preserve":
         G = W.shape[0]
         mats = _balanced_factors(W, mod.depth, mod.hidden // G, generator)
         for f, M in zip(factors, mats):
             f.weight.copy_(M.reshape(f.weight.shape))
+            if f.bias is not None:
+                f.bias.zero_()
         if bias is not None:
             factors[-1].bias.copy_(bias.detach())
-        return
-    # "fresh", as in the authors' implementation: each factor kaiming-normal with
-    # fan_out, gain 1 for the inner (linear) factors and the ReLU gain sqrt(2)
-    # for the last one (it feeds the nonlinearity); bias uniform(+-1/sqrt(fan_in))
-    # with the collapsed layer's fan_in, as nn.Conv2d / nn.Linear do.
-    for i, f in enumerate(factors):
-        last = i == len(factors) - 1
-        nn.init.kaiming_normal_(f.weight, a=0.0 if last else 1.0, mode="fan_out",
-                                nonlinearity="leaky_relu", generator=generator)
-    b = factors[-1].bias
-    if b is not None:
-        bound = 1.0 / math.sqrt(W.shape[-1])
-        nn.init.uniform_(b, -bound, bound, generator=generator)
-
-
-# ---------------------------------------------------------------- model-level API
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in patterns)
-
-
-def _set_child(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    if not name:
-        return new
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-    return model
-
-
-def overparameterize(
-    model: nn.Module,
-    depth: int = 2,
-    width: float = 1.0,
-    layers: Literal["all", "conv", "linear"] = "all",
-    ignore: Iterable[str] = (),
-    init: Literal["fresh", "preserve"] = "fresh",
-    inplace: bool = False,
-    *,
-    mode: Mode = "auto",
-    generator: torch.Generator | None = None,
-) -> nn.Module:
-    """Replace every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` by its expanded form.
-
-    Args:
-        model: any module (a bare Linear/Conv2d is expanded and returned itself).
-        depth: factors per layer (>= 1; 1 keeps the layer's shape but still
-            re-initialises it with ``init="fresh"``).
-        width: hidden width multiplier, hidden = round(width * out) (a multiple of
-            ``groups`` for convs).
-        layers: which layer types to expand: "all", "conv" or "linear".
-        ignore: qualified module names (as in ``model.named_modules()``) to leave
-            alone; a name also covers everything below it (``"layer4"``). An unknown
-            name is an error.
-        init: "fresh" re-initialises the factors as Huh et al.'s code does
-            (kaiming-normal, fan_out, gain 1 inside, ReLU gain on the last factor);
-            "preserve" factorises the current weights (balanced SVD split) so the
-            expanded model computes the same function at step 0 (fine-tuning).
-        inplace: modify ``model`` itself instead of a deep copy.
-        mode: forward form of the expanded layers: "kernel", "sequential" or "auto"
-            (see the module docstring; change later with :func:`set_forward_mode`).
-        generator: random source for "fresh" init (and the extra units of "preserve").
-
-    Returns the expanded model; :func:`collapse` turns it back into the original
-    architecture.
-    """
-    depth, width = _check_depth_width(depth, width)
-    if layers not in LAYERS:
-        raise ValueError(f"layers must be one of {', '.join(map(repr, LAYERS))}; got {layers!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
-    _check_mode(mode)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if isinstance(ignore, str):
-        ignore = (ignore,)
-    ignore = tuple(ignore)
-    names = {n for n, _ in model.named_modules()}
-    unknown = [n for n in ignore if n not in names or n == ""]
-    if unknown:
-        hints = {n: difflib.get_close_matches(n, names, n=3) for n in unknown}
-        raise ValueError(
-            f"ignore: unknown module name(s) {unknown}; accepted: qualified names from "
-            f"model.named_modules(), e.g. {sorted(x for x in names if x)[:8]}"
-            + "".join(f"; did you mean {v} for {k!r}?" for k, v in hints.items() if v)
-        )
-    if not inplace:
-        model = copy.deepcopy(model)
-    types: tuple[type, ...] = {"all": (nn.Linear, nn.Conv2d), "conv": (nn.Conv2d,),
-                               "linear": (nn.Linear,)}[layers]
-    targets = [
-        (n, m) for n, m in model.named_modules()
-        if isinstance(m, types) and not _matches(n, ignore) and not _inside_expanded(model, n)
-    ]
-    kw = {"depth": depth, "width": width, "init": init, "mode": mode, "generator": generator}
-    for name, m in targets:
-        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
-            raise ValueError(f"layer {name!r} is lazy and not initialised yet: run one forward first")
-        new = OverparamConv2d.from_conv(m, **kw) if isinstance(m, nn.Conv2d) else OverparamLinear.from_linear(m, **kw)
-        new.train(m.training)
-        model = _set_child(model, name, new)
-    return model
-
-
-def _inside_expanded(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    return any(isinstance(model.get_submodule(".".join(parts[:i])), _Expanded) for i in range(len(parts)))
-
-
-def expanded_modules(model: nn.Module) -> list[tuple[str, _Expanded]]:
-    """The (name, module) pairs of every expanded layer in ``model``."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Expanded)]
-
-
-def set_forward_mode(model: nn.Module, mode: Mode) -> nn.Module:
-    """Set the forward form ("kernel", "sequential", "auto") of every expanded layer."""
-    _check_mode(mode)
-    for _, m in expanded_modules(model):
-        m.mode = mode
-    return model
-
-
-def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The model with every expanded layer replaced by the plain nn.Linear /
-    nn.Conv2d it collapses to (timm's ``reparameterize_model`` convention).
-
-    The result has the original architecture: its state_dict loads with
-    ``strict=True`` into a fresh instance of it.
-    """
-    if not inplace:
-        model = copy.deepcopy(model)
-    for name, m in expanded_modules(model):
-        new = m.reparameterize()
-        new.train(m.training)
-        model = _set_child(model, name, new)
-    return model
+    else:
+        # "fresh", as in the authors' code (minyoungg/overparam): kaiming-normal with
+        # fan_in for linear factors and fan_out for conv factors, gain 1 for the inner
+        # factors (no nonlinearity follows them) and the ReLU gain sqrt(2) for the last.
+        for i, f in enumerate(factors):
+            last = i == len(factors) - 1
+            nn.init.kaiming_normal_(f.weight, a=0.0 if last else 1.0, mode=fan_mode,
+                                    nonlinearity="leaky_relu", generator=generator)
+        # a bias on every factor: uniform(+-1/sqrt(fan_in)) with that factor's fan_in, as the
+        # authors'; the last factor's bias alone: with the collapsed layer's fan_in, as torch
+        per_factor = sum(f.bias is not None for f in factors) > 1
+        for f in factors:
+            if f.bias is None:
+                continue
+            bound = 1.0 / math.sqrt(f.weight[0].numel() if per_factor else W.shape[-1])
+            nn.init.uniform_(f.bias, -bound, bound, generator=generator)
+    # frozen stays frozen: each factor's weight/bias trains exactly when the original did
+    for f in factors:
+        f.weight.requires_grad_(layer.weight.requires_grad)
+        if f.bias is not None:
+            f.bias.requires_grad_(bias.requires_grad)
