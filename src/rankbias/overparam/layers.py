@@ -162,11 +162,13 @@ def _template(layer: nn.Module) -> nn.Module:
     weight, so a layer collapses to its own class (``nn.Linear``, a subclass without
     its own forward, Hugging Face's ``Conv1D``), not to a look-alike."""
     t = copy.copy(layer)
+    for k, v in list(vars(t).items()):  # own hook/state dicts, not the original's
+        if isinstance(v, dict):
+            vars(t)[k] = type(v)(v)
     t._parameters = {
         k: None if v is None else nn.Parameter(torch.empty_like(v, device="meta"), v.requires_grad)
         for k, v in layer._parameters.items()
     }
-    t._buffers, t._modules = dict(layer._buffers), dict(layer._modules)
     return t
 
 
