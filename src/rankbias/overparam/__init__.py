@@ -1,7 +1,8 @@
 """Linear over-parameterisation: expand any model's Linear/Conv2d (and Hugging Face
 Conv1D) layers into products of linear maps, train, then collapse exactly.
 
-:mod:`rankbias.overparam.layers` holds the expanded layers and their factorisations,
+:mod:`rankbias.overparam.layers` holds the expanded layers, :mod:`rankbias.overparam.factorize`
+the exact factorisations (init="preserve"),
 :mod:`rankbias.overparam.model` the model-level functions and the cases they refuse.
 See docs/overparam.md.
 """
