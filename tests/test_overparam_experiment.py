@@ -2,8 +2,6 @@
 summary's structure and verdict, exact collapse of trained models, failure
 isolation, augmentation, models."""
 
-import math
-
 import pytest
 import torch
 
@@ -11,62 +9,79 @@ from rankbias import run_experiment
 from rankbias.experiments import overparam_classification as opc
 from rankbias.framework.config import ConfigError
 from rankbias.models import build_model
+from rankbias.verdicts import paired_gain_verdict
 
 CI = {
-    "models": ["cnn"], "model_width": 8, "depths": [1, 2], "seeds": [0, 1], "epochs": 6, "warmup_epochs": 0.5, "lr": 0.2,
-    "train_limit": 256, "test_limit": 128, "num_threads": 1,
+    "models": ["cnn"], "model_width": 8, "depths": [1, 2], "seeds": [0, 1], "epochs": 6,
+    "warmup_epochs": 0.5, "lr": 0.2, "train_limit": 256, "test_limit": 128,
 }
 
 
 def test_ci_sized_run_summary_and_verdict(tmp_path):
     s = run_experiment("overparam-classification", CI, out_dir=tmp_path / "r")
-    rows = {(r["model"], r["depth"]): r for r in s["per_depth"]}
-    assert set(rows) == {("cnn", 1), ("cnn", 2)}
+    rows = {(r["model"], r["depth"], r["init"]): r for r in s["per_depth"]}
+    assert set(rows) == {("cnn", 1, "default"), ("cnn", 1, "same as factors"), ("cnn", 2, "factors")}
     for r in rows.values():
         assert r["n_ok"] == 2 and r["n_failed"] == 0
         assert 0.2 < r["test_acc_mean"] <= 1 and r["test_acc_std"] >= 0
         assert 0 <= r["train_acc_mean"] <= 1
         assert 1 <= r["embed_erank_mean"] <= 32  # embedding dim 4 * model_width
     # the trained expanded model and its collapse agree (float32 here)
-    assert rows[("cnn", 2)]["collapse_max_rel_diff"] <= 1e-5
+    assert rows[("cnn", 2, "factors")]["collapse_max_rel_diff"] <= 1e-5
+    # the verdict is the paired t-test on per-seed differences (pp) vs the default baseline
+    per_seed = {(r["depth"], r["baseline_init"], r["seed"]): r for r in s["runs"]}
+    for b, tag in (("default", ""), ("same as factors", "_vs_other_baseline")):
+        diffs = [100 * (per_seed[(2, None, k)]["test_acc"] - per_seed[(1, b, k)]["test_acc"])
+                 for k in (0, 1)]
+        assert s["paired_test_acc_diffs_pp"][b]["cnn/depth=2"] == pytest.approx(diffs)
+        assert rows[("cnn", 2, "factors")][f"test_acc_diff{tag}_mean"] == pytest.approx(sum(diffs) / 2)
+        train = [100 * (per_seed[(2, None, k)]["train_acc"] - per_seed[(1, b, k)]["train_acc"])
+                 for k in (0, 1)]
+        assert rows[("cnn", 2, "factors")][f"train_acc_diff{tag}_mean"] == pytest.approx(sum(train) / 2)
     v = s["verdict"]
-    assert isinstance(v["holds"], bool)
-    c = v["comparisons"]["cnn/depth=2"]
-    assert v["holds"] == (c["expanded_test_acc"] >= c["baseline_test_acc"])
-    per_seed = {(r["depth"], r["seed"]): r["test_acc"] for r in s["runs"]}
-    diffs = [per_seed[(2, k)] - per_seed[(1, k)] for k in (0, 1)]
-    assert math.isclose(c["paired_diff_mean"], sum(diffs) / 2, abs_tol=1e-12)
+    want = paired_gain_verdict(s["paired_test_acc_diffs_pp"]["default"], unit=" pp")
+    assert v["status"] == want["status"] and v["intervals"] == want["intervals"]
+    assert v["paper"] and v["measured"].startswith("vs the 'default'-init baseline: cnn/depth=2: test")
+    assert set(v["other_baseline"]) == {"same as factors"}
+    # the two baselines really differ at init (the factors' init has the ReLU gain)
+    assert (rows[("cnn", 1, "default")]["init_fc_norm_mean"]
+            != rows[("cnn", 1, "same as factors")]["init_fc_norm_mean"])
     # collapsed = baseline architecture; trained = more parameters
     run2 = next(r for r in s["runs"] if r["depth"] == 2)
     assert run2["params_collapsed"] == run2["params_baseline"] < run2["params_trained"]
     assert (tmp_path / "r" / "figures" / "accuracy_rank_vs_depth.png").exists()
-    assert (tmp_path / "r" / "report.md").read_text().count("Verdict") == 1
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert report.count("Verdict") == 1 and "train_acc_diff_mean" in report
     # a seed determines the run: the same config again gives the same numbers
     cfg = opc.OverparamClassificationConfig.from_dict(CI)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        again = opc.train_one(cfg, "cnn", 2, 1, opc._load(cfg))
-    finally:
-        torch.set_num_threads(threads)
-    assert again["test_acc"] == per_seed[(2, 1)]
-    assert again["embed_erank"] == next(r["embed_erank"] for r in s["runs"]
-                                        if r["depth"] == 2 and r["seed"] == 1)
+    again = opc.train_one(cfg, "cnn", 2, 1, opc._load(cfg))
+    assert again["test_acc"] == per_seed[(2, None, 1)]["test_acc"]
+    assert again["embed_erank"] == per_seed[(2, None, 1)]["embed_erank"]
+
+
+def test_baseline_init_same_as_factors_decides_the_verdict(tmp_path):
+    cfg = {**CI, "epochs": 1, "baseline_init": "same as factors", "compare_both_baselines": False,
+           "factor_bias": True}
+    s = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r")
+    assert {r["init"] for r in s["per_depth"]} == {"same as factors", "factors"}
+    assert set(s["paired_test_acc_diffs_pp"]) == {"same as factors"}
+    assert s["verdict"]["baseline_init"] == "same as factors" and not s["verdict"]["other_baseline"]
 
 
 def test_a_failed_run_keeps_the_others(tmp_path, monkeypatch):
     real = opc.train_one
 
-    def flaky(cfg, model_name, depth, seed, data):
+    def flaky(cfg, model_name, depth, seed, data, baseline_init="default"):
         if depth == 2 and seed == 1:
             raise RuntimeError("boom")
-        return real(cfg, model_name, depth, seed, data)
+        return real(cfg, model_name, depth, seed, data, baseline_init)
 
     monkeypatch.setattr(opc, "train_one", flaky)
-    cfg = {**CI, "epochs": 1}
+    cfg = {**CI, "epochs": 1, "compare_both_baselines": False}
     s = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r")
     assert s["failures"] == [{"model": "cnn", "depth": 2, "seed": 1, "error": "RuntimeError: boom"}]
     rows = {r["depth"]: r for r in s["per_depth"]}
+    assert s["verdict"]["intervals"]["cnn/depth=2"]["n"] == 1
     assert rows[1]["n_ok"] == 2 and rows[2]["n_ok"] == 1 and rows[2]["n_failed"] == 1
     assert "Failed runs" in (tmp_path / "r" / "report.md").read_text()
 

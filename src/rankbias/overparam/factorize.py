@@ -1,0 +1,84 @@
+"""Factorisations of a weight into ``depth`` factors whose product is exactly it
+(``init="preserve"``), and the product of a chain of factors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def _balanced_factors(
+    W: torch.Tensor, depth: int, hidden: int, generator: torch.Generator | None
+) -> list[torch.Tensor]:
+    """Factors F_1 (G, h, n), F_2..F_{L-1} (G, h, h), F_L (G, m, h) with F_L ... F_1 = W (G, m, n).
+
+    Balanced split from the eigendecomposition of the smaller Gram matrix
+    (LAPACK's SVD of a 512 x 4608 matrix is ~10x slower): for m <= n,
+    W W^T = U diag(s^2) U^T and, with d = s^(1/L) (floored to stay invertible),
+    F_L = U d, F_i = diag(d), F_1 = d^(1-L) U^T W, so the product is U U^T W = W
+    whatever d is; each factor carries about s^(1/L). (m > n: the mirror image
+    with W^T W.) When h > r = min(m, n), the extra hidden units are not left at
+    zero (a zero block is a saddle gradient descent never leaves): F_1 gets
+    random extra rows and the middle factors a random orthogonal extra block,
+    while F_L's columns for them are zero. The product is unchanged, and F_L's
+    zero columns receive gradient at once, so the extra capacity is trainable.
+    """
+    G, m, n = W.shape
+    r = min(m, n)
+    if hidden < r:
+        raise ValueError(
+            f"init='preserve' needs hidden width >= min(out, fan_in) = {r} per group to "
+            f"factorise the weight exactly; got {hidden} (raise width)"
+        )
+    dtype, device = W.dtype, W.device
+    W64 = W.to(torch.float64)
+    wide = m <= n
+    gram = W64 @ W64.mT if wide else W64.mT @ W64  # (G, r, r)
+    lam, Q = torch.linalg.eigh(gram)  # ascending
+    s = lam.clamp_min(0).sqrt()
+    floor = s.amax(-1, keepdim=True).clamp_min(1e-300) * 1e-8
+    d = s.clamp_min(floor) ** (1.0 / depth)  # (G, r)
+    if wide:  # W = U (U^T W): F_L = U d, F_1 = d^(1-L) U^T W
+        last_r = Q * d.unsqueeze(-2)
+        first_r = (d ** (1 - depth)).unsqueeze(-1) * (Q.mT @ W64)
+    else:  # W = (W V) V^T: F_1 = d V^T, F_L = W V d^(1-L)
+        first_r = d.unsqueeze(-1) * Q.mT
+        last_r = (W64 @ Q) * (d ** (1 - depth)).unsqueeze(-2)
+    root = d
+    extra = hidden - r
+    scale = root.mean(-1, keepdim=True)  # (G, 1): typical factor gain
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64, device="cpu").to(device)
+
+    if depth == 1:
+        return [W.clone()]
+    first = torch.zeros(G, hidden, n, dtype=torch.float64, device=device)
+    first[:, :r] = first_r
+    if extra:
+        # spectral norm of the random block ~ the typical gain (Gaussian: ~sqrt(n) + sqrt(extra))
+        first[:, r:] = randn(G, extra, n) * (scale.unsqueeze(-1) / (math.sqrt(n) + math.sqrt(extra)))
+    mids = []
+    for _ in range(depth - 2):
+        M = torch.zeros(G, hidden, hidden, dtype=torch.float64, device=device)
+        M[:, :r, :r] = torch.diag_embed(root)
+        if extra:
+            Qx, _ = torch.linalg.qr(randn(G, extra, extra))
+            M[:, r:, r:] = Qx * scale.unsqueeze(-1)
+        mids.append(M)
+    last = torch.zeros(G, m, hidden, dtype=torch.float64, device=device)
+    last[:, :, :r] = last_r
+    return [f.to(dtype) for f in (first, *mids, last)]
+
+
+def _chain(mats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """mats[-1] @ ... @ mats[0], multiplied from the output side so the inner
+    products stay (m x h), never (h x n) with a large n = fan_in * k * k."""
+    out = mats[-1]
+    for M in reversed(mats[:-1]):
+        out = out @ M
+    return out
+
+

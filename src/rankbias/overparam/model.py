@@ -1,0 +1,291 @@
+"""Model-level expansion and collapse: which layers are expanded, and the cases that
+would silently change what a model computes (aliases, tied weights, layers with their
+own forward, parametrised or hooked weights, frozen layers).
+
+Rules (each tested in tests/test_overparam_models.py):
+
+- One module under several names (``self.dec = self.enc``): one expanded module,
+  set under every name; collapse likewise, so the alias survives.
+- A weight shared with another module (GPT-2's ``lm_head`` tied to ``wte``): refused
+  (:class:`~rankbias.errors.UnsupportedError`) naming both ends; expanding one end
+  would untie them. Pass the layer in ``ignore``.
+- A ``Linear``/``Conv2d`` subclass with its own ``forward`` (timm's ``StdConv2d``,
+  ``ScaledStdConv2d``, ``Conv2dSame``): left as it is, one warning lists them (their
+  forward transforms the weight or the input; a plain conv would compute something else).
+- A parametrised weight (``torch.nn.utils.parametrizations.spectral_norm`` /
+  ``weight_norm``) or a layer with hooks (old-style ``weight_norm`` /
+  ``spectral_norm`` are hooks): refused, naming the layers; the parametrisation or
+  the hook would be lost.
+- A frozen layer (weight ``requires_grad=False``): left as it is (one warning), since
+  expanding changes only how a layer trains; a frozen bias alone stays frozen.
+- Hugging Face ``Conv1D`` (GPT-2): expanded as a linear map (weight (in, out)).
+- Nothing expanded: a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import sys
+import warnings
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+from rankbias.errors import UnsupportedError
+from rankbias.overparam.layers import (
+    INITS,
+    LAYERS,
+    Mode,
+    OverparamConv1D,
+    OverparamConv2d,
+    OverparamLinear,
+    _check_depth_width,
+    _check_mode,
+    _Expanded,
+)
+
+__all__ = ["collapse", "expanded_modules", "overparameterize", "set_forward_mode"]
+
+
+def _hf_conv1d() -> type | None:
+    """Hugging Face's ``Conv1D`` class if transformers is already imported (a model that
+    holds one has imported it; importing transformers ourselves would cost seconds)."""
+    mod = sys.modules.get("transformers.pytorch_utils")
+    return getattr(mod, "Conv1D", None) if mod is not None else None
+
+
+def _own_forward(m: nn.Module) -> bool:
+    """A Linear/Conv2d subclass whose forward differs from its base's."""
+    if isinstance(m, nn.Conv2d):
+        cls = type(m)
+        return cls.forward is not nn.Conv2d.forward or cls._conv_forward is not nn.Conv2d._conv_forward
+    return type(m).forward is not nn.Linear.forward
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or m._backward_pre_hooks or getattr(m, "_state_dict_hooks", None)
+                or getattr(m, "_load_state_dict_pre_hooks", None))
+
+
+def _aliases(model: nn.Module) -> dict[int, list[str]]:
+    """id(module) -> every qualified name it is reachable under."""
+    names: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(n)
+    return names
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    if not name:
+        return new
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+    return model
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in patterns)
+
+
+def _list(items: list[str], k: int = 8) -> str:
+    return ", ".join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def overparameterize(
+    model: nn.Module,
+    depth: int = 2,
+    width: float = 1.0,
+    layers: Literal["all", "conv", "linear"] = "all",
+    ignore: Iterable[str] = (),
+    init: Literal["fresh", "preserve"] = "fresh",
+    inplace: bool = False,
+    *,
+    mode: Mode = "auto",
+    factor_bias: bool = False,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` (and Hugging Face ``Conv1D``) of
+    ``model`` by its expanded form.
+
+    Args:
+        model: any module (a bare Linear/Conv2d is expanded and returned itself).
+        depth: factors per layer (>= 1; 1 keeps the layer's shape but still
+            re-initialises it with ``init="fresh"``).
+        width: hidden width multiplier, hidden = round(width * out) (a multiple of
+            ``groups`` for convs).
+        layers: which layer types to expand: "all", "conv" or "linear" (Conv1D is linear).
+        ignore: qualified module names (as in ``model.named_modules()``) to leave
+            alone; a name also covers everything below it (``"layer4"``). An unknown
+            name is an error.
+        init: "fresh" re-initialises the factors as Huh et al.'s code does
+            (kaiming-normal, fan_in for linear and fan_out for conv factors, gain 1
+            inside, ReLU gain on the last factor); "preserve" factorises the current
+            weights (balanced split) so the expanded model computes the same function at
+            step 0 (fine-tuning).
+        inplace: modify ``model`` itself instead of a deep copy.
+        mode: forward form of the expanded layers: "kernel", "sequential" or "auto"
+            (see :mod:`rankbias.overparam.layers`; change later with :func:`set_forward_mode`).
+        factor_bias: a bias on every factor (the authors' layout; same function class,
+            different training dynamics) instead of on the last one only.
+        generator: random source for "fresh" init (and the extra units of "preserve").
+
+    Raises:
+        UnsupportedError: a selected layer shares a parameter with another module (tied
+            weights), is parametrised, or has hooks (put it in ``ignore``).
+
+    Returns the expanded model; :func:`collapse` turns it back into the original
+    architecture. Layers with their own forward and frozen layers are left as they are,
+    with a warning; so is the whole model when nothing was expanded.
+    """
+    depth, width = _check_depth_width(depth, width)
+    if layers not in LAYERS:
+        raise ValueError(f"layers must be one of {', '.join(map(repr, LAYERS))}; got {layers!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
+    _check_mode(mode)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if isinstance(ignore, str):
+        ignore = (ignore,)
+    ignore = tuple(ignore)
+    names = {n for n, _ in model.named_modules(remove_duplicate=False)}
+    unknown = [n for n in ignore if n not in names or n == ""]
+    if unknown:
+        hints = {n: difflib.get_close_matches(n, names, n=3) for n in unknown}
+        raise ValueError(
+            f"ignore: unknown module name(s) {unknown}; accepted: qualified names from "
+            f"model.named_modules(), e.g. {sorted(x for x in names if x)[:8]}"
+            + "".join(f"; did you mean {v} for {k!r}?" for k, v in hints.items() if v)
+        )
+    # checked on the model as given: a refused case is refused before any copy (an
+    # old-style weight_norm layer cannot even be deep-copied)
+    targets, own_forward, frozen = _select(model, layers, ignore)
+    _refuse_unsafe(model, targets, _aliases(model))
+    if own_forward:
+        warnings.warn(
+            f"overparameterize: left {len(own_forward)} layer(s) with their own forward as they "
+            f"are (a product of plain layers would compute something else): {_list(own_forward)}",
+            stacklevel=2)
+    if frozen:
+        warnings.warn(
+            f"overparameterize: left {len(frozen)} frozen layer(s) (weight requires_grad=False) "
+            f"as they are: {_list(frozen)}", stacklevel=2)
+    if not targets:
+        warnings.warn(f"overparameterize: nothing was expanded (no trainable, plain {layers!r} "
+                      f"layer outside `ignore` in this {type(model).__name__})", stacklevel=2)
+
+    if not inplace:
+        model = copy.deepcopy(model)
+        targets, _, _ = _select(model, layers, ignore)
+    kw = {"depth": depth, "width": width, "init": init, "mode": mode,
+          "factor_bias": factor_bias, "generator": generator}
+    for m, all_names in targets:
+        if isinstance(m, nn.Conv2d):
+            new = OverparamConv2d.from_conv(m, **kw)
+        elif isinstance(m, nn.Linear):
+            new = OverparamLinear.from_linear(m, **kw)
+        else:
+            new = OverparamConv1D.from_conv1d(m, **kw)
+        new.train(m.training)
+        for name in all_names:
+            model = _set_child(model, name, new)
+    return model
+
+
+def _select(model: nn.Module, layers: str, ignore: tuple[str, ...]):
+    """(targets [(module, all its names)], layers with their own forward, frozen layers)."""
+    conv1d = _hf_conv1d()
+    types: tuple[type, ...] = {"all": (nn.Linear, nn.Conv2d), "conv": (nn.Conv2d,),
+                               "linear": (nn.Linear,)}[layers]
+    if conv1d is not None and layers != "conv":
+        types = (*types, conv1d)
+    aliases = _aliases(model)
+    inside = {id(sub) for m in model.modules() if isinstance(m, _Expanded) for sub in m.modules()}
+    targets, own_forward, frozen = [], [], []
+    for m in model.modules():  # each module once, however many names it has
+        if not isinstance(m, types) or id(m) in inside:
+            continue
+        all_names = aliases[id(m)]
+        if any(_matches(n, ignore) for n in all_names):
+            continue
+        label = all_names[0] or type(m).__name__
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+            raise ValueError(f"layer {label!r} is lazy and not initialised yet: run one forward first")
+        if (conv1d is None or not isinstance(m, conv1d)) and _own_forward(m):
+            own_forward.append(f"{label} ({type(m).__name__})")
+        elif "weight" in m._parameters and not m.weight.requires_grad:
+            frozen.append(label)
+        else:
+            targets.append((m, all_names))
+    return targets, own_forward, frozen
+
+
+def _refuse_unsafe(model: nn.Module, targets, aliases) -> None:
+    owners: dict[int, list[str]] = {}
+    for m in model.modules():
+        for pname, p in m._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append(f"{aliases[id(m)][0] or '<model>'}.{pname}")
+    tied, param, hooked = [], [], []
+    for m, all_names in targets:
+        name = all_names[0] or "<model>"
+        if torch.nn.utils.parametrize.is_parametrized(m):
+            param.append(name)
+        elif _hooked(m) or "weight" not in m._parameters:
+            hooked.append(name)
+        for p in m._parameters.values():
+            if p is not None and len(owners[id(p)]) > 1:
+                tied.append(" = ".join(owners[id(p)]))
+    if tied:
+        raise UnsupportedError(
+            f"overparameterize: tied weights {_list(tied)}: expanding one of them would untie "
+            "them and change what the model computes; put the layer in `ignore` (e.g. "
+            "ignore=('lm_head',) for GPT-2) or untie the weights first")
+    if param:
+        raise UnsupportedError(
+            f"overparameterize: parametrised weight(s) in {_list(param)} (spectral_norm, "
+            "weight_norm, ...): the product of plain factors would drop the parametrisation; "
+            "put the layer(s) in `ignore`, or remove the parametrisation first "
+            "(torch.nn.utils.parametrize.remove_parametrizations)")
+    if hooked:
+        raise UnsupportedError(
+            f"overparameterize: layer(s) {_list(hooked)} carry hooks (old-style weight_norm / "
+            "spectral_norm, forward or state-dict hooks) that the expanded layer would lose; "
+            "put them in `ignore`, or remove the hooks first")
+
+
+def expanded_modules(model: nn.Module) -> list[tuple[str, _Expanded]]:
+    """The (name, module) pairs of every expanded layer in ``model`` (each module once)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Expanded)]
+
+
+def set_forward_mode(model: nn.Module, mode: Mode) -> nn.Module:
+    """Set the forward form ("kernel", "sequential", "auto") of every expanded layer."""
+    _check_mode(mode)
+    for _, m in expanded_modules(model):
+        m.mode = mode
+    return model
+
+
+def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The model with every expanded layer replaced by the plain layer it collapses to
+    (its original class: ``nn.Linear``, ``nn.Conv2d``, Hugging Face ``Conv1D``), under
+    every name it had.
+
+    The result has the original architecture: its state_dict loads with
+    ``strict=True`` into a fresh instance of it. ``timm.utils.reparameterize_model``
+    gives the same result through :meth:`~rankbias.overparam.layers._Expanded.fuse`.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    aliases = _aliases(model)
+    for m in [m for m in model.modules() if isinstance(m, _Expanded)]:
+        new = m.fuse()
+        for name in aliases[id(m)]:
+            model = _set_child(model, name, new)
+    return model
