@@ -33,7 +33,7 @@ def test_completed_run_is_not_recomputed(tmp_path):
 @pytest.mark.parametrize(
     "over, match",
     [
-        ({"nope": 1}, r"unknown key\(s\) \['nope'\].*depths"),
+        ({"nope": 1}, r"unknown key\(s\) 'nope'; accepted keys: .*depths"),
         ({"n": "big"}, r"n: got 'big'.*expected int"),
         ({"init": "laplace"}, r"init: .*one of 'normal', 'uniform'"),
         ({"depths": [4, 2]}, r"depths: .*strictly increasing"),
