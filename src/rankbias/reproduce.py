@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rankbias.framework.config import ConfigError, did_you_mean
+from rankbias.framework.config import ConfigError, check_device_available, did_you_mean
 from rankbias.framework.runs import RunDir, config_hash
 
 __all__ = ["ALL", "REPRODUCE_PRESETS", "Plan", "ReproduceResult", "plan_for", "reproduce"]
@@ -160,11 +160,16 @@ def reproduce(
             e["overrides"] = {**plan.overrides, **overrides.get(name, {})}
             try:
                 cfg = build_config(name, e["overrides"], plan.preset)
+                if isinstance(cfg.to_dict().get("device"), str):
+                    check_device_available(cfg.device)
                 chash = config_hash({"experiment": name, "config": cfg.to_dict()})
                 e.update(config=cfg.to_dict(), run_dir=out / "runs" / name / f"{plan.preset}-{chash}")
             except ConfigError as err:
                 e.update(status="failed", verdict="failed", error=f"invalid config: {err}")
         entries.append(e)
+
+    # a read-only or full --out fails here, before any compute
+    RunDir(out).write_json("reproduce.json", {"preset": preset, "status": "running"})
 
     from tqdm.auto import tqdm
 

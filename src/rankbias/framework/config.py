@@ -38,10 +38,8 @@ class ConfigError(RankbiasError, ValueError):
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """`` (did you mean 'depths'?)`` for a near miss of ``choices`` (difflib), else ``""``."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=2, cutoff=0.6)
-    if not close:
-        return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @functools.cache
