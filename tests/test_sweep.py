@@ -438,7 +438,7 @@ def test_reproduce_report_with_verdicts_figures_and_failures(tmp_path, toy_exper
     assert f"data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}" in html
     assert "src='figures" not in html and "<img alt='entropy_rank_by_depth'" in html  # nothing external
     md = res.report_md.read_text()
-    assert "**Verdict: holds.**" in md and "median_by_depth.4" in md and "wall time" in md
+    assert "## depth-rank-init: holds" in md and "median_by_depth.4" in md and "wall time" in md
     assert "Environment" in md and "torch" in md
     assert (out / os.path.relpath(fig, out)).exists() and os.path.relpath(fig, out) in md
 
