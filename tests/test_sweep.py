@@ -460,3 +460,23 @@ def test_reproduce_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "depth-rank-init" in r.stdout and "holds" in r.stdout
     assert "data:image/png;base64," in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_reproduce_preset_table_says_what_runs(tmp_path, toy_experiments, monkeypatch):
+    from rankbias.reproduce import ALL, REPRODUCE_PRESETS, Plan, plan_for
+
+    monkeypatch.setitem(REPRODUCE_PRESETS, "zz", {"zz-toy": Plan("paper", {"x": 3.0}),
+                                                  "zz-toy-fails": Plan("nope")})
+    res = reproduce("zz", tmp_path, progress=False, overrides={"zz-toy": {"seed": 1}})
+    by = {e["name"]: e for e in res.entries}
+    toy = by["zz-toy"]
+    # the plan's preset (scale=2) and overrides, with --set-style overrides on top
+    assert toy["preset"] == "paper" and toy["config"] == {"x": 3.0, "scale": 2, "seed": 1}
+    assert toy["summary"]["verdict"]["value"] == 3.0 * 2 + 1 and toy["verdict"] == "holds"
+    assert Path(toy["run_dir"]).parent == tmp_path / "runs" / "zz-toy"
+    assert Path(toy["run_dir"]).name.startswith("paper-")
+    assert by["zz-toy-fails"]["status"] == "not run" and "no 'nope' preset" in by["zz-toy-fails"]["reason"]
+    assert by["depth-rank-init"]["reason"] == "not part of the 'zz' reproduction"
+    assert plan_for("quick", "anything") == Plan("quick") and plan_for("paper", "x") == REPRODUCE_PRESETS["paper"][ALL]
+    # a name that is no entry means each experiment's own preset of that name
+    assert plan_for("mnist", "noise-robustness-images") == Plan("mnist")

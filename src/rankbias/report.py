@@ -246,7 +246,7 @@ def _overview_rows(entries) -> list[dict]:
     rows = []
     for e in entries:
         note = (e.get("reason") or (e.get("error") or "").strip().split("\n")[0]).replace("|", "/")
-        rows.append({"experiment": e["name"], "verdict": _entry_word(e),
+        rows.append({"experiment": e["name"], "verdict": _entry_word(e), "preset": e.get("preset") or "",
                      "wall time": _seconds(e.get("wall_time_s")) + (" (cached)" if e.get("cached") else ""),
                      "note": note})
     return rows
