@@ -23,9 +23,13 @@ def test_run_experiment_writes_run_directory_and_is_deterministic(tmp_path):
 def test_completed_run_is_not_recomputed(tmp_path):
     over = {"n": 8, "depths": [1, 2], "draws": 20}
     rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path)
-    mtime = (tmp_path / "summary.json").stat().st_mtime_ns
+    def stamp():  # an atomic rewrite makes a new inode, even within one mtime tick
+        st = (tmp_path / "summary.json").stat()
+        return st.st_ino, st.st_mtime_ns
+
+    before = stamp()
     rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path)
-    assert (tmp_path / "summary.json").stat().st_mtime_ns == mtime
+    assert stamp() == before
     with pytest.raises(ConfigError, match="different config"):
         rankbias.run_experiment("depth-rank-init", {**over, "n": 9}, out_dir=tmp_path)
 
