@@ -23,9 +23,13 @@ def test_run_experiment_writes_run_directory_and_is_deterministic(tmp_path):
 def test_completed_run_is_not_recomputed(tmp_path):
     over = {"n": 8, "depths": [1, 2], "draws": 20}
     rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path)
-    mtime = (tmp_path / "summary.json").stat().st_mtime_ns
+    def stamp():  # an atomic rewrite makes a new inode, even within one mtime tick
+        st = (tmp_path / "summary.json").stat()
+        return st.st_ino, st.st_mtime_ns
+
+    before = stamp()
     rankbias.run_experiment("depth-rank-init", over, out_dir=tmp_path)
-    assert (tmp_path / "summary.json").stat().st_mtime_ns == mtime
+    assert stamp() == before
     with pytest.raises(ConfigError, match="different config"):
         rankbias.run_experiment("depth-rank-init", {**over, "n": 9}, out_dir=tmp_path)
 
@@ -33,7 +37,7 @@ def test_completed_run_is_not_recomputed(tmp_path):
 @pytest.mark.parametrize(
     "over, match",
     [
-        ({"nope": 1}, r"unknown key\(s\) \['nope'\].*depths"),
+        ({"nope": 1}, r"unknown key\(s\) 'nope'; accepted keys: .*depths"),
         ({"n": "big"}, r"n: got 'big'.*expected int"),
         ({"init": "laplace"}, r"init: .*one of 'normal', 'uniform'"),
         ({"depths": [4, 2]}, r"depths: .*strictly increasing"),
@@ -90,3 +94,50 @@ def test_device_is_checked_before_compute(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
         rankbias.run_experiment("depth-rank-init", {"device": "cuda"}, out_dir=tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_public_names_survive_the_moves():
+    import importlib
+
+    from rankbias.runner import run_experiment
+    from rankbias.sweep import run_sweep
+
+    importlib.import_module("rankbias.reproduce")  # the submodule must not shadow the function
+    assert callable(rankbias.reproduce) and rankbias.reproduce.__module__ == "rankbias.reproduce"
+    assert rankbias.run_experiment is run_experiment and rankbias.run_sweep is run_sweep
+    from rankbias.experiments import run_experiment as old_home
+    from rankbias.sweep import reproduce as old_reproduce_home
+
+    assert old_home is run_experiment and old_reproduce_home is rankbias.reproduce
+
+
+def test_the_runner_sets_the_thread_count_and_restores_it(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from rankbias.experiments import registry
+    from rankbias.framework.config import Config
+    from rankbias.runner import run_experiment
+
+    @dataclasses.dataclass(frozen=True)
+    class ThreadsConfig(Config):
+        num_threads: int | None = None
+        """torch threads for the run (None: leave them)."""
+
+    registry._load_all()
+    registry.register("zz-threads", description="records its threads", config_cls=ThreadsConfig,
+                      presets={"quick": {}})(lambda cfg, run: {"threads": torch.get_num_threads()})
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    try:
+        assert run_experiment("zz-threads", out_dir=tmp_path / "a")["threads"] == before
+        assert run_experiment("zz-threads", {"num_threads": other}, out_dir=tmp_path / "b")["threads"] == other
+        assert torch.get_num_threads() == before
+        # the explicit argument (a sweep's share of the cores) wins over the field
+        s = run_experiment("zz-threads", {"num_threads": 3}, out_dir=tmp_path / "c", threads=other)
+        assert s["threads"] == other and torch.get_num_threads() == before
+        with pytest.raises(ConfigError, match="threads: got 0; accepted: an int >= 1 or None"):
+            run_experiment("zz-threads", out_dir=tmp_path / "d", threads=0)
+    finally:
+        registry._REGISTRY.pop("zz-threads", None)

@@ -28,7 +28,7 @@ from rankbias.sweep import (
     seed_field,
 )
 
-TINY = {"draws": 40, "depths": [1, 2, 4]}
+TINY = {"draws": 40, "depths": [1, 2, 4], "network": "linear"}  # the linear maps only: 4x faster
 
 
 # --------------------------------------------------------- test experiments
@@ -92,6 +92,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def file_stamp(path: Path) -> tuple[int, int]:
+    """Inode and mtime: an atomic rewrite makes a new inode even within one mtime tick."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
 # ---------------------------------------------------------------- parsing
 def test_parse_grid_values_and_errors():
     g = parse_grid(["n=8,16", "init=normal,uniform", "depths=[1,2],[1,2,4]", "lr=1e-3,0.5", "flag=true"])
@@ -134,10 +140,14 @@ def test_seed_field_rule(toy_experiments):
         expand_grid("zz-toy-fails", {"x": [1]}, "0-1")
     with pytest.raises(ConfigError, match="either with --seeds or with --grid seed"):
         expand_grid("zz-toy", {"seed": [1, 2]}, "0-1")
-    with pytest.raises(ConfigError, match=r"(?s)unknown config key\(s\) \['nope'\].*scale"):
+    with pytest.raises(ConfigError, match=r"zz-toy: unknown key\(s\) 'nope'; accepted keys: x, scale, seed"):
         expand_grid("zz-toy", {"nope": [1]})
-    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'sclae' \(did you mean 'scale'\?\)"):
+        expand_grid("zz-toy", {"x": [1]}, overrides={"sclae": 2})
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'; accepted: quick, paper"):
         expand_grid("zz-toy", {"x": [1]}, preset="huge")
+    with pytest.raises(ConfigError, match=r"unknown preset 'quik' \(did you mean 'quick'\?\)"):
+        expand_grid("zz-toy", {"x": [1]}, preset="quik")
 
 
 def test_flatten_summary():
@@ -166,7 +176,7 @@ def test_seeds_list_experiment_split_or_batched(tmp_path, toy_experiments):
 # ------------------------------------------------------------------ sweeps
 def test_sweep_rows_resume_and_failures(tmp_path, toy_experiments):
     out = tmp_path / "sw"
-    res = run_sweep("zz-toy", ["x=1,13,4", "scale=1,0"], "0-1", out_dir=out, progress=False)
+    res = run_sweep("zz-toy", ["x=1,13,4", "scale=1,0"], "0-1", out_dir=out, progress=False, skip_invalid=True)
     rows = read_csv(out / "results.csv")
     assert len(rows) == 3 * 2 * 2 == len(res.rows)
     assert [(r["x"], r["scale"], r["seed"]) for r in rows[:4]] == [
@@ -192,16 +202,38 @@ def test_sweep_rows_resume_and_failures(tmp_path, toy_experiments):
     assert not res.ok
 
     # rerun: done points are skipped, failed ones retried, the CSV is identical
-    mtimes = {r["point"]: (out / r["run_dir"] / "summary.json").stat().st_mtime_ns
-              for r in rows if r["status"] == "done"}
+    stamps = {r["point"]: file_stamp(out / r["run_dir"] / "summary.json") for r in rows if r["status"] == "done"}
     before = (out / "results.csv").read_bytes()
-    run_sweep("zz-toy", ["x=1,13,4", "scale=1,0"], "0-1", out_dir=out, progress=False)
+    run_sweep("zz-toy", ["x=1,13,4", "scale=1,0"], "0-1", out_dir=out, progress=False, skip_invalid=True)
     assert (out / "results.csv").read_bytes() == before
-    for point, m in mtimes.items():
-        assert (out / "points" / point / "summary.json").stat().st_mtime_ns == m
+    for point, stamp in stamps.items():
+        assert file_stamp(out / "points" / point / "summary.json") == stamp
     timing = read_csv(out / "timing.csv")
     assert sorted(r["status"] for r in timing) == ["failed", "failed"]  # only these were rerun
     assert "wall_time" not in before.decode()
+
+
+def test_sweep_refuses_invalid_points_before_any_compute(tmp_path, toy_experiments):
+    out = tmp_path / "sw"
+    with pytest.raises(ConfigError) as info:
+        run_sweep("zz-toy", ["x=1,4,7", "scale=1,0,-1"], out_dir=out, progress=False)
+    msg = str(info.value)
+    assert msg.startswith("6 of 9 sweep points are invalid, nothing was run: ")
+    # each distinct error once, with the first point that has it
+    assert "scale: got 0; accepted: an int >= 1 (at x=1, scale=0 and 2 more)" in msg
+    assert "scale: got -1; accepted: an int >= 1 (at x=1, scale=-1 and 2 more)" in msg
+    assert "--skip-invalid" in msg and "\n" not in msg
+    assert not out.exists()  # nothing was written, nothing ran
+
+
+def test_sweep_checks_the_device_of_every_point_before_any_compute(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"1 of 2 sweep points .*CUDA is not available .*at device='cuda'"):
+        run_sweep("depth-rank-init", {"device": ["cpu", "cuda"]}, overrides=TINY, out_dir=tmp_path / "d",
+                  progress=False)
+    assert not (tmp_path / "d").exists()
 
 
 def test_sweep_figure_per_swept_key(tmp_path):
@@ -235,48 +267,119 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "rankbias.cli", *args]
 
 
-SWEEP_ARGS = ("sweep", "depth-rank-init", "--grid", "n=16,24", "--seeds", "0-1",
-              "--set", "draws=300", "--set", "depths=1,4,16")
+# A sweep in a subprocess whose third point waits at a gate the test controls: the
+# test interrupts it only once the first two points are complete and the third has
+# started, so where the signal lands does not depend on how loaded the machine is.
+GATED_SCRIPT = '''
+import dataclasses, sys, time
+from pathlib import Path
+
+from rankbias.experiments import registry
+from rankbias.framework.config import Config
 
 
-def test_sweep_killed_with_sigkill_resumes_identically(tmp_path):
-    ref = tmp_path / "ref"
-    res = run_sweep("depth-rank-init", {"n": [16, 24]}, "0-1", overrides={"draws": 300, "depths": [1, 4, 16]},
-                    out_dir=ref, progress=False)
-    assert res.ok and len(res.rows) == 4
+@dataclasses.dataclass(frozen=True)
+class GatedConfig(Config):
+    x: int = 0
+    """The point's value."""
+    block: int = -1
+    """The x that waits until the file GATE/open exists."""
+    gate: str = ""
+    """The directory the test controls."""
+    seed: int = 0
+    """Seed."""
 
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*SWEEP_ARGS, "--out", str(out)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("points/*/summary.json")):
-        assert proc.poll() is None, "the sweep ended before it could be killed"
+
+def run(cfg, run_dir):
+    if cfg.x == cfg.block:
+        gate = Path(cfg.gate)
+        (gate / f"started-{cfg.x}-{cfg.seed}").touch()
+        guard = time.monotonic() + 900  # only so that a broken test cannot hang CI
+        while not (gate / "open").exists():
+            if time.monotonic() > guard:
+                raise TimeoutError("the gate was never opened")
+            time.sleep(0.01)
+    value = 10 * cfg.x + cfg.seed
+    run_dir.write_csv("metrics.csv", [{"step": 0, "value": value}])
+    return {"verdict": {"holds": True, "value": value}}
+
+
+registry._load_all()
+registry.register("zz-gated", description="waits at a gate", config_cls=GatedConfig,
+                  presets={"quick": {}}, claim="")(run)
+
+if __name__ == "__main__":
+    from rankbias.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+'''
+
+HANG_GUARD_S = 900  # generous: these only stop a broken test from hanging CI
+
+
+@pytest.fixture
+def gated(tmp_path):
+    """(command for a gated sweep into DIR, the gate directory)."""
+    script = tmp_path / "gated_sweep.py"
+    script.write_text(GATED_SCRIPT)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, str(script), "sweep", "zz-gated", "--grid", "x=1,2,3,4", "--seeds", "0",
+                "--set", "block=3", "--set", f"gate={gate}", "--out", str(out)]
+
+    return cmd, gate
+
+
+def start_and_wait_at_gate(cmd: list[str], out: Path, gate: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    guard = time.monotonic() + HANG_GUARD_S
+    while not (gate / "started-3-0").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended before its third point started: {proc.stderr.read()}")
+        assert time.monotonic() < guard, "the third point never started"
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("points/*/summary.json")}
-    assert 1 <= len(done_before) < 4, "kill must land in the middle of the sweep"
+    # points run in grid order in one process: the first two are complete, the rest not
+    assert len(list(out.glob("points/*/summary.json"))) == 2
+    return proc
 
-    r = subprocess.run(_cli(*SWEEP_ARGS, "--out", str(out)), capture_output=True, text=True, timeout=300)
+
+def test_sweep_killed_with_sigkill_resumes_identically(tmp_path, gated):
+    cmd, gate = gated
+    out = tmp_path / "killed"
+    proc = start_and_wait_at_gate(cmd(out), out, gate)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=HANG_GUARD_S)
+    done_before = {p.parent.name: file_stamp(p) for p in out.glob("points/*/summary.json")}
+    assert len(done_before) == 2
+    statuses = sorted(json.loads(p.read_text())["status"] for p in out.glob("points/*/status.json"))
+    assert statuses == ["done", "done", "running"]  # the killed point is left marked running
+
+    (gate / "open").touch()
+    r = subprocess.run(cmd(out), capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "ref"
+    r = subprocess.run(cmd(ref), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stderr
     assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
-    for point, m in done_before.items():  # finished points were not recomputed
-        assert (out / "points" / point / "summary.json").stat().st_mtime_ns == m
+    assert [row["status"] for row in read_csv(out / "results.csv")] == ["done"] * 4
+    for point, stamp in done_before.items():  # finished points were not recomputed
+        assert file_stamp(out / "points" / point / "summary.json") == stamp
 
 
-def test_sweep_interrupted_by_ctrl_c_keeps_finished_results(tmp_path):
+def test_sweep_interrupted_by_ctrl_c_keeps_finished_results(tmp_path, gated):
+    cmd, gate = gated
     out = tmp_path / "int"
-    proc = subprocess.Popen(_cli(*SWEEP_ARGS, "--out", str(out)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("points/*/summary.json")):
-        assert proc.poll() is None
-        time.sleep(0.02)
+    proc = start_and_wait_at_gate(cmd(out), out, gate)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) != 0
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 130, err
+    assert "rankbias: interrupted" in err and "Traceback" not in err
     rows = read_csv(out / "results.csv")
-    statuses = [r["status"] for r in rows]
-    assert len(rows) == 4 and "done" in statuses and "pending" in statuses
+    assert [(r["x"], r["status"]) for r in rows] == [("1", "done"), ("2", "done"), ("3", "pending"),
+                                                     ("4", "pending")]
+    assert [r["verdict.value"] for r in rows[:2]] == ["10", "20"]
 
 
 # --------------------------------------------------------------------- ray
@@ -294,7 +397,7 @@ def test_local_and_ray_backends_give_identical_results(tmp_path, ray_instance):
     spec = dict(overrides={**TINY, "n": 6}, progress=False)
     local = run_sweep("depth-rank-init", grid, "0-1", out_dir=tmp_path / "local", **spec)
     viaray = run_sweep("depth-rank-init", {**grid, "draws": [40, 1]}, "0-1", out_dir=tmp_path / "ray",
-                       backend="ray", **spec)
+                       backend="ray", skip_invalid=True, **spec)
     assert local.ok and viaray.counts == {"done": 8, "invalid": 8}
     # the ray sweep has an extra axis (draws=1 is invalid): its valid rows must equal the local ones
     ray_rows = [r for r in read_csv(tmp_path / "ray" / "results.csv") if r["status"] == "done"]
@@ -335,16 +438,16 @@ def test_reproduce_report_with_verdicts_figures_and_failures(tmp_path, toy_exper
     assert f"data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}" in html
     assert "src='figures" not in html and "<img alt='entropy_rank_by_depth'" in html  # nothing external
     md = res.report_md.read_text()
-    assert "**Verdict: holds.**" in md and "median_by_depth.4" in md and "wall time" in md
+    assert "## depth-rank-init: holds" in md and "median_by_depth.4" in md and "wall time" in md
     assert "Environment" in md and "torch" in md
     assert (out / os.path.relpath(fig, out)).exists() and os.path.relpath(fig, out) in md
 
     # rerun: the completed experiments are cached, not recomputed
     summ = Path(by["depth-rank-init"]["run_dir"]) / "summary.json"
-    m = summ.stat().st_mtime_ns
+    stamp = file_stamp(summ)
     res2 = reproduce("quick", out, only=["depth-rank-init"], overrides={"depth-rank-init": {"n": 8, **TINY}},
                      progress=False)
-    assert summ.stat().st_mtime_ns == m and res2.entries[0]["cached"] is True
+    assert file_stamp(summ) == stamp and res2.entries[0]["cached"] is True
     with pytest.raises(ConfigError, match="--only: unknown experiment"):
         reproduce("quick", out, only=["nope"])
 
@@ -353,7 +456,27 @@ def test_reproduce_cli(tmp_path):
     r = subprocess.run(_cli("reproduce", "--only", "depth-rank-init", "--out", str(tmp_path),
                             "--set", "depth-rank-init:n=6", "--set", "depth-rank-init:draws=20",
                             "--set", "depth-rank-init:depths=1,3"),
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stderr
     assert "depth-rank-init" in r.stdout and "holds" in r.stdout
     assert "data:image/png;base64," in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_reproduce_preset_table_says_what_runs(tmp_path, toy_experiments, monkeypatch):
+    from rankbias.reproduce import ALL, REPRODUCE_PRESETS, Plan, plan_for
+
+    monkeypatch.setitem(REPRODUCE_PRESETS, "zz", {"zz-toy": Plan("paper", {"x": 3.0}),
+                                                  "zz-toy-fails": Plan("nope")})
+    res = reproduce("zz", tmp_path, progress=False, overrides={"zz-toy": {"seed": 1}})
+    by = {e["name"]: e for e in res.entries}
+    toy = by["zz-toy"]
+    # the plan's preset (scale=2) and overrides, with --set-style overrides on top
+    assert toy["preset"] == "paper" and toy["config"] == {"x": 3.0, "scale": 2, "seed": 1}
+    assert toy["summary"]["verdict"]["value"] == 3.0 * 2 + 1 and toy["verdict"] == "holds"
+    assert Path(toy["run_dir"]).parent == tmp_path / "runs" / "zz-toy"
+    assert Path(toy["run_dir"]).name.startswith("paper-")
+    assert by["zz-toy-fails"]["status"] == "not run" and "no 'nope' preset" in by["zz-toy-fails"]["reason"]
+    assert by["depth-rank-init"]["reason"] == "not part of the 'zz' reproduction"
+    assert plan_for("quick", "anything") == Plan("quick") and plan_for("paper", "x") == REPRODUCE_PRESETS["paper"][ALL]
+    # a name that is no entry means each experiment's own preset of that name
+    assert plan_for("mnist", "noise-robustness-images") == Plan("mnist")

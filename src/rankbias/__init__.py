@@ -28,15 +28,18 @@ from rankbias.measures import (
     stable_rank,
 )
 
+# Eager, and light (standard library only): the submodule rankbias.reproduce would
+# otherwise replace the function of the same name on this package when first imported.
+from rankbias.reproduce import reproduce
+
 # public name -> module that defines it (imported lazily)
 _LAZY = {
-    "run_experiment": "rankbias.experiments.registry",
+    "run_experiment": "rankbias.runner",
     "list_experiments": "rankbias.experiments.registry",
     "Config": "rankbias.framework.config",
     "ConfigError": "rankbias.framework.config",
     "RunDir": "rankbias.framework.runs",
     "run_sweep": "rankbias.sweep",
-    "reproduce": "rankbias.sweep",
     # paper 1 (noise robustness)
     "PatchData": "rankbias.data.patches",
     "make_patch_data": "rankbias.data.patches",
@@ -58,14 +61,15 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     import rankbias.train as train
     from rankbias.analysis import RankTracker, rank_report
-    from rankbias.experiments.registry import list_experiments, run_experiment
+    from rankbias.experiments.registry import list_experiments
     from rankbias.fit.deep_linear import fit_deep_linear
     from rankbias.fit.random_search import random_search
     from rankbias.framework.config import Config, ConfigError
     from rankbias.framework.runs import RunDir
     from rankbias.models.deep_linear import DeepLinear
     from rankbias.overparam import collapse, overparameterize
-    from rankbias.sweep import reproduce, run_sweep
+    from rankbias.runner import run_experiment
+    from rankbias.sweep import run_sweep
 
 
 # submodules reachable as attributes without an explicit import; ``train`` is the

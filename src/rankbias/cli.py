@@ -11,13 +11,13 @@ __all__ = ["main"]
 
 
 def _parse_sets(items: Sequence[str]) -> dict:
-    from rankbias.framework.config import parse_value
+    from rankbias.framework.config import ConfigError, parse_value
 
     out = {}
     for item in items or ():
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. --set seed=1); got {item!r}")
         out[key.strip()] = parse_value(value)
     return out
 
@@ -33,7 +33,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from rankbias.experiments import get_experiment, run_experiment
+    from rankbias.experiments.registry import get_experiment
+    from rankbias.runner import run_experiment
 
     if args.show_config:
         exp = get_experiment(args.name)
@@ -72,18 +73,14 @@ def cmd_measure(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from rankbias.sweep import MissingDependency, run_sweep
+    from rankbias.sweep import run_sweep
 
-    try:
-        res = run_sweep(
-            args.name, args.grid, args.seeds, preset=args.preset, overrides=_parse_sets(args.set),
-            out_dir=args.out, backend=args.backend, workers=args.workers, address=args.address,
-            cpus_per_point=args.cpus_per_point, gpus_per_point=args.gpus_per_point, metrics=args.metric,
-            batch_seeds=args.batch_seeds, ray_ship_code=args.ray_ship_code,
-        )
-    except MissingDependency as e:
-        print(f"rankbias: error: {e}", file=sys.stderr)
-        return 2
+    res = run_sweep(
+        args.name, args.grid, args.seeds, preset=args.preset, overrides=_parse_sets(args.set),
+        out_dir=args.out, backend=args.backend, workers=args.workers, address=args.address,
+        cpus_per_point=args.cpus_per_point, gpus_per_point=args.gpus_per_point, metrics=args.metric,
+        batch_seeds=args.batch_seeds, ray_ship_code=args.ray_ship_code, skip_invalid=args.skip_invalid,
+    )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items()))
     print(f"{args.name}: {len(res.rows)} runs ({counts}); results: {res.results_csv}")
     for fig in res.figures:
@@ -97,13 +94,15 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from rankbias.sweep import reproduce
+    from rankbias.framework.config import ConfigError
+    from rankbias.reproduce import reproduce
 
     overrides: dict = {}
     for item in args.set or ():
         name, sep, rest = item.partition(":")
-        if not sep:
-            raise SystemExit(f"--set expects NAME:key=value, got {item!r}")
+        key = rest.partition("=")[0].strip()
+        if not (sep and name.strip() and "=" in rest and key):
+            raise ConfigError(f"--set expects NAME:KEY=VALUE (e.g. --set depth-rank-init:n=8); got {item!r}")
         overrides.setdefault(name.strip(), {}).update(_parse_sets([rest]))
     res = reproduce(args.preset, args.out, only=args.only, overrides=overrides)
     for e in res.entries:
@@ -188,11 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ray: GPUs reserved per point (also --set device=cuda)")
     sp.add_argument("--metric", action="append", default=None, metavar="COLUMN",
                     help="results.csv column to plot per swept key (repeatable; default: the verdict)")
+    sp.add_argument("--skip-invalid", action="store_true",
+                    help="run the valid points and record invalid ones (default: refuse the sweep before any compute)")
     sp.add_argument("--out", default=None, help="sweep directory (default runs/sweeps/NAME-HASH)")
     sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("reproduce", help="run every experiment and write the combined report")
-    sp.add_argument("--preset", default="quick", help="quick (minutes on a laptop) or paper")
+    sp.add_argument("--preset", default="quick",
+                    help="quick (minutes on a laptop), paper, or another entry of rankbias.reproduce.REPRODUCE_PRESETS")
     sp.add_argument("--out", default="runs/reproduce", help="output directory (rerun to resume)")
     sp.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these experiments")
     sp.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE",
@@ -236,16 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error_message(e: BaseException) -> str:
+    """One line: an OS error as ``PATH: reason``, the project's errors by their message."""
+    if isinstance(e, OSError) and e.strerror:
+        paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+        text = f"{' -> '.join(paths)}: {e.strerror}" if paths else e.strerror
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from rankbias.framework.config import ConfigError
+    # Exactly the errors a user can cause and fix become one line and exit 2: the
+    # project's own (ConfigError, LoadError, ... are RankbiasError) and the OS's (a
+    # read-only or full --out, a missing file). Anything else is a bug and keeps
+    # its traceback.
+    from rankbias.errors import RankbiasError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"rankbias: error: {e}", file=sys.stderr)
+    except (RankbiasError, OSError) as e:
+        print(f"rankbias: error: {_error_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rankbias: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

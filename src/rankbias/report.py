@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fmt", "markdown_table", "verdict_line", "write_reproduce_report", "write_run_report"]
+__all__ = [
+    "VERDICT_KEYS",
+    "fmt",
+    "markdown_table",
+    "paper_vs_measured",
+    "status_word",
+    "verdict_line",
+    "write_reproduce_report",
+    "write_run_report",
+]
+
+VERDICT_KEYS = ("status", "holds", "criterion", "reason", "paper", "measured")
+"""The keys of a verdict dict (see :mod:`rankbias.verdicts`) that are not its numbers."""
 
 
 def fmt(v: Any, digits: int = 4) -> str:
@@ -29,16 +44,69 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     if columns is None:  # the union of the rows' keys, in first-seen order
         columns = list(dict.fromkeys(k for r in rows for k in r))
     columns = list(columns)
+    def cell(v: Any) -> str:  # a | or a newline would break the row
+        return fmt(v).replace("|", "\\|").replace("\n", " ")
+
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        out.append("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |")
+        out.append("| " + " | ".join(cell(r.get(c)) for c in columns) + " |")
     return "\n".join(out) + "\n"
 
 
+def status_word(verdict: Mapping[str, Any] | None) -> str:
+    """"holds", "does not hold", "not testable on this data" or "no verdict".
+
+    "not testable" (the data cannot show the claim, e.g. its rank cannot grow
+    enough) is not a failure of the claim, and is never shown as one.
+    """
+    verdict = verdict or {}
+    status = verdict.get("status")
+    if status == "not testable":
+        return "not testable on this data"
+    if status in ("holds", "does not hold"):
+        return status
+    return {True: "holds", False: "does not hold"}.get(verdict.get("holds"), "no verdict")
+
+
 def verdict_line(verdict: Mapping[str, Any]) -> str:
-    holds = verdict.get("holds")
-    word = "HOLDS" if holds else ("does NOT hold" if holds is False else "not evaluated")
-    return f"**Verdict: the claim {word}.**"
+    word = {"holds": "HOLDS", "does not hold": "does NOT hold"}.get(status_word(verdict), status_word(verdict))
+    reason = f" {verdict['reason']}" if verdict.get("reason") else ""
+    return f"**Verdict: the claim {word}.**{reason}"
+
+
+def _cell_text(v: Any) -> str:
+    if isinstance(v, Mapping | list | tuple):
+        return json.dumps(v, default=str)
+    return fmt(v)
+
+
+def paper_vs_measured(verdict: Mapping[str, Any] | None, claim: str = "") -> list[dict[str, str]]:
+    """The rows of a claim's "paper vs measured" table: ``{"": what, "paper": ..., "measured": ...}``.
+
+    ``paper`` and ``measured`` are the verdict's keys of those names: two mappings
+    give a row per quantity (in the paper's order, then ours), anything else one
+    row. Then the test (``criterion``) and its result (the status and ``reason``).
+    A verdict without them falls back to the claim text against the verdict.
+    """
+    verdict = verdict or {}
+    paper, measured = verdict.get("paper"), verdict.get("measured")
+    rows: list[dict[str, str]] = []
+    if isinstance(paper, Mapping) and isinstance(measured, Mapping):
+        for k in dict.fromkeys([*paper, *measured]):
+            rows.append({"": str(k), "paper": _cell_text(paper.get(k, "")) if k in paper else "",
+                         "measured": _cell_text(measured[k]) if k in measured else ""})
+    elif paper is not None or measured is not None:
+        rows.append({"": "claim", "paper": _cell_text(paper if paper is not None else claim),
+                     "measured": _cell_text(measured) if measured is not None else ""})
+    else:
+        rows.append({"": "claim", "paper": claim or "(no claim registered)", "measured": ""})
+    if verdict.get("criterion"):
+        rows.append({"": "test", "paper": "", "measured": str(verdict["criterion"])})
+    result = status_word(verdict)
+    if verdict.get("reason"):
+        result += f": {verdict['reason']}"
+    rows.append({"": "result", "paper": "", "measured": result})
+    return rows
 
 
 def write_run_report(
@@ -54,19 +122,16 @@ def write_run_report(
     """report.md of one run: the claim, the verdict with its numbers, tables, figures."""
     lines = [f"# {title}", "", f"**Claim.** {claim}", ""]
     if verdict is not None:
-        lines += [verdict_line(verdict), ""]
-        details = {k: v for k, v in verdict.items() if k != "holds"}
+        lines += [verdict_line(verdict), "", markdown_table(paper_vs_measured(verdict, claim)), ""]
+        details = {k: v for k, v in verdict.items() if k not in VERDICT_KEYS}
         if details:
-            lines += [markdown_table([{"criterion": k, "value": fmt(v)} for k, v in details.items()]), ""]
+            lines += [markdown_table([{"quantity": k, "value": _cell_text(v)} for k, v in details.items()]), ""]
     for heading, body in sections:
         lines += [f"## {heading}", "", body.rstrip(), ""]
     for fig in figures:
         lines += [f"![{fig}](figures/{fig}.png)", ""]
     if config is not None:
-        lines += ["## Config", "", "```json"]
-        import json
-
-        lines += [json.dumps(dict(config), indent=2), "```", ""]
+        lines += ["## Config", "", "```json", json.dumps(dict(config), indent=2), "```", ""]
     run.write_text("report.md", "\n".join(lines))
 
 
@@ -75,6 +140,7 @@ _VERDICT_STYLE = {
     "holds": "#1a7f37",
     "does not hold": "#b42318",
     "failed": "#b42318",
+    "not testable on this data": "#9a6700",
     "not run": "#6b7280",
     "no verdict": "#6b7280",
 }
@@ -134,13 +200,40 @@ def _seconds(v: Any) -> str:
     return "" if v is None else f"{float(v):.1f} s"
 
 
+def _entry_word(e: Mapping[str, Any]) -> str:
+    """The entry's verdict as the report shows it."""
+    if e.get("status") == "done":
+        return status_word((e.get("summary") or {}).get("verdict"))
+    return "not testable on this data" if e["verdict"] == "not testable" else e["verdict"]
+
+
+def _entry_parts(e: Mapping[str, Any]) -> tuple[list[dict], dict[str, Any], list[tuple[str, list[dict]]]]:
+    """(the paper vs measured rows, the verdict's other numbers, the per_<key> tables)."""
+    summary = e.get("summary") or {}
+    verdict = summary.get("verdict")
+    claim = e.get("claim") or ""
+    if e.get("status") != "done":  # nothing measured: the claim, and why there is no result
+        why = e.get("reason") or (e.get("error") or "").strip().split("\n")[0]
+        pvm = [{"": "claim", "paper": claim or "(no claim registered)", "measured": ""},
+               {"": "result", "paper": "", "measured": _entry_word(e) + (f": {why}" if why else "")}]
+        return pvm, {}, []
+    numbers = _flat_numbers({k: v for k, v in (verdict or {}).items() if k not in VERDICT_KEYS})
+    return paper_vs_measured(verdict, claim), numbers, _measured_tables(summary)
+
+
+def _claim_not_in(pvm: Sequence[Mapping[str, str]], e: Mapping[str, Any]) -> bool:
+    return bool(e.get("claim")) and all(r["paper"] != e["claim"] for r in pvm)
+
+
 def write_reproduce_report(out_dir, entries: Sequence[Mapping[str, Any]], env: Mapping[str, Any]) -> None:
     """``out_dir/report.md`` and the self-contained ``out_dir/report/index.html`` of a reproduction.
 
-    One section per experiment: the claim, the verdict (holds / does not hold /
-    not run / failed), the measured numbers behind it, the ``per_<key>`` tables,
-    every figure (embedded as base64 PNG in the HTML) and the config; then the
-    environment with the wall time of each experiment and the total.
+    One section per experiment, led by its "paper vs measured" table (the paper's
+    statement or figure value beside ours, the test and its result: holds, does
+    not hold, not testable on this data, failed or not run), then its figures
+    (embedded as base64 PNG in the HTML), then the numbers behind the verdict,
+    the ``per_<key>`` tables and the config, collapsed; then the environment with
+    the wall time of each experiment and the total.
     """
     from rankbias.framework.runs import atomic_write_text
 
@@ -153,43 +246,48 @@ def _overview_rows(entries) -> list[dict]:
     rows = []
     for e in entries:
         note = (e.get("reason") or (e.get("error") or "").strip().split("\n")[0]).replace("|", "/")
-        rows.append({"experiment": e["name"], "verdict": e["verdict"],
+        rows.append({"experiment": e["name"], "verdict": _entry_word(e), "preset": e.get("preset") or "",
                      "wall time": _seconds(e.get("wall_time_s")) + (" (cached)" if e.get("cached") else ""),
                      "note": note})
     return rows
 
 
-def _reproduce_markdown(out_dir, entries, env) -> str:
-    import os
+def _headline(entries, env) -> str:
+    words = [_entry_word(e) for e in entries]
+    counts = ", ".join(f"{words.count(w)} {w}" for w in _VERDICT_STYLE if words.count(w))
+    return (f"Preset `{env.get('preset')}`: {words.count('holds')} of {len(entries)} claims hold ({counts}). "
+            f"Total wall time {_seconds(env.get('total_wall_time_s'))}.")
 
-    lines = ["# rankbias: reproduction report", "",
-             f"Preset `{env.get('preset')}`; {sum(e['verdict'] == 'holds' for e in entries)} of "
-             f"{len(entries)} claims hold. Total wall time {_seconds(env.get('total_wall_time_s'))}.", "",
+
+def _reproduce_markdown(out_dir, entries, env) -> str:
+    lines = ["# rankbias: reproduction report", "", _headline(entries, env), "",
              "The same report with the figures embedded: [report/index.html](report/index.html).", "",
              markdown_table(_overview_rows(entries)), ""]
     for e in entries:
-        lines += [f"## {e['name']}", "", e.get("description", ""), "",
-                  f"**Claim.** {e.get('claim') or '(no claim registered)'}", "",
-                  f"**Verdict: {e['verdict']}.**" + (f" ({e['reason']})" if e.get("reason") else ""), ""]
+        pvm, numbers, tables = _entry_parts(e)
+        lines += [f"## {e['name']}: {_entry_word(e)}", "", e.get("description", ""), ""]
+        if _claim_not_in(pvm, e):
+            lines += [f"**Claim.** {e['claim']}", ""]
+        lines += [markdown_table(pvm), ""]
         if e.get("error"):
             lines += ["```", e["error"], "```", ""]
             if e.get("run_dir"):
                 lines += [f"Traceback: `{os.path.relpath(Path(e['run_dir']) / 'traceback.txt', out_dir)}`", ""]
-        summary = e.get("summary") or {}
-        details = _flat_numbers({k: v for k, v in (summary.get("verdict") or {}).items() if k != "holds"})
-        if details:
-            lines += ["**Measured.**", "", markdown_table([{"quantity": k, "value": fmt(v)} for k, v in details.items()]), ""]
-        for title, rows in _measured_tables(summary):
-            lines += [f"`{title}`:", "", markdown_table(rows), ""]
         for fig in _entry_figures(e):
-            rel = os.path.relpath(fig, out_dir)
-            lines += [f"![{fig.stem}]({rel})", ""]
+            lines += [f"![{fig.stem}]({os.path.relpath(fig, out_dir)})", ""]
+        if numbers:
+            lines += ["<details><summary>numbers behind the verdict</summary>", "",
+                      markdown_table([{"quantity": k, "value": _cell_text(v)} for k, v in numbers.items()]),
+                      "</details>", ""]
+        for title, rows in tables:
+            lines += [f"<details><summary>table <code>{title}</code></summary>", "", markdown_table(rows),
+                      "</details>", ""]
         if e.get("config") is not None:
             lines += ["<details><summary>config</summary>", "", "```json",
                       _config_json(e["config"]), "```", "", "</details>", ""]
         if e.get("run_dir"):
             lines += [f"Run directory: `{os.path.relpath(e['run_dir'], out_dir)}`", ""]
-    lines += ["## Environment", "", _environment_markdown(entries, env)]
+    lines += ["## Environment", "", markdown_table(_environment_rows(env)), "", markdown_table(_timing_rows(entries))]
     return "\n".join(lines)
 
 
@@ -199,23 +297,43 @@ def _environment_rows(env) -> list[dict]:
     return rows
 
 
+def _timing_rows(entries) -> list[dict]:
+    return [{"experiment": e["name"], "status": e["status"], "compute wall time": _seconds(e.get("wall_time_s")),
+             "this invocation": _seconds(e.get("run_wall_time_s")), "cached": e.get("cached", False)}
+            for e in entries]
+
+
 def _config_json(config: Mapping[str, Any]) -> str:
     """One field per line, lists kept on one line."""
     body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in config.items())
     return "{\n" + body + "\n}"
 
 
-def _environment_markdown(entries, env) -> str:
-    timing = [{"experiment": e["name"], "status": e["status"],
-               "compute wall time": _seconds(e.get("wall_time_s")),
-               "this invocation": _seconds(e.get("run_wall_time_s")),
-               "cached": e.get("cached", False)} for e in entries]
-    return markdown_table(_environment_rows(env)) + "\n" + markdown_table(timing)
+# ------------------------------------------------------------------------ HTML
+_CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1f2328;line-height:1.45;overflow-wrap:break-word}
+.scroll{max-width:100%;overflow-x:auto;margin:.6em 0}
+table{border-collapse:collapse;font-size:.9em}
+th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th{background:#f6f8fa}
+table.pvm{width:100%;table-layout:fixed}
+table.pvm td:first-child,table.pvm th:first-child{width:12em;font-weight:600}
+table.pvm tr.result td{background:#f6f8fa}
+.badge{color:#fff;border-radius:.8em;padding:.1em .7em;font-weight:600;font-size:.85em;white-space:nowrap}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}
+figure{margin:.5em 0}
+section{border-top:2px solid #d0d7de;margin-top:2em}
+pre{background:#f6f8fa;padding:.6em;font-size:.85em;white-space:pre-wrap;overflow-wrap:anywhere}
+details{margin:.4em 0}summary{cursor:pointer;color:#0969da}
+.muted{color:#6b7280}
+.claim{background:#f6f8fa;border-left:4px solid #0969da;padding:.5em .8em}
+"""
 
 
-def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    import html
-
+def _html_table(rows: Sequence[Mapping[str, Any]], cls: str = "", row_class=None) -> str:
+    """A table in a horizontal scroll box, so that a wide one never widens the page."""
     if not rows:
         return "<p>(no rows)</p>"
     cols = list(rows[0].keys())
@@ -223,72 +341,58 @@ def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
         cols.extend(c for c in r if c not in cols)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)) if r.get(c) is not None else '')}</td>" for c in cols) + "</tr>"
+        f"<tr{row_class(r) if row_class else ''}>"
+        + "".join(f"<td>{html.escape(_cell_text(r.get(c)) if r.get(c) is not None else '')}</td>" for c in cols)
+        + "</tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table{f' class={cls!r}' if cls else ''}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'>{table}</div>"
 
 
-def _badge(verdict: str) -> str:
-    import html
-
-    color = _VERDICT_STYLE.get(verdict, "#6b7280")
-    return f'<span class="badge" style="background:{color}">{html.escape(verdict)}</span>'
+def _badge(word: str) -> str:
+    color = _VERDICT_STYLE.get(word, "#6b7280")
+    return f'<span class="badge" style="background:{color}">{html.escape(word)}</span>'
 
 
 def _reproduce_html(entries, env) -> str:
-    import base64
-    import html
-
     esc = html.escape
-    n_hold = sum(e["verdict"] == "holds" for e in entries)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        "<title>rankbias: reproduction report</title><style>",
-        "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;"
-        "padding:0 1em;color:#1f2328;line-height:1.45}",
-        "table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #d0d7de;"
-        "padding:.25em .6em;text-align:left}th{background:#f6f8fa}",
-        ".badge{color:#fff;border-radius:.8em;padding:.1em .7em;font-weight:600;font-size:.9em}",
-        "img{max-width:100%;border:1px solid #eee;margin:.5em 0}section{border-top:2px solid #d0d7de;"
-        "margin-top:2em}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}",
-        ".claim{background:#f6f8fa;border-left:4px solid #0969da;padding:.5em .8em}",
-        "</style></head><body>",
+        f"<title>rankbias: reproduction report</title><style>{_CSS}</style></head><body>",
         "<h1>rankbias: reproduction report</h1>",
-        f"<p>Preset <code>{esc(str(env.get('preset')))}</code>: <b>{n_hold} of {len(entries)}</b> claims hold. "
-        f"Total wall time {esc(_seconds(env.get('total_wall_time_s')))}.</p>",
+        f"<p>{esc(_headline(entries, env)).replace('`', '')}</p>",
         _html_table(_overview_rows(entries)),
     ]
     for e in entries:
-        name = esc(e["name"])
-        parts += [f"<section id='{name}'><h2>{name} {_badge(e['verdict'])}</h2>",
-                  f"<p>{esc(e.get('description', ''))}</p>",
-                  f"<p class='claim'><b>Claim.</b> {esc(e.get('claim') or '(no claim registered)')}</p>",
-                  f"<p><b>Verdict: {esc(e['verdict'])}.</b>"
-                  + (f" ({esc(e['reason'])})" if e.get("reason") else "") + "</p>"]
+        name, word = esc(e["name"]), _entry_word(e)
+        pvm, numbers, tables = _entry_parts(e)
+        parts += [f"<section id='{name}'><h2>{name} {_badge(word)}</h2>",
+                  f"<p class='muted'>{esc(e.get('description', ''))}</p>"]
+        if _claim_not_in(pvm, e):
+            parts.append(f"<p class='claim'><b>Claim.</b> {esc(e['claim'])}</p>")
+        parts += [_html_table(pvm, cls="pvm",
+                              row_class=lambda r: " class='result'" if r[""] in ("test", "result") else "")]
         if e.get("error"):
             parts.append(f"<pre>{esc(e['error'])}</pre>")
             tb = Path(e["run_dir"]) / "traceback.txt" if e.get("run_dir") else None
             if tb is not None and tb.exists():
                 parts.append(f"<details><summary>traceback</summary><pre>{esc(tb.read_text())}</pre></details>")
-        summary = e.get("summary") or {}
-        details = _flat_numbers({k: v for k, v in (summary.get("verdict") or {}).items() if k != "holds"})
-        if details:
-            parts += ["<h3>Measured</h3>", _html_table([{"quantity": k, "value": v} for k, v in details.items()])]
-        for title, rows in _measured_tables(summary):
-            parts += [f"<h4><code>{esc(title)}</code></h4>", _html_table(rows)]
         for fig in _entry_figures(e):
             data = base64.b64encode(fig.read_bytes()).decode("ascii")
             parts.append(f"<figure><img alt='{esc(fig.stem)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{esc(fig.stem)}</figcaption></figure>")
+                         f"<figcaption class='muted'>{esc(fig.stem)}</figcaption></figure>")
+        if numbers:
+            parts.append("<details><summary>numbers behind the verdict</summary>"
+                         + _html_table([{"quantity": k, "value": v} for k, v in numbers.items()]) + "</details>")
+        for title, rows in tables:
+            parts.append(f"<details><summary>table <code>{esc(title)}</code> ({len(rows)} rows)</summary>"
+                         + _html_table(rows) + "</details>")
         if e.get("config") is not None:
             parts.append("<details><summary>config</summary><pre>"
                          + esc(_config_json(e["config"])) + "</pre></details>")
         parts.append("</section>")
-    timing = [{"experiment": e["name"], "status": e["status"], "compute wall time": _seconds(e.get("wall_time_s")),
-               "this invocation": _seconds(e.get("run_wall_time_s")), "cached": e.get("cached", False)}
-              for e in entries]
     parts += ["<section><h2>Environment</h2>", _html_table(_environment_rows(env)),
-              "<h3>Wall time per experiment</h3>", _html_table(timing), "</section></body></html>"]
+              "<h3>Wall time per experiment</h3>", _html_table(_timing_rows(entries)), "</section></body></html>"]
     return "\n".join(parts)

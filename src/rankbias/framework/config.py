@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import json
@@ -21,11 +22,24 @@ from typing import Any, Literal, get_args, get_origin
 
 from rankbias.errors import RankbiasError
 
-__all__ = ["Config", "ConfigError", "check_device_available", "field_docs", "parse_value"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "check_device_available",
+    "did_you_mean",
+    "field_docs",
+    "parse_value",
+]
 
 
 class ConfigError(RankbiasError, ValueError):
     """A config key or value that is not accepted."""
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'depths'?)`` for a near miss of ``choices`` (difflib), else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @functools.cache
@@ -207,14 +221,22 @@ class Config:
         return "\n".join(lines)
 
     @classmethod
+    def check_keys(cls, keys: typing.Iterable[str], label: str | None = None) -> None:
+        """ConfigError naming every key that is not a field, with a "did you mean" for
+        near misses and the accepted keys, on one line (``--show-config`` has their docs)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in dict.fromkeys(keys) if k not in names]
+        if unknown:
+            which = ", ".join(repr(k) + did_you_mean(k, names) for k in unknown)
+            raise ConfigError(
+                f"{label or cls.__name__}: unknown key(s) {which}; accepted keys: "
+                f"{', '.join(names)} (`rankbias run NAME --show-config` describes each)"
+            )
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]):
         """Build from a mapping; an unknown key is an error listing the accepted ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(
-                f"{cls.__name__}: unknown key(s) {unknown}; accepted keys:\n{cls.accepted()}"
-            )
+        cls.check_keys(values)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""Running one experiment: :func:`run_experiment` (the one entry point every
+command and sweep goes through) and the :func:`environment` record of a run.
+
+The runner is also the one place that sets torch's thread count: from its
+``threads`` argument (a sweep's share of the cores), else from the config's
+``num_threads`` field where the experiment has one; library functions leave it
+alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from rankbias.experiments.registry import build_config, get_experiment
+from rankbias.framework.config import Config, ConfigError, check_device_available
+from rankbias.framework.paths import runs_root
+from rankbias.framework.runs import RunDir, config_hash
+
+__all__ = ["default_out_dir", "environment", "run_experiment", "torch_threads"]
+
+
+def default_out_dir(name: str, preset: str, chash: str) -> Path:
+    """``$RANKBIAS_RUNS/NAME/PRESET-HASH``."""
+    return runs_root() / name / f"{preset}-{chash}"
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside the block, restored after
+    (``None``: unchanged)."""
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads: got {threads!r}; accepted: an int >= 1 or None")
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _config_threads(config: Config) -> int | None:
+    fields = {f.name for f in dataclasses.fields(config)}
+    return config.num_threads if "num_threads" in fields else None
+
+
+def run_experiment(
+    name: str,
+    overrides: Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    preset: str = "quick",
+    *,
+    force: bool = False,
+    threads: int | None = None,
+) -> dict:
+    """Run experiment ``name`` and return its summary.
+
+    The config is the preset's values updated by ``overrides`` and validated
+    before any compute (and its ``device`` checked to exist here). Results go to
+    ``out_dir`` (default ``$RANKBIAS_RUNS/NAME/PRESET-HASH``, ``RANKBIAS_RUNS``
+    defaulting to ``runs``). A directory that already holds a completed run of
+    the same config returns its summary without recomputing (``force=True``
+    reruns); one that holds a different config is an error. ``threads`` sets
+    torch's thread count for the run (default: the config's ``num_threads`` if
+    it has one, else unchanged); it is not part of the config, since it does not
+    change the result.
+    """
+    config = build_config(name, overrides, preset)
+    if isinstance(getattr(config, "device", None), str):
+        check_device_available(config.device)
+    record = {"experiment": name, "config": config.to_dict()}
+    chash = config_hash(record)
+    run = RunDir(out_dir if out_dir is not None else default_out_dir(name, preset, chash))
+    if not force:
+        done = run.completed_summary(record)
+        if done is not None:
+            return done
+        if run.exists("config.json"):
+            old = run.read_json("config.json")
+            if old.get("hash") != chash:
+                raise ConfigError(
+                    f"{run.path} holds a run of a different config (hash {old.get('hash')} != "
+                    f"{chash}); choose another output directory or pass force=True / --force"
+                )
+    run.write_json(
+        "config.json", {"experiment": name, "preset": preset, "hash": chash, "config": config.to_dict()}
+    )
+    with torch_threads(threads if threads is not None else _config_threads(config)):
+        t0 = time.perf_counter()
+        summary = get_experiment(name).run(config, run)
+        env = environment(time.perf_counter() - t0)
+    summary = {"experiment": name, **summary}
+    run.write_json("environment.json", env)
+    run.write_json("summary.json", summary)  # last: marks the run complete
+    return run.read_json("summary.json")
+
+
+def environment(wall_time_s: float | None = None) -> dict[str, Any]:
+    """Versions, device and wall time (kept out of summary.json, which a seed determines)."""
+    import numpy
+    import torch
+
+    from rankbias._version import __version__
+
+    env = {
+        "rankbias": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if wall_time_s is not None:
+        env["wall_time_s"] = round(wall_time_s, 3)
+    return env
