@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from rankbias.data.images import ImageData, background_pixel_noise, load_image_dataset, stratified_sample
+from rankbias.data.images import (
+    ImageData,
+    background_pixel_noise,
+    load_image_dataset,
+    stratified_sample,
+)
 
 
 def _sorted_by_class(n_per_class=50, k=10):
