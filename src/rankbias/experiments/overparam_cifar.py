@@ -33,7 +33,7 @@ import torch
 
 from rankbias.experiments.registry import register
 from rankbias.framework.config import Config
-from rankbias.framework.runs import RunDir
+from rankbias.framework.runs import RunDir, config_hash
 
 CLAIM = (
     "Linearly over-parameterising a CNN (every Linear/Conv2d a product of depth linear maps, "
@@ -41,6 +41,9 @@ CLAIM = (
     "baseline trained identically, and lowers the effective rank of its embeddings "
     "(Huh et al. 2023, sec. 6)."
 )
+# fields that do not change what a finished depth's training computed
+_NOT_TRAINING = ("budget_minutes", "fit_epochs_to_budget", "batch_seeds", "num_threads", "depths",
+                 "eval_batch_size", "epochs")
 PAPER = ("Expanded-then-collapsed CNNs reach higher test accuracy than the baseline on CIFAR-10, "
          "CIFAR-100 and ImageNet, with lower-rank embeddings (Huh et al. 2023, sec. 6)")
 
@@ -355,9 +358,13 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
     chosen = {"epochs": cfg.epochs, "batched": None}
     group_times: list[float] = []
     todo = []
+    # a finished depth is reused only by a run of the same training settings
+    key = config_hash({k: v for k, v in cfg.to_dict().items() if k not in _NOT_TRAINING})
     for depth in cfg.depths:
         part = run.part(f"depth{depth}")
-        if part is not None and part.get("status") == "ok":
+        if part is not None and part.get("status") == "ok" and part.get("key") == key and (
+                part["epochs_planned"] == cfg.epochs
+                or (cfg.fit_epochs_to_budget and part["epochs_planned"] <= cfg.epochs)):
             records[depth] = part
             metrics += part.get("history", [])
             chosen["epochs"] = part.get("epochs_planned", chosen["epochs"])
@@ -386,7 +393,7 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
             print(f"overparam-cifar: first epoch {per:.1f} s; projected total "
                   f"{per * chosen['epochs'] * n_groups:.0f} s for {n_groups} depth(s) x "
                   f"{chosen['epochs']} epochs", file=sys.stderr)
-            if cfg.fit_epochs_to_budget and deadline is not None:
+            if cfg.fit_epochs_to_budget and deadline is not None and not records:
                 left = deadline - time.perf_counter()
                 fit = int((left / (1.1 * per) + 1) // n_groups)  # 10% margin; this epoch counts
                 chosen["epochs"] = max(1, min(chosen["epochs"], fit))
@@ -416,7 +423,7 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
         except Exception as e:  # one failed depth must not lose the others
             rec = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                    "traceback": traceback.format_exc(limit=6)}
-        rec = {"depth": depth, **rec, "train_time_s": time.perf_counter() - t0,
+        rec = {"depth": depth, "key": key, **rec, "train_time_s": time.perf_counter() - t0,
                "history": [r for r in live]}
         group_times.append(rec["train_time_s"])
         if rec["status"] == "ok":  # a failed or stopped depth is retried by a rerun

@@ -214,12 +214,13 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _evaluate(form, data: DeviceImages, M: int, s: FastTrainSettings, autocast) -> tuple[list, list]:
+def _evaluate(form, data: DeviceImages, M: int, s: FastTrainSettings, autocast,
+              dtype) -> tuple[list, list]:
     form.train(False)
     loss = torch.zeros(M, device=data.labels.device)
     correct = torch.zeros(M, device=data.labels.device)
     for i in range(0, len(data), s.eval_batch_size):
-        x = data.normalise(data.images[i:i + s.eval_batch_size])
+        x = data.normalise(data.images[i:i + s.eval_batch_size], dtype)
         y = data.labels[i:i + s.eval_batch_size]
         with autocast():
             out = form(x, shared=True).float()  # (M, B, K)
@@ -257,6 +258,7 @@ def train_group(
     if len(models) != len(seeds) or not models:
         raise ValueError(f"need one model per seed; got {len(models)} models, {len(seeds)} seeds")
     device = train.images.device
+    dtype = next(models[0].parameters()).dtype  # float64 models get float64 inputs (exact tests)
     if batch_seeds:
         forms = [(_Stacked(models), list(seeds))]
     else:
@@ -302,7 +304,7 @@ def train_group(
                 xb = [augment_uint8(train.images[p[i * B:(i + 1) * B]], s.crop_padding, s.hflip, gens[sd])
                       for p, sd in zip(perms, sds)]
                 yb = torch.stack([train.labels[p[i * B:(i + 1) * B]] for p in perms])  # (M, B)
-                x = train.normalise(torch.stack(xb))  # (M, B, C, H, W)
+                x = train.normalise(torch.stack(xb), dtype)  # (M, B, C, H, W)
                 with autocast():
                     out = form(x).float()  # (M, B, K)
                 losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none",
@@ -312,7 +314,7 @@ def train_group(
                 opt.step()
                 loss_sum += losses.detach()
                 correct += (out.detach().argmax(-1) == yb).float().mean(1)
-            te_loss, te_acc = _evaluate(form, test, M, s, autocast)
+            te_loss, te_acc = _evaluate(form, test, M, s, autocast, dtype)
             tr_loss, tr_acc = (loss_sum / per_epoch).tolist(), (correct / per_epoch).tolist()
             for k, sd in enumerate(sds):
                 if not math.isfinite(tr_loss[k]):
