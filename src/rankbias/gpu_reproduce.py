@@ -158,7 +158,12 @@ def reproduce_gpu(
     ``rankbias prepare-data`` or a data root (default: the data root). Returns
     ``{"entries": [...], "environment": {...}}``, one entry per step (name, status,
     verdict, summary, run_dir, error, reason, wall_time_s), as ``reproduce.json`` holds."""
-    from rankbias.experiments.registry import build_config, environment, get_experiment, run_experiment
+    from rankbias.experiments.registry import (
+        build_config,
+        environment,
+        get_experiment,
+        run_experiment,
+    )
     from rankbias.report import write_reproduce_report
 
     if preset not in PRESETS:
