@@ -171,6 +171,10 @@ def reproduce_gpu(
     budget = 60.0 * (budget_minutes if budget_minutes is not None else (9.0 if preset == "gpu" else 2.0))
     if budget <= 0:
         raise UnsupportedError(f"budget_minutes must be > 0; got {budget_minutes}")
+    if preset == "gpu":
+        from rankbias.framework.config import check_device_available
+
+        check_device_available("cuda")  # the plan is sized for a GPU: refuse before any work
     t_start = time.perf_counter()
     out = Path(out_dir)
     packed, mat_root, has = _resolve_data(data)

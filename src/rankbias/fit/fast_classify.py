@@ -13,8 +13,9 @@ Built for paper 2's over-parameterisation at CIFAR scale on one GPU (docs/gpu.md
   (``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``: a conv over
   stacked weights becomes one grouped conv), or one after another. The models are
   independent, so the gradient of the sum of their losses is each model's own
-  gradient and both forms give the same models up to float rounding;
-- bf16 autocast on CUDA (a setting), channels_last on the one-after-another path,
+  gradient and both forms give the same models up to float rounding. (Under vmap,
+  autocast does not reach the convs, so the batched form trains in float32);
+- bf16 autocast (a setting; the experiments turn it on for CUDA only) and channels_last on the one-after-another path,
   SGD with momentum, weight decay except on biases and norm parameters, warm-up
   then cosine / step / constant schedule, optional label smoothing;
 - ``deadline``: training stops after the epoch whose successor would pass it,
@@ -263,7 +264,11 @@ def train_group(
         forms = [(_Stacked(models), list(seeds))]
     else:
         forms = [(_Single(m, s.channels_last), [sd]) for m, sd in zip(models, seeds)]
-    use_bf16 = s.bf16 and device.type == "cuda"
+    # autocast does not reach convs under vmap (their batching rule runs below the autocast
+    # dispatch: float32 inputs meet the bf16 kernels the autocast matmuls of the expanded layers
+    # built), so the batched form stays float32 (TF32 convs on CUDA) and bf16 is for the
+    # one-after-another form
+    use_bf16 = s.bf16 and not batch_seeds
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
