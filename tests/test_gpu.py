@@ -172,8 +172,7 @@ def test_batched_seeds_equal_one_after_another():
                           crop_padding=2, hflip=True, label_smoothing=0.1, nesterov=True)
     seeds = [3, 7, 11]
     a = train_group(_tiny(2, seeds), seeds, train, test, s, batch_seeds=True, progress=False)
-    b = train_group(_tiny(2, seeds), seeds, train, test, dataclasses.replace(s, channels_last=True),
-                    batch_seeds=False, progress=False)
+    b = train_group(_tiny(2, seeds), seeds, train, test, s, batch_seeds=False, progress=False)
     assert a.epochs_done == b.epochs_done == 2 and not a.stopped
     for ma, mb in zip(a.models, b.models):
         sa, sb = ma.state_dict(), mb.state_dict()
@@ -193,7 +192,7 @@ def test_batched_seeds_equal_one_after_another():
 @pytest.mark.parametrize("batched", [True, False])
 def test_bf16_autocasts_the_sequential_form_only(batched):
     s = FastTrainSettings(epochs=1, batch_size=16, lr=0.05, bf16=True, channels_last=True)
-    runs = [train_group(_tiny(2, [0, 1], torch.float32), [0, 1], _data(), _data(8, 1), st,
+    runs = [train_group(_tiny(2, [0, 1], torch.float32), [0, 1], _data(32), _data(8, 1), st,
                         batch_seeds=batched, progress=False)
             for st in (s, dataclasses.replace(s, bf16=False))]
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["test_acc"] <= 1 for r in runs[0].history)
