@@ -104,11 +104,24 @@ def cmd_reproduce(args) -> int:
         if not (sep and name.strip() and "=" in rest and key):
             raise ConfigError(f"--set expects NAME:KEY=VALUE (e.g. --set depth-rank-init:n=8); got {item!r}")
         overrides.setdefault(name.strip(), {}).update(_parse_sets([rest]))
-    res = reproduce(args.preset, args.out, only=args.only, overrides=overrides)
+    res = reproduce(args.preset, args.out, only=args.only, overrides=overrides,
+                    budget_minutes=args.budget_minutes)
     for e in res.entries:
         print(f"{e['name']:<28} {e['verdict']}" + (f"  ({e['error'].splitlines()[0]})" if e.get("error") else ""))
     print(f"report: {res.report_html}  (and {res.report_md})")
     return 1 if res.failed else 0
+
+
+def cmd_prepare_data(args) -> int:
+    from rankbias.data.packed import pack
+
+    classes = None if args.mnist_classes == "all" else [int(c) for c in args.mnist_classes.split(",") if c]
+    m = pack(args.out, args.data_root, mnist_classes=classes)
+    for name, e in m["datasets"].items():
+        print(f"{name}: {e['train']['n']} train + {e['test']['n']} test images ({e['encoding']})")
+    print(f"wrote {args.out}: {m['total_bytes'] / 2**20:.1f} MiB in "
+          f"{sum(len(e[s]['parts']) for e in m['datasets'].values() for s in ('train', 'test'))} parts")
+    return 0
 
 
 def cmd_analyze(args) -> int:
@@ -199,7 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these experiments")
     sp.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE",
                     help="override a config field of one experiment (repeatable)")
+    sp.add_argument("--budget-minutes", type=float, default=None,
+                    help="presets gpu / gpu-smoke: the whole run's time budget (default 9 / 2)")
     sp.set_defaults(func=cmd_reproduce)
+
+    sp = sub.add_parser("prepare-data", help="pack CIFAR-10 (+ MNIST 0/1) into one folder < 60 MiB for a GPU run")
+    sp.add_argument("--out", required=True, help="folder to write (parts + rankbias-packed.json)")
+    sp.add_argument("--data-root", default=None, help="dataset root (default $RANKBIAS_DATA or ./data)")
+    sp.add_argument("--mnist-classes", default="0,1",
+                    help="MNIST classes to include ('all': all ten, which does not fit beside CIFAR-10)")
+    sp.set_defaults(func=cmd_prepare_data)
 
     sp = sub.add_parser("analyze", help="rank report of a model: weights, embeddings on data, the data")
     sp.add_argument("model", help="torchvision:NAME, a state_dict file with --arch, or a file "

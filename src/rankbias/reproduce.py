@@ -112,6 +112,7 @@ def reproduce(
     only: Sequence[str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool | None = None,
+    budget_minutes: float | None = None,
 ) -> ReproduceResult:
     """Run every registered experiment as reproduction preset ``preset`` says and write
     the combined report.
@@ -125,9 +126,22 @@ def reproduce(
     config overrides. Every config is validated before any compute. Writes
     ``DIR/report.md``, ``DIR/report/index.html`` (figures embedded) and
     ``DIR/reproduce.json``.
+
+    Presets ``gpu`` / ``gpu-smoke`` run the budgeted plan of :mod:`rankbias.gpu_reproduce`
+    (both papers' headline experiments, ``budget_minutes`` in all; docs/gpu.md).
     """
     from rankbias.experiments.registry import build_config, experiments
     from rankbias.runner import environment, run_experiment
+
+    if preset in ("gpu", "gpu-smoke"):
+        if only or overrides:
+            raise ConfigError(f"--only / --set are not accepted with preset {preset!r} (a fixed plan)")
+        from rankbias.gpu_reproduce import reproduce_gpu
+
+        rec = reproduce_gpu(preset, out_dir, budget_minutes=budget_minutes)
+        return ReproduceResult(Path(out_dir), rec["entries"], rec["environment"])
+    if budget_minutes is not None:
+        raise ConfigError(f"budget_minutes is for the presets gpu and gpu-smoke; got preset {preset!r}")
 
     exps = experiments()
     known = set(REPRODUCE_PRESETS) | {p for e in exps.values() for p in e.presets}

@@ -18,13 +18,14 @@ stops early only when every model has diverged.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
-__all__ = ["Callback", "TrainResult", "TrainState", "make_optimizer", "train", "OPTIMIZERS"]
+__all__ = ["Callback", "TrainResult", "TrainState", "lr_factor", "make_optimizer", "train", "OPTIMIZERS"]
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam", "lbfgs")
 OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adam", "lbfgs"]
@@ -64,6 +65,19 @@ class TrainResult:
     """Per-model loss at the last step (NaN for diverged models)."""
     steps: int
     """Steps taken."""
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning-rate multiplier at ``step`` of ``total``: linear warm-up over ``warmup``
+    steps, then ``"cosine"`` (to 0), ``"step"`` (x0.1 at 50%, x0.01 at 75%) or ``"constant"``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":
+        return 0.01 if t >= 0.75 else (0.1 if t >= 0.5 else 1.0)
+    return 1.0
 
 
 def make_optimizer(

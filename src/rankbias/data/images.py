@@ -23,6 +23,7 @@ decoded JPEG folders (and the extracted tar) are cached under ``$RANKBIAS_CACHE`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import sys
 import tarfile
@@ -143,6 +144,10 @@ def load_image_dataset(
     root_p = data_root(root)
     if key == "digits":
         return _digits(train)
+    from rankbias.data.packed import is_packed, load_packed
+
+    if is_packed(root_p):  # a folder written by `rankbias prepare-data` (docs/gpu.md)
+        return load_packed(root_p, key, train)
     if key in ("mnist", "fashion-mnist"):
         return _torchvision_grey(key, train, root_p, download)
     return _cifar10(train, root_p, download)
@@ -181,7 +186,9 @@ def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).to(torch.float32).div_(255)
         return ImageData(x.contiguous(), torch.tensor(ds.targets), list(ds.classes), "cifar10")
     split = "train" if train else "test"
-    cache = cache_dir() / f"cifar10-jpeg-{split}.pt"
+    # keyed by the data root too: two roots must never share a decoded cache
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    cache = cache_dir() / f"cifar10-jpeg-{split}-{tag}.pt"
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
         return ImageData(blob["images"].float().div_(255), blob["labels"], blob["classes"], "cifar10")

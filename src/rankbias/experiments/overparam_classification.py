@@ -43,6 +43,7 @@ from rankbias.experiments.registry import register
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
 from rankbias.measures import KernelSpectrum
+from rankbias.train import lr_factor
 from rankbias.verdicts import mean_std, paired_gain_verdict, t_interval, verdict
 
 CLAIM = (
@@ -170,17 +171,6 @@ def _load(cfg: OverparamClassificationConfig):
     norm = lambda x: ((x - mean) / std).to(cfg.device)  # noqa: E731
     return (norm(tr.images), tr.labels.to(cfg.device), norm(te.images), te.labels.to(cfg.device),
             len(tr.classes))
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "step":
-        return 0.01 if t >= 0.75 else (0.1 if t >= 0.5 else 1.0)
-    return 1.0
 
 
 # ----------------------------------------------------------------- evaluation

@@ -1,0 +1,525 @@
+"""overparam-cifar: paper 2's linear over-parameterisation at CIFAR-10 scale, fast.
+
+Huh et al. (2023), sec. 6, as ``overparam-classification`` (docs/overparam.md)
+but through the GPU trainer :mod:`rankbias.fit.fast_classify` (docs/gpu.md): a
+CIFAR ResNet-20 (or the small CNN), every Linear/Conv2d expanded into a product of
+``depth`` linear maps (1 = the baseline), the seeds of a depth trained together as
+one batched model, SGD + momentum + weight decay, warm-up then cosine decay,
+random crop + flip done on the device. After training each model is collapsed
+(:func:`rankbias.collapse`; collapsed == expanded is asserted on a test batch) and
+measured: test accuracy, train accuracy (a stratified subset, no augmentation) and
+the kernel effective rank of the penultimate embeddings (the input of ``fc``) on
+the test set. The verdict is the paired test of
+:func:`rankbias.verdicts.paired_gain_verdict` on the per-seed differences
+(depth d minus the baseline, same seed) of the collapsed test accuracy.
+
+``budget_minutes`` stops training cleanly: the depth being trained finishes its
+current epoch and is recorded as stopped (its per-epoch rows kept), the depths not
+started are "not run"; finished depths are saved as they finish, and a rerun
+resumes from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import traceback
+from typing import Literal
+
+import numpy as np
+import torch
+
+from rankbias.experiments.registry import register
+from rankbias.framework.config import Config
+from rankbias.framework.runs import RunDir, config_hash
+
+CLAIM = (
+    "Linearly over-parameterising a CNN (every Linear/Conv2d a product of depth linear maps, "
+    "collapsed after training) improves the collapsed model's CIFAR-10 test accuracy over the "
+    "baseline trained identically, and lowers the effective rank of its embeddings "
+    "(Huh et al. 2023, sec. 6)."
+)
+# fields that do not change what a finished depth's training computed
+_NOT_TRAINING = ("budget_minutes", "fit_epochs_to_budget", "batch_seeds", "num_threads", "depths",
+                 "eval_batch_size", "epochs")
+PAPER = ("Expanded-then-collapsed CNNs reach higher test accuracy than the baseline on CIFAR-10, "
+         "CIFAR-100 and ImageNet, with lower-rank embeddings (Huh et al. 2023, sec. 6)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OverparamCifarConfig(Config):
+    dataset: Literal["cifar10", "digits", "mnist", "fashion-mnist"] = "cifar10"
+    """Image dataset (digits: scikit-learn's, always present, for smoke runs)."""
+    data_root: str | None = None
+    """Data root (null: $RANKBIAS_DATA, else ./data); unused when packed_dir is set."""
+    packed_dir: str | None = None
+    """A folder written by `rankbias prepare-data` to read the dataset from instead (docs/gpu.md)."""
+    train_limit: int | None = None
+    """A seeded stratified sample of this many training images (null: all)."""
+    test_limit: int | None = None
+    """A seeded stratified sample of this many test images (null: all)."""
+    model: Literal["resnet", "cnn"] = "resnet"
+    """Architecture: "resnet" (CIFAR ResNet, 3 stages) or "cnn" (SmallCNN)."""
+    resnet_blocks: int = 3
+    """Basic blocks per stage of "resnet" (3: ResNet-20, 1: ResNet-8)."""
+    model_width: int = 16
+    """Channels of the first stage (16: ResNet-20's)."""
+    depths: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4])
+    """Expansion depths; 1 is the baseline and must be in the list."""
+    width: float = 1.0
+    """Hidden width multiplier of the expanded layers (hidden = round(width * out))."""
+    expand_layers: Literal["all", "conv", "linear"] = "all"
+    """Which layers to expand."""
+    forward_mode: Literal["kernel", "sequential", "auto"] = "auto"
+    """Forward form of the expanded layers (same function and gradients; only the cost differs)."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    """Seeds; each fixes the init, the data order and the augmentation (paired across depths)."""
+    epochs: int = 30
+    """Training epochs (an upper bound when fit_epochs_to_budget)."""
+    fit_epochs_to_budget: bool = False
+    """After the first epoch, lower the epochs so that every depth fits budget_minutes (the
+    result then depends on the machine's speed; the chosen epochs are in the summary)."""
+    batch_size: int = 512
+    """Mini-batch size (the last partial batch of an epoch is dropped)."""
+    lr: float = 0.2
+    """Peak learning rate of SGD."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = True
+    """Nesterov momentum."""
+    weight_decay: float = 5e-4
+    """Weight decay on the weights (factors included); none on biases and norm parameters."""
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning-rate schedule after the warm-up."""
+    warmup_epochs: float = 2.0
+    """Linear warm-up over this many epochs (>= 1 when fit_epochs_to_budget)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy (0: none)."""
+    crop_padding: int | None = None
+    """Random crop after zero padding by this many pixels (0: off; null: 4 CIFAR-10, 2 MNIST, 1 digits)."""
+    hflip: bool | None = None
+    """Random horizontal flips (null: on for CIFAR-10 and Fashion-MNIST)."""
+    batch_seeds: Literal["auto", "yes", "no"] = "auto"
+    """Train a depth's seeds as one vmapped model ("yes"), one after another ("no"), or time a
+    few steps of both on the device and take the faster ("auto")."""
+    bf16: bool | None = None
+    """bf16 autocast for training and per-epoch evaluation of the one-after-another form (null: on
+    CUDA only; the batched form trains in float32: autocast does not reach convs under vmap).
+    The final measurements of the collapsed models are always float32."""
+    channels_last: bool = True
+    """channels_last memory format (the one-after-another path; vmap picks its own layout)."""
+    train_eval_limit: int | None = 10000
+    """Training images (stratified sample) for the final train accuracy (null: all)."""
+    eval_batch_size: int = 1000
+    """Batch size of evaluation passes."""
+    budget_minutes: float | None = None
+    """Stop training cleanly when the next epoch would end after this (null: no limit)."""
+    device: str = "cpu"
+    """torch device, e.g. "cpu" or "cuda"."""
+    num_threads: int | None = None
+    """CPU threads for torch during the run (null: leave torch's setting)."""
+
+    def validate(self) -> None:
+        self._require(all(d >= 1 for d in self.depths) and 1 in self.depths, "depths",
+                      "a list of ints >= 1 that includes the baseline 1")
+        self._require(len(set(self.depths)) == len(self.depths), "depths", "distinct depths")
+        self._require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
+                      "a non-empty list of distinct ints")
+        self._require(self.width > 0 and math.isfinite(self.width), "width", "a finite number > 0")
+        for name in ("model_width", "resnet_blocks", "epochs", "batch_size", "eval_batch_size"):
+            self._require(getattr(self, name) >= 1, name, "an int >= 1")
+        self._require(self.lr > 0, "lr", "a number > 0")
+        self._require(0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
+        self._require(self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        self._require(self.warmup_epochs >= 0, "warmup_epochs", "a number >= 0")
+        self._require(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
+        self._require(self.crop_padding is None or self.crop_padding >= 0, "crop_padding",
+                      "an int >= 0 or null")
+        for name in ("train_limit", "test_limit", "train_eval_limit"):
+            v = getattr(self, name)
+            self._require(v is None or v >= 2, name, "an int >= 2 or null")
+        self._require(self.budget_minutes is None or self.budget_minutes > 0, "budget_minutes",
+                      "a number > 0 or null")
+        self._require(not self.fit_epochs_to_budget or (self.budget_minutes is not None
+                                                         and self.warmup_epochs >= 1),
+                      "fit_epochs_to_budget", "false, or true with budget_minutes set and warmup_epochs >= 1")
+        self._require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an int >= 1 or null")
+
+
+# ----------------------------------------------------------------------- data
+
+
+def _split_uint8(cfg: OverparamCifarConfig, train: bool):
+    from rankbias.data.images import load_image_dataset
+
+    if cfg.packed_dir is not None:
+        from rankbias.data.packed import load_packed_uint8
+
+        return load_packed_uint8(cfg.packed_dir, cfg.dataset, train)
+    d = load_image_dataset(cfg.dataset, train=train, root=cfg.data_root)
+    return d.images.mul(255).round_().to(torch.uint8), d.labels, d.classes  # exact for 8-bit sources
+
+
+def load_data(cfg: OverparamCifarConfig):
+    """Device-resident train / test / train-eval sets and the number of classes."""
+    from rankbias.data.images import stratified_sample
+    from rankbias.fit.fast_classify import DeviceImages
+
+    dev = torch.device(cfg.device)
+    xtr, ytr, classes = _split_uint8(cfg, True)
+    xte, yte, _ = _split_uint8(cfg, False)
+    if cfg.train_limit is not None:
+        idx = stratified_sample(ytr, cfg.train_limit, seed=0)
+        xtr, ytr = xtr[idx], ytr[idx]
+    if cfg.test_limit is not None:
+        idx = stratified_sample(yte, cfg.test_limit, seed=0)
+        xte, yte = xte[idx], yte[idx]
+    train = DeviceImages(xtr, ytr, dev)
+    test = DeviceImages(xte, yte, dev, train.mean, train.std)
+    ev = train
+    if cfg.train_eval_limit is not None and cfg.train_eval_limit < len(ytr):
+        idx = stratified_sample(ytr, cfg.train_eval_limit, seed=1)
+        ev = DeviceImages(xtr[idx], ytr[idx], dev, train.mean, train.std)
+    return train, test, ev, len(classes)
+
+
+# ---------------------------------------------------------------- models, cost
+
+
+def build(cfg: OverparamCifarConfig, depth: int, seed: int, in_channels: int, n_classes: int):
+    """The model of ``seed`` at ``depth`` (init fixed by the seed), on the device."""
+    from rankbias.models import build_model
+    from rankbias.overparam import overparameterize
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        base = build_model(cfg.model, in_channels, n_classes, width=cfg.model_width,
+                           blocks=cfg.resnet_blocks)
+    if depth > 1:
+        base = overparameterize(base, depth=depth, width=cfg.width, layers=cfg.expand_layers,
+                                mode=cfg.forward_mode, generator=torch.Generator().manual_seed(10_000 + seed))
+    return base.to(cfg.device)
+
+
+def forward_macs(model: torch.nn.Module, shape) -> int:
+    """Multiply-adds of one forward pass of one image of ``shape`` (C, H, W), counted
+    over the Conv2d and Linear layers (BN, ReLU and pooling are memory-bound extras)."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += out.numel() * m.in_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules()
+          if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape, device=next(model.parameters()).device))
+    finally:
+        for h in hs:
+            h.remove()
+    return total
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@torch.no_grad()
+def measure_collapsed(expanded, depth: int, test, train_eval, bs: int) -> dict:
+    """Collapse, check collapsed == expanded on one test batch (float32, no TF32), and
+    measure the collapsed model: test / train accuracy, embedding ranks."""
+    from rankbias.measures import KernelSpectrum
+    from rankbias.overparam import collapse
+
+    model = collapse(expanded) if depth > 1 else expanded
+    model.eval()
+    expanded.eval()
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        x = test.normalise(test.images[:bs])
+        a, b = expanded(x), model(x)
+        rel = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+        if rel > 1e-4:
+            raise AssertionError(f"collapsed model differs from the expanded one: max rel. diff {rel:.3g}")
+        spec = KernelSpectrum()
+
+        def record(_module, inputs):
+            spec.update(inputs[0].flatten(1))  # returns None: fc's input is left as it is
+
+        def accuracy(data) -> float:
+            correct = 0
+            for i in range(0, len(data), bs):
+                logits = model(data.normalise(data.images[i:i + bs]))
+                correct += int((logits.argmax(1) == data.labels[i:i + bs]).sum())
+            return correct / len(data)
+
+        hook = model.fc.register_forward_pre_hook(record)
+        try:
+            out = {"test_acc": accuracy(test)}
+        finally:
+            hook.remove()
+        out["train_acc"] = accuracy(train_eval)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    m = spec.measures(["effective_rank", "stable_rank"])
+    return {**out, "embed_erank": float(m["effective_rank"]), "embed_srank": float(m["stable_rank"]),
+            "embed_dim": spec.dim_, "collapse_max_rel_diff": rel,
+            "params_trained": sum(p.numel() for p in expanded.parameters()),
+            "params_collapsed": sum(p.numel() for p in model.parameters())}
+
+
+def _choose_batched(cfg, models, seeds, train, test, settings) -> bool:
+    """"auto": a few steps of both forms on throwaway copies, timed on the device."""
+    import copy
+
+    from rankbias.fit.fast_classify import train_group
+
+    if cfg.batch_seeds != "auto" or len(seeds) == 1:
+        return cfg.batch_seeds != "no"
+    n = min(len(train), 4 * settings.batch_size)
+    probe = type(train).__new__(type(train))
+    probe.__dict__.update(train.__dict__, images=train.images[:n], labels=train.labels[:n])
+    s1 = dataclasses.replace(settings, epochs=2, warmup_epochs=0.0)
+    times = {}
+    for batched in (True, False):
+        try:
+            res = train_group([copy.deepcopy(m) for m in models], seeds, probe, probe, s1,
+                              batch_seeds=batched, progress=False)
+        except Exception as e:  # vmap lacks a batching rule somewhere: train one after another
+            if not batched:
+                raise
+            print(f"overparam-cifar: batched seeds failed ({type(e).__name__}: {e}); "
+                  "training them one after another", file=sys.stderr)
+            return False
+        times[batched] = res.epoch_times[-1]  # the second epoch: after cudnn's autotuning
+    print(f"overparam-cifar: batched seeds {times[True]:.3f} s (float32) vs one after another "
+          f"{times[False]:.3f} s (bf16: {settings.bf16}) per probe epoch", file=sys.stderr)
+    return times[True] <= times[False]
+
+
+# -------------------------------------------------------------------- the run
+
+
+@register(
+    "overparam-cifar",
+    description="Paper 2's over-parameterisation at CIFAR-10 scale on a GPU: ResNet-20, depths 1/2/4, batched seeds",
+    config_cls=OverparamCifarConfig,
+    presets={
+        "quick": {"dataset": "digits", "train_limit": 600, "test_limit": 300, "model_width": 8,
+                  "resnet_blocks": 1, "epochs": 15, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1.0,
+                  "batch_seeds": "yes", "num_threads": 1},
+        "smoke": {"dataset": "digits", "train_limit": 300, "test_limit": 200, "model_width": 4,
+                  "resnet_blocks": 1, "epochs": 1, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1.0,
+                  "batch_seeds": "yes", "train_eval_limit": 200, "num_threads": 1},
+        "gpu": {"dataset": "cifar10", "model": "resnet", "resnet_blocks": 3, "model_width": 16,
+                "depths": [1, 2, 4], "seeds": [0, 1, 2], "epochs": 30, "fit_epochs_to_budget": True,
+                "budget_minutes": 6.0, "batch_size": 512, "lr": 0.2, "warmup_epochs": 2.0,
+                "device": "cuda"},
+        "paper": {"dataset": "cifar10", "depths": [1, 2, 3, 4], "seeds": [0, 1, 2, 3, 4],
+                  "epochs": 200, "batch_size": 128, "lr": 0.1, "warmup_epochs": 1.0, "device": "cuda"},
+    },
+    claim=CLAIM,
+)
+def run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
+    threads = torch.get_num_threads()
+    bench = torch.backends.cudnn.benchmark
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    try:
+        return _run(cfg, run)
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = bench
+
+
+def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
+    from rankbias.experiments.overparam_classification import AUTO_CROP, AUTO_FLIP
+    from rankbias.fit.fast_classify import FastTrainSettings, train_group
+
+    t_start = time.perf_counter()
+    deadline = None if cfg.budget_minutes is None else t_start + 60 * cfg.budget_minutes
+    train, test, train_eval, n_classes = load_data(cfg)
+    in_ch, shape = train.images.shape[1], tuple(train.images.shape[1:])
+    settings = FastTrainSettings(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
+        warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
+        crop_padding=AUTO_CROP[cfg.dataset] if cfg.crop_padding is None else cfg.crop_padding,
+        hflip=AUTO_FLIP[cfg.dataset] if cfg.hflip is None else cfg.hflip,
+        bf16=(torch.device(cfg.device).type == "cuda") if cfg.bf16 is None else cfg.bf16,
+        channels_last=cfg.channels_last, eval_batch_size=cfg.eval_batch_size,
+    )
+    macs = forward_macs(build(cfg, 1, cfg.seeds[0], in_ch, n_classes), shape)
+    flops_epoch = 6 * macs * len(train) * len(cfg.seeds) * len(cfg.depths)  # fwd 2, bwd 4 FLOPs/MAC
+    print(f"overparam-cifar: {macs / 1e6:.3g} M multiply-adds per image forward; one epoch of all "
+          f"{len(cfg.seeds) * len(cfg.depths)} models = {flops_epoch / 1e12:.3g} TFLOP", file=sys.stderr)
+
+    records: dict[int, dict] = {}
+    metrics: list[dict] = []
+    chosen = {"epochs": cfg.epochs, "batched": None}
+    group_times: list[float] = []
+    todo = []
+    # a finished depth is reused only by a run of the same training settings
+    key = config_hash({k: v for k, v in cfg.to_dict().items() if k not in _NOT_TRAINING})
+    for depth in cfg.depths:
+        part = run.part(f"depth{depth}")
+        if part is not None and part.get("status") == "ok" and part.get("key") == key and (
+                part["epochs_planned"] == cfg.epochs
+                or (cfg.fit_epochs_to_budget and part["epochs_planned"] <= cfg.epochs)):
+            records[depth] = part
+            metrics += part.get("history", [])
+            chosen["epochs"] = part.get("epochs_planned", chosen["epochs"])
+        else:
+            todo.append(depth)
+
+    def write_metrics(extra=()):
+        run.write_csv("metrics.csv", [*metrics, *extra])
+
+    for gi, depth in enumerate(todo):
+        remaining = None if deadline is None else deadline - time.perf_counter()
+        if remaining is not None and group_times and remaining < 0.9 * group_times[-1]:
+            records[depth] = {"depth": depth, "status": "not run",
+                              "reason": f"budget: {remaining:.0f} s left, a depth took {group_times[-1]:.0f} s"}
+            continue
+        t0 = time.perf_counter()
+        live: list[dict] = []
+
+        def on_epoch(info, depth=depth, live=live, gi=gi):
+            live.extend({"depth": depth, **r} for r in info["rows"])
+            write_metrics(live)  # each finished epoch is on disk at once
+            if info["epoch"] != 1 or gi != 0:
+                return None
+            per = info["epoch_time_s"]
+            n_groups = len(todo)
+            print(f"overparam-cifar: first epoch {per:.1f} s; projected total "
+                  f"{per * chosen['epochs'] * n_groups:.0f} s for {n_groups} depth(s) x "
+                  f"{chosen['epochs']} epochs", file=sys.stderr)
+            if cfg.fit_epochs_to_budget and deadline is not None and not records:
+                left = deadline - time.perf_counter()
+                fit = int((left / (1.15 * per) + 1) // n_groups)  # 15% margin; this epoch counts
+                chosen["epochs"] = max(1, min(chosen["epochs"], fit))
+                print(f"overparam-cifar: epochs set to {chosen['epochs']} to fit the budget",
+                      file=sys.stderr)
+                return chosen["epochs"]
+            return None
+
+        try:
+            seeds = list(cfg.seeds)
+            models = [build(cfg, depth, s, in_ch, n_classes) for s in seeds]
+            if chosen["batched"] is None:
+                chosen["batched"] = _choose_batched(cfg, models, seeds, train, test, settings)
+                t0 = time.perf_counter()  # a depth's time, for the budget, is without the probe
+            res = train_group(models, seeds, train, test,
+                              dataclasses.replace(settings, epochs=chosen["epochs"]),
+                              batch_seeds=chosen["batched"], deadline=deadline,
+                              on_epoch=on_epoch, desc=f"depth {depth}")
+            if res.stopped:
+                rec = {"status": "stopped", "reason": f"budget: stopped after epoch {res.epochs_done} "
+                       f"of {res.epochs_planned}", "epochs_done": res.epochs_done}
+            else:
+                per_seed = [{"seed": s, **measure_collapsed(m, depth, test, train_eval, cfg.eval_batch_size)}
+                            for s, m in zip(seeds, res.models)]
+                rec = {"status": "ok", "per_seed": per_seed, "epochs_done": res.epochs_done}
+            rec.update(epochs_planned=res.epochs_planned, epoch_times_s=res.epoch_times,
+                       batched=chosen["batched"])
+        except Exception as e:  # one failed depth must not lose the others
+            rec = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                   "traceback": traceback.format_exc(limit=6)}
+        rec = {"depth": depth, "key": key, **rec, "train_time_s": time.perf_counter() - t0,
+               "history": [r for r in live]}
+        group_times.append(rec["train_time_s"])
+        if rec["status"] == "ok":  # a failed or stopped depth is retried by a rerun
+            run.save_part(f"depth{depth}", rec)
+        records[depth] = rec
+        metrics += rec["history"]
+        write_metrics()
+    return _summarise(cfg, run, records, chosen, macs, time.perf_counter() - t_start)
+
+
+def _summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: float) -> dict:
+    from rankbias.report import markdown_table, write_run_report
+    from rankbias.verdicts import mean_std, paired_gain_verdict
+
+    runs, per_depth = [], []
+    for d in cfg.depths:
+        r = records[d]
+        for ps in r.get("per_seed", []):
+            runs.append({"depth": d, **ps})
+        row = {"depth": d, "status": r["status"], "epochs": r.get("epochs_done"),
+               "n_ok": len(r.get("per_seed", [])), "note": r.get("reason") or r.get("error", "")}
+        for key in ("test_acc", "train_acc", "embed_erank"):
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([p[key] for p in r.get("per_seed", [])])
+        per_depth.append(row)
+    base = {p["seed"]: p for p in records[1].get("per_seed", [])}
+    diffs = {f"depth={d}": [100 * (p["test_acc"] - base[p["seed"]]["test_acc"])
+                            for p in records[d].get("per_seed", []) if p["seed"] in base]
+             for d in cfg.depths if d != 1}
+    for row in per_depth:
+        row["test_acc_diff_pp_mean"], row["test_acc_diff_pp_std"] = (
+            mean_std(diffs[f"depth={row['depth']}"]) if row["depth"] != 1 else (0.0, 0.0))
+    if diffs:
+        verdict = paired_gain_verdict(diffs, unit=" pp")
+    else:
+        from rankbias.verdicts import verdict as make
+
+        verdict = make("not testable", "paired test over seeds", "only the baseline depth was asked for")
+    meas = [f"depth {r['depth']}: test {100 * r['test_acc_mean']:.2f}% "
+            f"({r['test_acc_diff_pp_mean']:+.2f} pp), embedding erank {r['embed_erank_mean']:.2f}"
+            for r in per_depth if r["n_ok"]]
+    verdict["paper"] = PAPER
+    verdict["measured"] = "; ".join(meas) if meas else "no depth finished"
+    verdict["max_collapse_rel_diff"] = max((p["collapse_max_rel_diff"] for p in runs), default=None)
+    figures = []
+    if runs:
+        _plot(cfg, per_depth, records, run.figure_path("accuracy_rank_vs_depth"))
+        figures = ["accuracy_rank_vs_depth"]
+    cols = ["depth", "status", "epochs", "n_ok", "test_acc_mean", "test_acc_std", "test_acc_diff_pp_mean",
+            "test_acc_diff_pp_std", "train_acc_mean", "embed_erank_mean", "embed_erank_std", "note"]
+    run.write_csv("runs.csv", runs)
+    info = {"epochs": chosen["epochs"], "batched_seeds": chosen["batched"],
+            "forward_macs_per_image": macs, "wall_time_s": round(wall, 1)}
+    write_run_report(
+        run, title=f"overparam-cifar: {cfg.model} on {cfg.dataset}, collapsed after training",
+        claim=CLAIM, verdict={k: v for k, v in verdict.items() if k != "intervals"},
+        sections=[("Per depth (collapsed model; diff = paired over seeds vs depth 1, pp)",
+                   markdown_table(per_depth, cols)), ("Run", markdown_table([info]))],
+        figures=figures, config=cfg.to_dict())
+    return {"per_depth": per_depth, "verdict": verdict, "runs": runs, "run": info}
+
+
+def _plot(cfg, per_depth, records, path) -> None:
+    import rankbias.plots as plots
+
+    fig, (ax1, ax2, ax3) = plots.figure(ncols=3, width=4.0, height=3.2)
+    rows = [r for r in per_depth if r["n_ok"]]
+    x = [r["depth"] for r in rows]
+    plots.line_with_band(ax1, x, [100 * r["test_acc_mean"] for r in rows],
+                         [100 * r["test_acc_std"] for r in rows], label="test")
+    plots.line_with_band(ax1, x, [100 * r["train_acc_mean"] for r in rows],
+                         [100 * r["train_acc_std"] for r in rows], label="train", ls="--", marker="s")
+    plots.line_with_band(ax2, x, [r["embed_erank_mean"] for r in rows], [r["embed_erank_std"] for r in rows])
+    for k, d in enumerate(cfg.depths):
+        hist = records[d].get("history") or []
+        epochs = sorted({h["epoch"] for h in hist})
+        if epochs:
+            acc = [100 * np.mean([h["test_acc"] for h in hist if h["epoch"] == e]) for e in epochs]
+            ax3.plot(epochs, acc, color=f"C{k}", label=f"depth {d}")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("expansion depth (1 = baseline)")
+        ax.set_xticks(list(cfg.depths))
+    ax1.set_ylabel("accuracy of collapsed model (%)")
+    ax1.legend()
+    ax1.set_title(f"{cfg.dataset}, {len(cfg.seeds)} seeds")
+    ax2.set_ylabel("kernel effective rank")
+    ax2.set_title("penultimate embeddings, test set")
+    ax3.set_xlabel("epoch")
+    ax3.set_ylabel("test accuracy (%), mean over seeds")
+    ax3.legend()
+    plots.save(fig, path)

@@ -1,0 +1,295 @@
+"""The GPU path on the CPU: fast trainer, overparam-cifar, packed data, reproduce --preset gpu-smoke."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rankbias.data import packed
+from rankbias.errors import LoadError, UnsupportedError
+from rankbias.fit.fast_classify import DeviceImages, FastTrainSettings, augment_uint8, train_group
+from rankbias.framework.config import ConfigError
+from rankbias.models import build_model
+from rankbias.overparam import overparameterize
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _write_idx(raw: Path, stem: str, x: np.ndarray, y: np.ndarray) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / f"{stem}-images-idx3-ubyte").write_bytes(
+        np.array([2051, len(x), 28, 28], ">i4").tobytes() + x.tobytes())
+    (raw / f"{stem}-labels-idx1-ubyte").write_bytes(np.array([2049, len(y)], ">i4").tobytes() + y.tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    """A data root in the shipped layouts: cifar10-jpeg/{train,test}/<class>/NNNN.jpg (3 classes)
+    and MNIST/raw idx files (10 classes, random pixels on a zero background)."""
+    from torchvision.io import encode_jpeg
+
+    root = tmp_path_factory.mktemp("root")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 16), ("test", 10)):
+        for cname in ("bird", "cat", "dog"):
+            d = root / "cifar10-jpeg" / split / cname
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8)
+                (d / f"{i:04d}.jpg").write_bytes(encode_jpeg(img, quality=90).numpy().tobytes())
+    rng = np.random.default_rng(0)
+    for stem in ("train", "t10k"):
+        x = np.zeros((400, 28, 28), np.uint8)
+        x[:, 8:20, 8:20] = rng.integers(1, 256, (400, 12, 12))
+        _write_idx(root / "MNIST" / "raw", stem, x, (np.arange(400) % 10).astype(np.uint8))
+    return root
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    # load_image_dataset caches decoded CIFAR-10 by split only: keep each test's own
+    monkeypatch.setenv("RANKBIAS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ------------------------------------------------------------------ packed data
+
+
+def test_packed_round_trips_exactly(fake_root, tmp_path, cache):
+    from rankbias.cli import main
+    from rankbias.data.images import load_image_dataset
+
+    out = tmp_path / "packed"
+    assert main(["prepare-data", "--out", str(out), "--data-root", str(fake_root)]) == 0
+    m = json.loads((out / packed.MANIFEST).read_text())
+    assert m["total_bytes"] < packed.TOTAL_LIMIT
+    assert all(p["bytes"] < packed.PART_LIMIT for e in m["datasets"].values()
+               for s in ("train", "test") for p in e[s]["parts"])
+    for train in (True, False):
+        src = load_image_dataset("cifar10", train=train, root=fake_root)
+        got = packed.load_packed(out, "cifar10", train)
+        assert torch.equal(got.images, src.images) and torch.equal(got.labels, src.labels)
+        assert got.classes == src.classes
+        mn = load_image_dataset("mnist", train=train, root=fake_root)
+        keep = mn.labels <= 1  # the default: MNIST classes 0 and 1
+        got = packed.load_packed(out, "mnist", train)
+        assert torch.equal(got.images, mn.images[keep]) and torch.equal(got.labels, mn.labels[keep])
+    # written back out in the data-root layout, the ordinary loaders read the same pixels
+    mat = packed.materialize(out, tmp_path / "mat")
+    for name in ("cifar10", "mnist"):
+        a = load_image_dataset(name, train=False, root=mat)
+        b = packed.load_packed(out, name, False)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_packed_from_the_tar_equals_from_the_folder(fake_root, tmp_path):
+    root = tmp_path / "tar-root"
+    root.mkdir()
+    with tarfile.open(root / "cifar10-jpeg.tar", "w") as tf:
+        tf.add(fake_root / "cifar10-jpeg", arcname="cifar10-jpeg")
+    a = packed.pack(tmp_path / "a", fake_root, datasets=["cifar10"])
+    b = packed.pack(tmp_path / "b", root, datasets=["cifar10"])
+    assert [p["sha256"] for p in a["datasets"]["cifar10"]["train"]["parts"]] == \
+           [p["sha256"] for p in b["datasets"]["cifar10"]["train"]["parts"]]
+
+
+def test_packed_refuses_and_detects(fake_root, tmp_path, monkeypatch):
+    out = tmp_path / "p"
+    packed.pack(out, fake_root, datasets=["cifar10"], part_mib=0.05)  # several small parts
+    parts = sorted(out.glob("cifar10-train-*.npz"))
+    assert len(parts) > 1
+    x, y, _ = packed.load_packed_uint8(out, "cifar10")
+    assert x.shape == (48, 3, 32, 32) and y.tolist() == sorted(y.tolist())
+    with pytest.raises(LoadError, match="not packed there"):
+        packed.load_packed(out, "mnist")
+    good = parts[0].read_bytes()
+    data = bytearray(good)
+    data[-100] ^= 0xFF
+    parts[0].write_bytes(bytes(data))
+    with pytest.raises(LoadError, match="sha256"):
+        packed.load_packed(out, "cifar10")
+    parts[0].write_bytes(good)
+    parts[1].unlink()
+    with pytest.raises(LoadError, match="missing part"):
+        packed.load_packed(out, "cifar10")
+    with pytest.raises(LoadError, match="rankbias-packed.json"):
+        packed.load_packed(tmp_path, "cifar10")
+    pickles = tmp_path / "pickles"
+    (pickles / "cifar-10-batches-py").mkdir(parents=True)
+    with pytest.raises(UnsupportedError, match="JPEG copy"):
+        packed.pack(tmp_path / "q", pickles, datasets=["cifar10"])
+    monkeypatch.setattr(packed, "TOTAL_LIMIT", 1000)
+    with pytest.raises(UnsupportedError, match="over the"):
+        packed.pack(tmp_path / "r", fake_root, datasets=["cifar10"])
+
+
+# ------------------------------------------------------------------ the trainer
+
+
+def test_augment_is_a_padded_window_or_its_mirror():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 256, (20, 2, 5, 6), generator=g, dtype=torch.uint8)
+    out = augment_uint8(x, 2, True, torch.Generator().manual_seed(3))
+    again = augment_uint8(x, 2, True, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+    xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    kinds = set()
+    for i in range(20):
+        hits = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
+                if torch.equal(out[i], (lambda w, f=f: w.flip(-1) if f else w)(xp[i, :, dy:dy + 5, dx:dx + 6]))]
+        assert hits, f"image {i} is not a window of its padded image"
+        kinds.update(h[2] for h in hits)
+    assert kinds == {False, True}
+    assert torch.equal(augment_uint8(x, 0, False, g), x)
+
+
+def _tiny(depth, seeds, dtype=torch.float64):
+    out = []
+    for s in seeds:
+        torch.manual_seed(s)
+        m = build_model("resnet", 3, 4, width=4, blocks=1)
+        if depth > 1:
+            m = overparameterize(m, depth=depth, generator=torch.Generator().manual_seed(s))
+        out.append(m.to(dtype))
+    return out
+
+
+def _data(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8)
+    return DeviceImages(x, torch.arange(n) % 4, "cpu")
+
+
+def test_batched_seeds_equal_one_after_another():
+    train, test = _data(), _data(24, 1)
+    s = FastTrainSettings(epochs=2, batch_size=16, lr=0.1, weight_decay=5e-4, warmup_epochs=1.0,
+                          crop_padding=2, hflip=True, label_smoothing=0.1, nesterov=True)
+    seeds = [3, 7, 11]
+    a = train_group(_tiny(2, seeds), seeds, train, test, s, batch_seeds=True, progress=False)
+    b = train_group(_tiny(2, seeds), seeds, train, test, s, batch_seeds=False, progress=False)
+    assert a.epochs_done == b.epochs_done == 2 and not a.stopped
+    for ma, mb in zip(a.models, b.models):
+        sa, sb = ma.state_dict(), mb.state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.allclose(sa[k].double(), sb[k].double(), rtol=1e-9, atol=1e-11), k
+    start = _tiny(2, seeds)[0].state_dict()
+    assert not torch.allclose(a.models[0].state_dict()["fc.factors.0.weight"], start["fc.factors.0.weight"])
+    for ra, rb in zip(a.history, b.history):
+        assert ra["seed"] == rb["seed"] and ra["test_acc"] == rb["test_acc"]
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-9)
+    # different seeds see different batches, so they end up different
+    assert not torch.allclose(a.models[0].state_dict()["fc.factors.0.weight"],
+                              a.models[1].state_dict()["fc.factors.0.weight"])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_bf16_autocasts_the_sequential_form_only(batched):
+    s = FastTrainSettings(epochs=1, batch_size=16, lr=0.05, bf16=True, channels_last=True)
+    runs = [train_group(_tiny(2, [0, 1], torch.float32), [0, 1], _data(32), _data(8, 1), st,
+                        batch_seeds=batched, progress=False)
+            for st in (s, dataclasses.replace(s, bf16=False))]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["test_acc"] <= 1 for r in runs[0].history)
+    assert all(p.dtype == torch.float32 for m in runs[0].models for p in m.parameters())
+    same = [a["train_loss"] == b["train_loss"] for a, b in zip(runs[0].history, runs[1].history)]
+    # vmap keeps float32 (autocast does not reach its convs); one after another runs bf16
+    assert all(same) if batched else not any(same)
+
+
+def test_deadline_stops_after_a_finished_epoch():
+    import time
+
+    s = FastTrainSettings(epochs=3, batch_size=16, lr=0.1)
+    res = train_group(_tiny(1, [0, 1], torch.float32), [0, 1], _data(), _data(8, 1), s,
+                      deadline=time.perf_counter(), progress=False)
+    assert res.stopped and res.epochs_done == 1 and res.epochs_planned == 3
+    assert [(r["seed"], r["epoch"]) for r in res.history] == [(0, 1), (1, 1)]
+
+
+# --------------------------------------------------------------- the experiment
+
+
+def test_config_is_validated():
+    from rankbias.experiments.registry import build_config
+
+    with pytest.raises(ConfigError, match="fit_epochs_to_budget"):
+        build_config("overparam-cifar", {"fit_epochs_to_budget": True}, "smoke")
+    with pytest.raises(ConfigError, match="depths"):
+        build_config("overparam-cifar", {"depths": [2, 4]}, "smoke")
+    cfg = build_config("overparam-cifar", {}, "gpu")
+    assert list(cfg.depths) == [1, 2, 4] and len(cfg.seeds) >= 3 and cfg.resnet_blocks == 3
+
+
+def test_budget_stop_keeps_finished_depths(tmp_path):
+    from rankbias.experiments.overparam_cifar import run
+    from rankbias.experiments.registry import build_config, run_experiment
+    from rankbias.framework.runs import RunDir
+
+    base = {"depths": [1, 2], "seeds": [0, 1], "epochs": 2, "train_limit": 128, "test_limit": 64,
+            "batch_seeds": "auto"}
+    first = run_experiment("overparam-cifar", base, out_dir=tmp_path / "r", preset="smoke")
+    assert first["run"]["batched_seeds"] in (True, False)
+    assert [r["status"] for r in first["per_depth"]] == ["ok", "ok"]
+    assert first["verdict"]["status"] in ("holds", "does not hold")
+    assert "measured" in first["verdict"] and "paper" in first["verdict"]
+    assert first["verdict"]["max_collapse_rel_diff"] <= 1e-4
+    # the same run directory, one more depth and a budget that is already spent:
+    # the finished depths come back unchanged, the new one stops after one epoch
+    cfg = build_config("overparam-cifar", {**base, "depths": [1, 2, 4], "budget_minutes": 1e-6}, "smoke")
+    again = run(cfg, RunDir(tmp_path / "r"))
+    rows = {r["depth"]: r for r in again["per_depth"]}
+    assert rows[4]["status"] == "stopped" and rows[4]["epochs"] == 1
+    for d in (1, 2):
+        assert rows[d]["status"] == "ok"
+        assert rows[d]["test_acc_mean"] == first["per_depth"][d - 1]["test_acc_mean"]
+    lines = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert sum(line.startswith("4,") for line in lines) == 2  # depth 4: epoch 1 of both seeds
+    assert "stopped after epoch 1 of 2" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_gpu_path_imports_only_the_core_dependencies(fake_root, tmp_path):
+    """overparam-cifar on packed CIFAR-10: nothing outside torch, torchvision, numpy, pandas,
+    matplotlib, tqdm (and their own dependencies) is imported: no scipy, sklearn, ray, ..."""
+    out = tmp_path / "packed"
+    packed.pack(out, fake_root, datasets=["cifar10"])
+    code = (
+        "import sys; from rankbias.cli import main; "
+        f"rc = main(['run', 'overparam-cifar', '--preset', 'smoke', '--set', 'dataset=cifar10', "
+        f"'--set', 'packed_dir={out}', '--set', 'depths=1,2', '--set', 'seeds=0,1', "
+        f"'--out', '{tmp_path / 'run'}']); "
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'scipy', 'sklearn', 'ray', 'tensorboard', 'safetensors', 'weightwatcher', 'hypothesis', 'pytest'}); "
+        "print('BAD', bad); sys.exit(rc or len(bad))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+                              "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "BAD []" in res.stdout
+
+
+def test_reproduce_gpu_smoke_end_to_end(fake_root, tmp_path, cache):
+    from rankbias.sweep import reproduce
+
+    data = tmp_path / "packed"
+    packed.pack(data, fake_root)
+    from rankbias.gpu_reproduce import reproduce_gpu
+
+    rec = reproduce_gpu("gpu-smoke", tmp_path / "out", data=data, budget_minutes=5)
+    status = {e["name"]: e["status"] for e in rec["entries"]}
+    assert status == {"paper1-synthetic": "done", "paper1-mnist": "done", "paper1-cifar10": "done",
+                      "paper2-overparam-cifar": "done"}, rec["entries"]
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "report" / "index.html").exists()
+    p2 = next(e for e in rec["entries"] if e["name"] == "paper2-overparam-cifar")
+    assert p2["config"]["dataset"] == "cifar10" and p2["config"]["packed_dir"] == str(data)
+    # a spent budget: the plan still writes its report, every step "not run"
+    res = reproduce("gpu-smoke", tmp_path / "out2", budget_minutes=1e-3)
+    assert {e["status"] for e in res.entries} == {"not run"} and res.report_md.exists()
+    with pytest.raises(ConfigError):
+        reproduce("quick", tmp_path / "x", budget_minutes=3)
