@@ -82,7 +82,8 @@ class Spectrum:
     ``s``: singular values (..., k), descending (None when only centred measures
     are asked for); ``shape``: (m, n) of the matrix; ``eps``, ``atol``, ``rtol``,
     ``scale``, ``gram_resolution``: what the numerical-rank threshold needs
-    (``scale``: s are those of A / scale, which matters only for atol);
+    (``scale``, batch shape or None = 1: s are those of A / scale, an exact power
+    of two per matrix, so a measure that is not scale-invariant multiplies it back);
     ``extra_zeros``: zero singular values not listed in s (only RankMe sees them);
     ``centered_power_sums``: (sum lambda, sum lambda^2) of the centred rows'
     covariance eigenvalues up to a common factor (batch shape), or None;

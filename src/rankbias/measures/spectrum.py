@@ -202,6 +202,8 @@ def _spectrum(
         Xu = X if whole else X[unsafe]
     else:
         Xu = rescale(unsafe)
+        if whole:
+            Xu = Xu.reshape(*s.shape[:-1], *Xu.shape[-2:])
     what = ("SVD fallback (a singular value too small for the Gram route)" if whole
             else f"SVD fallback for {int(unsafe.sum())} of the matrices")
     _warn_if_slow(Xu, "svd", what)
@@ -231,14 +233,15 @@ def singular_values(A, *, method: Method = "auto", dtype: torch.dtype | None = N
 
 def _centered_grams(
     X: torch.Tensor, need_uncentred: bool, *, in_place: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gram matrices of the smaller side of the row-centred X and (optionally, else None) of X.
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    """(tr C, ||C||_F^2) of the Gram matrix C of the smaller side of the row-centred X,
+    and (optionally, else None) the Gram matrix of X itself.
 
     The uncentred Gram is assembled from the centred one plus rank-one terms in
     the mean, which costs no second product and loses nothing (every term is a
     part of the result), whereas centring an uncentred Gram cancels digits when
-    the rows share a large mean. ``in_place``: centre X itself (no copy of it;
-    X is then the centred matrix).
+    the rows share a large mean. ``in_place`` (no autograd): X is centred and C
+    turned into the uncentred Gram in place, so no copy of either is made.
     """
     m, n = X.shape[-2:]
     # shift by the first row before taking the mean (exact for equal rows, and no
@@ -249,18 +252,19 @@ def _centered_grams(
     Xc.sub_(mu_y)  # our own tensor: centre in place
     mu = x0 + mu_y  # (..., 1, n)
     Gc = _gram(Xc)
+    sums = (Gc.diagonal(dim1=-2, dim2=-1).sum(-1), Gc.square().sum((-2, -1)))
     if not need_uncentred:
-        return Gc, None
+        return sums, None
+    G = Gc if in_place else Gc.clone()
     if m <= n:
         # A A^T = Xc Xc^T + v 1^T + 1 v^T + |mu|^2 1 1^T, v = Xc mu^T  (..., m, 1)
         v = Xc @ mu.mT
-        G = Gc + v
-        G += v.mT  # in place: one m x m temporary, not three
+        G += v
+        G += v.mT
         G += mu.square().sum(-1, keepdim=True)
-    else:
-        G = torch.baddbmm(Gc.reshape(-1, n, n), mu.mT.reshape(-1, n, 1), mu.reshape(-1, 1, n),
-                          alpha=m).reshape(Gc.shape)  # A^T A = Xc^T Xc + m mu^T mu
-    return Gc, G
+    else:  # A^T A = Xc^T Xc + m mu^T mu
+        G.view(-1, n, n).baddbmm_(mu.mT.reshape(-1, n, 1), mu.reshape(-1, 1, n), alpha=m)
+    return sums, G
 
 
 def rank_measures(
@@ -301,9 +305,7 @@ def rank_measures(
         if use_gram:
             _warn_if_slow(X, "gram", "centred Gram matrix and eigvalsh")
         in_place = use_gram and not grad  # X is our copy: centre it, rebuild it if an SVD needs it
-        Gc, G = _centered_grams(X, use_gram, in_place=in_place)
-        sums = (Gc.diagonal(dim1=-2, dim2=-1).sum(-1), Gc.square().sum((-2, -1)))
-        del Gc
+        sums, G = _centered_grams(X, use_gram, in_place=in_place)
         if in_place:
             X = None
     out = {}
