@@ -221,14 +221,14 @@ class KernelSpectrum:
         self._require()
         return _eig_desc(self._small_gram())[: min(self.n_samples_, self.dim_)]
 
-    def _power_sums(self, kernel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tr C, tr C^2) of the centred rows' scatter C of K (``kernel``) or of Z."""
+    def _power_sums(self, kernel: bool, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tr C, tr C^2) of the centred rows' scatter C of K (``kernel``) or of Z;
+        ``G``: the :meth:`scatter` matrix, when folded."""
         if self._folded:
             S = self._scatter
             if not kernel:
                 return S.diagonal().sum(), S.square().sum()
             # K's centred rows have scatter Zt S_c Zt^T, whose eigenvalues are those of S_c G
-            G = self.scatter()
             P = S @ G
             return (S * G).sum(), (P * P.mT).sum()
         # the same non-zero eigenvalues from the N x N side: Zc Zc^T, or M^T M, M = Zc Zt^T
@@ -244,19 +244,21 @@ class KernelSpectrum:
         names = _check_measure_names(measures)
         _check_tol(atol, "atol")
         _check_tol(rtol, "rtol")
-        lam = self.eigenvalues()
+        self._require()
+        G = self._small_gram()
         N = self.n_samples_
-        spectral, centred = split_centered(names)
+        lam = _eig_desc(G)[: min(N, self.dim_)]
+        _, centred = split_centered(names)
         if kernel:
             sp = Spectrum(lam, shape=(N, N), eps=_EPS64, atol=atol, rtol=rtol,
                           rankme_eps=rankme_eps, extra_zeros=N - lam.shape[-1],
-                          centered_power_sums=self._power_sums(True) if centred else None)
+                          centered_power_sums=self._power_sums(True, G) if centred else None)
         else:
             # eigenvalues at the eigensolver's resolution are rounding noise: exact zeros
             lam = torch.where(lam <= self.dim_ * _EPS64 * lam[:1], torch.zeros_like(lam), lam)
             sp = Spectrum(_safe_sqrt(lam), shape=(N, self.dim_), eps=_EPS64, atol=atol,
                           rtol=rtol, rankme_eps=rankme_eps, gram_resolution=True,
-                          centered_power_sums=self._power_sums(False) if centred else None)
+                          centered_power_sums=self._power_sums(False, G) if centred else None)
         return evaluate(names, sp)
 
     def measures(self, measures: Sequence[str] | None = None, *, atol: Tol = None,
