@@ -103,7 +103,8 @@ def test_slow_computations_are_announced_with_shape_and_estimate(monkeypatch):
     # as if this CPU were 10^7 times slower: the estimate crosses the ~10 s threshold
     for name in ("_GEMM_FLOPS", "_EIG_FLOPS", "_SVD_FLOPS"):
         monkeypatch.setattr(spectrum, name, getattr(spectrum, name) * 1e-7)
-    with pytest.warns(SlowComputationWarning, match=r"60 x 90 torch.float64 input: .*estimated ~\d+ s"):
+    slow = r"60 x 90 input \(computed in torch.float64\): .*estimated ~\d+ s"
+    with pytest.warns(SlowComputationWarning, match=slow):
         rank_measures(A, ["stable_rank"])
     B = randn(40, 3, seed=21) @ randn(3, 50, seed=22)  # rank-deficient: the SVD fallback
     with warnings.catch_warnings(record=True) as rec:
@@ -116,8 +117,8 @@ def test_slow_computations_are_announced_with_shape_and_estimate(monkeypatch):
         warnings.simplefilter("always")
         rank_measures(torch.stack([B, randn(40, 50, seed=1), B, randn(40, 50, seed=2)]))
     msgs = [str(w.message) for w in rec if w.category is SlowComputationWarning]
-    assert "a 4 x 40 x 50 torch.float64 input: centred Gram" in msgs[0]
-    assert "a 2 x 40 x 50 torch.float64 input: SVD fallback for 2 of the matrices" in msgs[1]
+    assert "a 4 x 40 x 50 input (computed in torch.float64): centred Gram" in msgs[0]
+    assert "a 2 x 40 x 50 input (computed in torch.float64): SVD fallback for 2 of" in msgs[1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -85,8 +85,9 @@ def _warn_if_slow(X: torch.Tensor, route: str, what: str) -> None:
     if t >= _WARN_SECONDS:
         shape = f"{batch} x {m} x {n}" if X.ndim > 2 else f"{m} x {n}"
         warnings.warn(
-            f"rank measures of a {shape} {X.dtype} input: {what}, estimated ~{t:.0f} s "
-            f"on {torch.get_num_threads()} CPU thread(s)", SlowComputationWarning, stacklevel=3)
+            f"rank measures of a {shape} input (computed in {X.dtype}): {what}, estimated "
+            f"~{t:.0f} s on {torch.get_num_threads()} CPU thread(s)", SlowComputationWarning,
+            stacklevel=3)
 
 
 def _pow2_scale_and_max(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
