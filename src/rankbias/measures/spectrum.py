@@ -309,6 +309,10 @@ def rank_measures(
         sums, G = _centered_grams(X, use_gram, in_place=in_place)
         if in_place:
             X = None
+    elif spectral and method != "svd" and not grad:
+        _warn_if_slow(X, "gram", "Gram matrix and eigvalsh")
+        G = _gram(X)
+        X = None  # not kept during eigvalsh: rebuilt from A if an SVD needs it
     out = {}
     if spectral:
         s, from_gram = _spectrum(
