@@ -134,3 +134,27 @@ def test_input_is_left_alone_and_measures_do_not_depend_on_what_else_is_asked(dt
             torch.testing.assert_close(full[k], v, rtol=1e-13, atol=0)
         pr = rank_measures(X, ["participation_ratio"])["participation_ratio"]
         torch.testing.assert_close(full["participation_ratio"], pr, rtol=1e-13, atol=0)
+
+
+def test_large_inputs_get_their_gram_from_blocks_without_a_whole_copy(monkeypatch):
+    names = [k for k in MEASURES if not SPECS[k].centered]
+    cases = [randn(7, 50, seed=108).float(), randn(60, 9, seed=109), randn(3, 8, 30, seed=110),
+             (randn(40, 3, seed=21) @ randn(3, 50, seed=22)).float(),  # rank 3: SVD fallback
+             torch.stack([randn(40, 3, seed=21) @ randn(3, 50, seed=22), randn(40, 50, seed=111)])]
+    whole = [rank_measures(A, names) for A in cases]
+    monkeypatch.setattr(spectrum, "_BLOCK_ELEMENTS", 64)  # every case is "large" now
+    monkeypatch.setattr(spectrum, "_BLOCK_SIZE", 100)  # several blocks each
+    copies = []
+    real = spectrum._scaled
+    monkeypatch.setattr(spectrum, "_scaled", lambda A, *a, **k: (copies.append(tuple(A.shape)),
+                                                               real(A, *a, **k))[1])
+    # a converted copy only of the matrices that need the SVD: none, ..., the rank-3 one
+    expected = [[], [], [], [(1, 40, 50)], [(1, 40, 50)]]
+    for A, ref, exp in zip(cases, whole, expected):
+        copies.clear()
+        got = rank_measures(A, names)
+        for k in names:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-12, atol=0)
+        assert copies == exp
+    with pytest.raises(ValueError, match=r"A: contains 40 NaN and 0 Inf value\(s\) \(shape \(1, 80\)\)"):
+        rank_measures(torch.tensor([[1.0, float("nan")] * 40]), names)

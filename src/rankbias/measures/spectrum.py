@@ -76,7 +76,7 @@ def _estimate_seconds(route: str, batch: int, m: int, n: int) -> float:
     return batch * seconds / max(torch.get_num_threads(), 1)
 
 
-def _warn_if_slow(X: torch.Tensor, route: str, what: str) -> None:
+def _warn_if_slow(X: torch.Tensor, route: str, what: str, cdt: torch.dtype | None = None) -> None:
     if X.device.type != "cpu":
         return
     m, n = X.shape[-2:]
@@ -85,7 +85,7 @@ def _warn_if_slow(X: torch.Tensor, route: str, what: str) -> None:
     if t >= _WARN_SECONDS:
         shape = f"{batch} x {m} x {n}" if X.ndim > 2 else f"{m} x {n}"
         warnings.warn(
-            f"rank measures of a {shape} input (computed in {X.dtype}): {what}, estimated "
+            f"rank measures of a {shape} input (computed in {cdt or X.dtype}): {what}, estimated "
             f"~{t:.0f} s on {torch.get_num_threads()} CPU thread(s)", SlowComputationWarning,
             stacklevel=3)
 
@@ -110,6 +110,30 @@ def _scaled(A: torch.Tensor, cdt: torch.dtype, name: str = "A") -> tuple[torch.T
     if X is A or X._base is not None:
         return X / c, c
     return X.mul_(1.0 / c), c  # X is our own copy: scale it in place (1/c is exact)
+
+
+# Above this many elements the input's copy in the computing dtype is never made
+# whole: its Gram is accumulated from blocks of it (a 50000 x 4096 float32
+# embedding matrix would otherwise take a 1.6 GB float64 copy).
+_BLOCK_ELEMENTS = 1 << 24
+# Elements of one block (8 MB in float64): large enough for full-speed products
+_BLOCK_SIZE = 1 << 20
+
+
+def _blocked_gram(A: torch.Tensor, c: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """The Gram matrix of the smaller side of A / c in ``cdt``, from blocks of A of
+    ~_BLOCK_SIZE elements along the longer side (the same sums, in blocks)."""
+    m, n = A.shape[-2:]
+    k, big = min(m, n), max(m, n)
+    G = torch.zeros(*A.shape[:-2], k, k, dtype=cdt, device=A.device)
+    G3 = G.view(-1, k, k)
+    step = max(1, _BLOCK_SIZE // max(A.numel() // big, 1))
+    inv = (1.0 / c).to(cdt)  # exact: c is a power of two
+    for j in range(0, big, step):
+        blk = A[..., :, j:j + step] if m <= n else A[..., j:j + step, :].mT
+        Xb = blk.to(cdt, copy=True).mul_(inv).reshape(-1, k, blk.shape[-1])  # (batch, k, step)
+        G3.baddbmm_(Xb, Xb.mT)
+    return G
 
 
 def _gram(X: torch.Tensor) -> torch.Tensor:
@@ -294,13 +318,24 @@ def rank_measures(
     _check_tol(atol, "atol")
     _check_tol(rtol, "rtol")
     cdt = _compute_dtype(dtype)
-    X, c = _scaled(A, cdt)
-    grad = X.requires_grad and torch.is_grad_enabled()
-    m, n = X.shape[-2:]
     spectral, centred = split_centered(names)
+    grad = A.requires_grad and torch.is_grad_enabled()
+    m, n = A.shape[-2:]
+    G = None
+    if (not centred and method != "svd" and not grad and A.numel() > _BLOCK_ELEMENTS
+            and A.dtype in (torch.float32, torch.float64)):
+        X = None  # never copied whole: the Gram from blocks of A
+        c, amax = _pow2_scale_and_max(A)
+        if not bool(torch.isfinite(amax).all()):
+            _check_finite(A, "A")
+        c = c.to(cdt)
+        _warn_if_slow(A, "gram", "Gram matrix (in blocks) and eigvalsh", cdt)
+        G = _blocked_gram(A, c, cdt)
+    else:
+        X, c = _scaled(A, cdt)
     common = dict(shape=(m, n), eps=_default_eps(A.dtype, cdt), atol=atol, rtol=rtol,
                   scale=c[..., 0, 0], rankme_eps=rankme_eps)
-    sums = G = None
+    sums = None
     if centred:
         use_gram = bool(spectral) and method != "svd" and not (method == "auto" and grad)
         if use_gram:
@@ -309,7 +344,7 @@ def rank_measures(
         sums, G = _centered_grams(X, use_gram, in_place=in_place)
         if in_place:
             X = None
-    elif spectral and method != "svd" and not grad:
+    elif X is not None and method != "svd" and not grad:
         _warn_if_slow(X, "gram", "Gram matrix and eigvalsh")
         G = _gram(X)
         X = None  # not kept during eigvalsh: rebuilt from A if an SVD needs it
