@@ -16,8 +16,13 @@ power of two (exact) so that its Gram matrix can neither overflow nor
 underflow. The participation ratio needs no eigenvalues: (tr C)^2 / ||C||_F^2
 of the centred Gram matrix.
 
-Before a computation estimated (from the shape) to take ~10 s or more on the
-CPU, a :class:`SlowComputationWarning` names the shape and the estimate.
+Memory: the input's copy in the computing dtype is the only one (scaled, and
+centred for the participation ratio, in place) and is dropped before
+``eigvalsh``; inputs over 2^24 elements measured without the participation ratio
+are never copied whole (their Gram is summed from blocks). A matrix that needs
+the SVD fallback is rebuilt from the input. Before a computation estimated
+(from the shape) to take ~10 s or more on the CPU, a
+:class:`SlowComputationWarning` names the shape and the estimate.
 """
 
 from __future__ import annotations
