@@ -1,8 +1,9 @@
-"""Rank measures (SCIENCE.md A): closed forms, invariances, bounds, batching,
+"""Rank measures (docs/measures.md): closed forms, invariances, bounds, batching,
 agreement with an independent scipy/numpy computation and with
-torch.linalg.matrix_rank, gradients, KernelSpectrum, input errors, CLI."""
+torch.linalg.matrix_rank, gradients, input errors. KernelSpectrum, the spec
+table and the CLI have their own test_measures_*.py files, which share the
+helpers defined here."""
 
-import json
 import math
 
 import numpy as np
@@ -12,12 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from torch import nn
 
 import rankbias
 from rankbias import (
     MEASURES,
-    KernelSpectrum,
     as_matrix,
     effective_rank,
     entropy_rank,
@@ -31,10 +30,10 @@ from rankbias import (
     singular_values,
     stable_rank,
 )
-from rankbias.cli import main as cli_main
+from rankbias.measures import SPECS
 
 F64 = torch.float64
-FLOATS = [k for k in MEASURES if k != "numerical_rank"]
+FLOATS = [k for k in MEASURES if not SPECS[k].integer]
 
 
 def gen(seed=0):
@@ -589,217 +588,6 @@ def test_property_batched_equals_looped(m, n, b, seed):
             assert float(r[k][i]) == pytest.approx(float(single[k]), rel=1e-12, abs=1e-300)
 
 
-# ---------------------------------------------------------------- KernelSpectrum
-
-
-def stream(Z, sizes, **kw):
-    ks = KernelSpectrum(**kw)
-    start = 0
-    for b in sizes:
-        ks.update(Z[start:start + b])
-        start += b
-    assert start == Z.shape[0]
-    return ks
-
-
-@pytest.mark.parametrize("N, d, sizes", [(60, 12, [1, 20, 39]), (7, 12, [3, 4]), (40, 12, [40])])
-@pytest.mark.parametrize("centered", [False, True])
-def test_kernel_spectrum_equals_dense(N, d, sizes, centered):
-    Z = randn(N, d, seed=90) + 0.5
-    Z[:, -3:] = Z[:, :3] @ randn(3, 3, seed=91)  # a rank-deficient embedding (rank <= d-3)
-    ks = stream(Z, sizes, centered=centered)
-    Zt = Z - Z.mean(0) if centered else Z
-    K = Zt @ Zt.T
-    kern, emb = ks.measures(), ks.embedding_measures()
-    ref_k, ref_e = rank_measures(K), rank_measures(Zt)
-    for k in MEASURES:
-        assert float(kern[k]) == pytest.approx(float(ref_k[k]), rel=1e-9), ("kernel", k)
-        assert float(emb[k]) == pytest.approx(float(ref_e[k]), rel=1e-9), ("embedding", k)
-    # the kernel's spectrum is that of the embedding squared
-    s = scipy.linalg.svdvals(Zt.numpy())
-    assert np.allclose(ks.eigenvalues().numpy(), s**2, rtol=1e-9, atol=1e-9 * s[0] ** 2)
-    assert ks.n_samples_ == N and ks.dim_ == d
-    assert torch.allclose(ks.gram_, Z.T @ Z, rtol=1e-12) and torch.allclose(ks.sum_, Z.sum(0))
-
-
-def test_kernel_spectrum_centering_is_exact_for_large_means():
-    Z = randn(500, 6, seed=92) * 1e-3 + 1e5  # naive Z^T Z - N mu mu^T cancels ~16 digits
-    ks = stream(Z, [100] * 5, centered=True)
-    ref = rank_measures(Z - Z.mean(0))
-    for k in ("stable_rank", "effective_rank", "participation_ratio"):
-        assert float(ks.embedding_measures()[k]) == pytest.approx(float(ref[k]), rel=1e-8), k
-
-
-def test_kernel_spectrum_merge_equals_one_stream():
-    Z = randn(90, 5, seed=93)
-    a, b = stream(Z[:30], [30]), stream(Z[30:], [25, 35])
-    merged = a.merge(b)
-    whole = stream(Z, [90])
-    assert torch.allclose(merged.scatter_, whole.scatter_, rtol=1e-12)
-    assert torch.allclose(merged.mean_, whole.mean_, rtol=1e-12)
-    assert KernelSpectrum().merge(whole).n_samples_ == 90
-
-
-def test_kernel_spectrum_streams_a_million_embeddings_in_constant_memory():
-    N, d, chunk = 1_000_000, 16, 100_000
-    spectrum = torch.linspace(3.0, 0.1, d)
-    ks = KernelSpectrum()
-    g = gen(94)
-    full = []
-    for _ in range(N // chunk):
-        z = torch.randn(chunk, d, generator=g) * spectrum + 0.3  # float32 chunks
-        ks.update(z)
-        if ks.n_samples_ == chunk:
-            first_nbytes = ks.nbytes
-        full.append(z)
-    assert ks.n_samples_ == N
-    # the state is the d x d scatter and the d-vector mean, whatever N
-    assert ks.nbytes == first_nbytes == 8 * (d * d + d)
-    assert ks.scatter_.shape == (d, d) and ks.mean_.shape == (d,)
-    Z = torch.cat(full).double()
-    s = scipy.linalg.svdvals(Z.numpy())
-    p = s / s.sum()
-    assert float(ks.embedding_measures()["effective_rank"]) == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-9)
-    lam = s**2
-    assert float(ks.measures()["stable_rank"]) == pytest.approx(np.sum(lam**2) / lam[0] ** 2, rel=1e-9)
-    assert int(ks.measures()["numerical_rank"]) == d
-
-
-def test_kernel_spectrum_bad_input():
-    ks = KernelSpectrum()
-    with pytest.raises(ValueError, match="KernelSpectrum is empty"):
-        ks.measures()
-    ks.update(torch.ones(3, 4))
-    with pytest.raises(ValueError, match="embedding dimension 5 != 4"):
-        ks.update(torch.ones(2, 5))
-    with pytest.raises(ValueError, match="NaN"):
-        ks.update(torch.tensor([[0.0, 1.0, float("nan"), 2.0]]))
-    with pytest.raises(ValueError, match="dim must be a positive int"):
-        KernelSpectrum(dim=0)
-    ks.update(torch.ones(4))  # one embedding as a vector
-    assert ks.n_samples_ == 4
-    # every leading index is a sample
-    assert KernelSpectrum().update(torch.ones(2, 3, 4)).n_samples_ == 6
-
-
 def test_public_api_exports():
     for name in ("rank_measures", "rank_measures_many", "KernelSpectrum", "numerical_rank", "MEASURES"):
         assert hasattr(rankbias, name) and name in rankbias.__all__
-
-
-# ------------------------------------------------------------------------ CLI
-
-
-def _run_cli(capsys, *args):
-    rc = cli_main(["measure", *map(str, args)])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _json_rows(capsys, path, *extra):
-    rc, out, err = _run_cli(capsys, path, "--json", *extra)
-    assert rc == 0, err
-    return {r["name"]: r for r in json.loads(out)}
-
-
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5))
-
-
-def _check_rows(rows, tensors):
-    assert set(rows) == {k for k, v in tensors.items() if v.ndim >= 2}
-    for name, t in tensors.items():
-        if t.ndim < 2:
-            continue
-        ref = rank_measures(as_matrix(t))
-        for k in MEASURES:
-            assert rows[name][k] == pytest.approx(float(ref[k]), rel=1e-12), (name, k)
-        assert rows[name]["numerical_rank"] == int(ref["numerical_rank"])
-
-
-def test_cli_measure_npy_npz(tmp_path, capsys):
-    A = np.random.default_rng(0).standard_normal((6, 4))
-    np.save(tmp_path / "w.npy", A)
-    _check_rows(_json_rows(capsys, tmp_path / "w.npy"), {"w": torch.from_numpy(A)})
-    tensors = {"a": A, "b": np.ones(5), "c": np.arange(24.0).reshape(2, 3, 4)}
-    np.savez(tmp_path / "w.npz", **tensors)
-    _check_rows(_json_rows(capsys, tmp_path / "w.npz"), {k: torch.from_numpy(v) for k, v in tensors.items()})
-
-
-def test_cli_measure_torch_files(tmp_path, capsys):
-    model = _model()
-    sd = model.state_dict()
-    torch.save(sd["0.weight"], tmp_path / "t.pt")
-    rows = _json_rows(capsys, tmp_path / "t.pt")
-    assert list(rows) == ["tensor"] and rows["tensor"]["shape"] == "8x3x3x3" and rows["tensor"]["matrix"] == "8x27"
-    torch.save(sd, tmp_path / "sd.pt")
-    _check_rows(_json_rows(capsys, tmp_path / "sd.pt"), sd)
-    torch.save({"model": sd, "step": 3}, tmp_path / "ckpt.pth")  # a training checkpoint
-    assert set(_json_rows(capsys, tmp_path / "ckpt.pth")) == {"model.0.weight", "model.3.weight"}
-    torch.save(model, tmp_path / "model.pt")  # the whole module, pickled
-    _check_rows(_json_rows(capsys, tmp_path / "model.pt"), sd)
-
-
-def test_cli_measure_safetensors_and_taps(tmp_path, capsys):
-    safetensors = pytest.importorskip("safetensors.torch")
-    sd = {k: v.contiguous() for k, v in _model().state_dict().items()}
-    safetensors.save_file(sd, str(tmp_path / "m.safetensors"))
-    _check_rows(_json_rows(capsys, tmp_path / "m.safetensors"), sd)
-    rows = _json_rows(capsys, tmp_path / "m.safetensors", "--conv-reading", "taps")
-    ref = rank_measures(as_matrix(sd["0.weight"], "taps"))
-    assert rows["0.weight"]["matrix"] == "9 x 8x3"
-    for k in MEASURES:
-        assert rows["0.weight"][k] == pytest.approx(float(ref[k].double().mean()), rel=1e-12), k
-    assert rows["3.weight"]["effective_rank"] == pytest.approx(float(effective_rank(sd["3.weight"])))
-
-
-def test_cli_measure_table(tmp_path, capsys):
-    torch.save(_model().state_dict(), tmp_path / "sd.pt")
-    rc, out, _ = _run_cli(capsys, tmp_path / "sd.pt")
-    assert rc == 0
-    lines = out.strip().splitlines()
-    header = lines[0]
-    for col in ("name", "shape", "matrix", *MEASURES):
-        assert col in header
-    assert any(line.startswith("| 0.weight | 8x3x3x3 | 8x27 |") for line in lines)
-    assert not any("0.bias" in line for line in lines)
-
-
-def test_cli_measure_errors(tmp_path, capsys):
-    rc, _, err = _run_cli(capsys, tmp_path / "missing.pt")
-    assert rc == 2 and "no such file" in err
-    (tmp_path / "w.txt").write_text("1 2\n3 4\n")
-    rc, _, err = _run_cli(capsys, tmp_path / "w.txt")
-    assert rc == 2 and "unsupported file type '.txt'" in err and ".safetensors" in err
-    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
-    rc, _, err = _run_cli(capsys, tmp_path / "bad.pt")
-    assert rc == 2 and "could not read" in err
-    np.save(tmp_path / "v.npy", np.ones(3))
-    rc, _, err = _run_cli(capsys, tmp_path / "v.npy")
-    assert rc == 1 and "no tensor with 2 or more dimensions" in err
-    np.savez(tmp_path / "nan.npz", good=np.eye(3), bad=np.array([[np.nan, 1.0], [0.0, 1.0]]))
-    rows = _json_rows(capsys, tmp_path / "nan.npz")
-    assert rows["good"]["numerical_rank"] == 3 and "NaN" in rows["bad"]["error"]
-
-
-@PROP
-@given(st.integers(1, 30), st.integers(1, 8), st.lists(st.integers(1, 10), min_size=1, max_size=5),
-       st.booleans(), st.integers(0, 2**31 - 1))
-def test_property_kernel_spectrum_independent_of_batching(N, d, cuts, centered, seed):
-    Z = randn(N, d, seed=seed) * 3 + 1
-    sizes, left = [], N
-    for c in cuts:
-        if left == 0:
-            break
-        sizes.append(min(c, left))
-        left -= sizes[-1]
-    if left:
-        sizes.append(left)
-    a, b = stream(Z, sizes, centered=centered), stream(Z, [N], centered=centered)
-    assert torch.allclose(a.scatter(), b.scatter(), rtol=1e-10, atol=1e-10)
-    ea, eb = a.embedding_measures(), b.embedding_measures()
-    ref = rank_measures(Z - Z.mean(0) if centered else Z, ["stable_rank", "participation_ratio"])
-    for k in ("stable_rank", "participation_ratio"):
-        assert float(ea[k]) == pytest.approx(float(eb[k]), rel=1e-9, abs=1e-12)
-        assert float(ea[k]) == pytest.approx(float(ref[k]), rel=1e-8, abs=1e-10)

@@ -1,0 +1,132 @@
+"""Input validation and reading for the rank measures: tensors, dtypes, tolerances, methods.
+
+Every check raises ``ValueError`` (``TypeError`` for a non-array object) saying
+what was wrong and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+
+Method = Literal["auto", "gram", "svd"]
+Tol = float | torch.Tensor | None
+
+
+def _to_tensor(A, name: str = "A") -> torch.Tensor:
+    """A torch tensor of shape (..., m, n), m, n >= 1, real; clear errors otherwise."""
+    if not isinstance(A, torch.Tensor):
+        if isinstance(A, np.ndarray | np.generic | list | tuple | int | float | bool):
+            try:
+                arr = np.asarray(A)
+            except ValueError as e:  # ragged nested lists
+                raise ValueError(f"{name}: cannot read a ragged nested sequence as a matrix") from e
+            if np.iscomplexobj(arr):
+                raise ValueError(f"{name}: complex input is not supported; pass a real matrix")
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"{name}: cannot read a numpy array of dtype {arr.dtype} as a matrix; "
+                    "accepted: bool, integer or floating arrays"
+                )
+            if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:  # long double
+                arr = arr.astype(np.float64)
+            elif arr.dtype.kind == "u" and arr.dtype.itemsize > 1:  # torch lacks most uint ops
+                arr = arr.astype(np.float64)
+            if not arr.dtype.isnative:
+                arr = arr.astype(arr.dtype.newbyteorder("="))
+            A = torch.from_numpy(np.ascontiguousarray(arr))
+        else:
+            raise TypeError(
+                f"{name}: expected a torch.Tensor or numpy array of shape (..., m, n), "
+                f"got {type(A).__name__}"
+            )
+    if A.is_complex():
+        raise ValueError(f"{name}: complex input is not supported; pass a real matrix")
+    if A.ndim < 2:
+        raise ValueError(
+            f"{name}: expected at least 2 dimensions (..., m, n), got shape {tuple(A.shape)}"
+        )
+    if A.numel() == 0:
+        raise ValueError(
+            f"{name}: empty input of shape {tuple(A.shape)}; m, n and every batch size must be >= 1"
+        )
+    return A
+
+
+def _compute_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float64
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64, "double": torch.float64,
+                 "float": torch.float32}.get(dtype, dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"dtype must be torch.float32 or torch.float64 (or None = float64), got {dtype!r}"
+        )
+    return dtype
+
+
+def _default_eps(in_dtype: torch.dtype, compute_dtype: torch.dtype) -> float:
+    """eps behind the default rtol: that of the dtype ``matrix_rank`` would run in.
+
+    float32/float64 inputs keep their own eps (as ``matrix_rank(A)``), or the
+    computing dtype's if that is coarser; integer, bool and half/bfloat16 inputs,
+    which ``matrix_rank`` rejects, get the computing dtype's (as ``matrix_rank(A.double())``).
+    """
+    ce = torch.finfo(compute_dtype).eps
+    if in_dtype in (torch.float32, torch.float64):
+        return max(torch.finfo(in_dtype).eps, ce)
+    return ce
+
+
+def _check_finite(A: torch.Tensor, name: str) -> None:
+    if A.dtype.is_floating_point:
+        bad = ~torch.isfinite(A.detach())
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(A.detach()).sum())
+            raise ValueError(
+                f"{name}: contains {n_nan} NaN and {int(bad.sum()) - n_nan} Inf value(s) "
+                f"(shape {tuple(A.shape)}); rank measures need finite input"
+            )
+
+
+def _check_tol(t, name: str) -> None:
+    if t is None:
+        return
+    if isinstance(t, torch.Tensor):
+        if t.is_complex():
+            raise ValueError(f"{name} must be real, got a complex tensor")
+        if bool(torch.isnan(t).any()):
+            raise ValueError(f"{name} must not be NaN")
+    elif isinstance(t, int | float | np.floating | np.integer) and not isinstance(t, bool):
+        if math.isnan(float(t)):
+            raise ValueError(f"{name} must not be NaN")
+    else:
+        raise TypeError(f"{name} must be a float, a tensor or None, got {type(t).__name__}")
+
+
+def _check_method(method) -> None:
+    if method not in ("auto", "gram", "svd"):
+        raise ValueError(f"method must be 'auto', 'gram' or 'svd', got {method!r}")
+
+
+def as_matrix(weight, reading: Literal["flatten", "taps"] = "flatten") -> torch.Tensor:
+    """Read a weight tensor as a matrix (or a batch of matrices).
+
+    ``flatten`` (default): (out, in, *kernel) -> (out, in * prod(kernel)), the
+    map from a receptive field to an output channel. ``taps``: one (out, in)
+    matrix per kernel position, returned as a batch (prod(kernel), out, in), as
+    WeightWatcher reads conv layers. 2-D weights are returned unchanged.
+    """
+    W = _to_tensor(weight, "weight")
+    if reading not in ("flatten", "taps"):
+        raise ValueError(f"reading must be 'flatten' or 'taps', got {reading!r}")
+    if W.ndim == 2:
+        return W
+    if reading == "flatten":
+        return W.reshape(W.shape[0], -1)
+    out, inp = W.shape[:2]
+    return W.reshape(out, inp, -1).permute(2, 0, 1)
