@@ -58,8 +58,10 @@ def test_cli_measure_torch_files(tmp_path, capsys):
     _check_rows(_json_rows(capsys, tmp_path / "sd.pt"), sd)
     torch.save({"model": sd, "step": 3}, tmp_path / "ckpt.pth")  # a training checkpoint
     assert set(_json_rows(capsys, tmp_path / "ckpt.pth")) == {"model.0.weight", "model.3.weight"}
-    torch.save(model, tmp_path / "model.pt")  # the whole module, pickled
-    _check_rows(_json_rows(capsys, tmp_path / "model.pt"), sd)
+    torch.save(model, tmp_path / "model.pt")  # the whole module, pickled: refused unless trusted
+    rc, _, err = _run_cli(capsys, tmp_path / "model.pt", "--json")
+    assert rc == 2 and "--trust-pickle" in err
+    _check_rows(_json_rows(capsys, tmp_path / "model.pt", "--trust-pickle"), sd)
 
 
 def test_cli_measure_safetensors_and_taps(tmp_path, capsys):
