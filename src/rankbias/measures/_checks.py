@@ -118,8 +118,9 @@ def as_matrix(weight, reading: Literal["flatten", "taps"] = "flatten") -> torch.
 
     ``flatten`` (default): (out, in, *kernel) -> (out, in * prod(kernel)), the
     map from a receptive field to an output channel. ``taps``: one (out, in)
-    matrix per kernel position, returned as a batch (prod(kernel), out, in), as
-    WeightWatcher reads conv layers. 2-D weights are returned unchanged.
+    matrix per kernel position, returned as a batch (prod(kernel), out, in): the
+    slices WeightWatcher takes before pooling their spectra (``rank_report``'s
+    ``conv_reading="pooled"``). 2-D weights are returned unchanged.
     """
     W = _to_tensor(weight, "weight")
     if reading not in ("flatten", "taps"):
