@@ -281,7 +281,8 @@ def test_top_k_singular_values_are_logged_through_the_trainer():
         assert [r["sv1"], r["sv2"], r["sv3"]] == pytest.approx([1.5**L] * 3, rel=1e-12)
     last = [r for r in res.history if r["step"] == 40]
     sv = torch.linalg.svdvals(res.end_to_end)[:, :3]
-    assert torch.allclose(torch.tensor([[r[f"sv{i}"] for i in (1, 2, 3)] for r in last]), sv, rtol=1e-12)
+    logged = torch.tensor([[r[f"sv{i}"] for i in (1, 2, 3)] for r in last], dtype=sv.dtype)
+    assert torch.allclose(logged, sv, rtol=1e-12)
     assert sorted({r["step"] for r in res.history}) == [0, 20, 40]
     with pytest.raises(ValueError, match="top_k must be in"):
         fit_deep_linear([t], [0], [1], top_k=7)

@@ -200,8 +200,9 @@ def sv_dynamics(history, layout, group: int, depths, top_k: int) -> dict[int, di
 
 
 def target_singular_values(tasks, top_k: int) -> list[float]:
-    """The mean over seeds of the target's top-k singular values."""
+    """The mean over seeds of the target's top-k non-zero singular values (a rank-r
+    target's zero ones, at round-off level, would only stretch a log axis)."""
     import torch
 
-    sv = torch.linalg.svdvals(torch.stack([t.target for t in tasks]))[:, :top_k]
-    return sv.mean(0).tolist()
+    sv = torch.linalg.svdvals(torch.stack([t.target for t in tasks]))[:, :top_k].mean(0)
+    return sv[sv > 1e-8 * sv[0]].tolist()
