@@ -79,6 +79,9 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     rows = bench_init(draws=200 if args.quick else 1000, loop_draws=20 if args.quick else 100)
+    # training runs single-threaded, as the experiments are meant to (the library sets no
+    # thread count): its n x n matmuls lose several-fold to intra-op threads under load
+    torch.set_num_threads(1)
     rows += bench_trained(steps=50 if args.quick else 300, seeds=2 if args.quick else 3)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -21,6 +21,17 @@ from rankbias.measures import entropy_rank
 from rankbias.models.deep_linear import DeepLinear, end_to_end, sample_factors
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The caller owns the thread count (the library sets none). These tests are that
+    # caller: small n x n matmuls gain nothing from intra-op threads and, on a loaded
+    # machine, lose several-fold to their synchronisation.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
