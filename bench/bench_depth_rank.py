@@ -19,12 +19,13 @@ import time
 
 import torch
 
+from rankbias.experiments._depth import SweepGroup, fit_sweep
 from rankbias.experiments.depth_rank_init import (
     DepthRankInitConfig,
     entropy_ranks_by_depth,
     kernel_entropy_ranks_by_depth,
 )
-from rankbias.experiments.depth_rank_trained import DepthRankTrainedConfig, fit_sweep
+from rankbias.experiments.depth_rank_trained import DepthRankTrainedConfig
 
 
 def _time(fn, repeat: int = 1) -> float:
@@ -55,13 +56,15 @@ def bench_init(draws: int, loop_draws: int) -> list[dict]:
 
 
 def bench_trained(steps: int, seeds: int) -> list[dict]:
-    cfg = DepthRankTrainedConfig.from_dict({"steps": steps, "seeds": seeds, "targets": ["low_rank"],
-                                            "log_every": steps})
+    cfg = DepthRankTrainedConfig.from_dict({"steps": steps, "seeds": list(range(seeds)),
+                                            "targets": ["low_rank"], "log_every": steps})
     n_nets = len(cfg.depths) * seeds
-    t_l = _time(lambda: fit_sweep(cfg, cfg.targets, batched=False))
+    groups = [SweepGroup("low_rank", cfg.init, cfg.init_scale)]
+    kw = dict(optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size)
+    t_l = _time(lambda: fit_sweep(cfg, groups, batched=False, **kw))
     rows = []
     for how, group in (("one batch per depth", True), ("one padded batch", False)):
-        t_b = _time(lambda group=group: fit_sweep(cfg, cfg.targets, batched=True, group_by_depth=group))
+        t_b = _time(lambda group=group: fit_sweep(cfg, groups, batched=True, group_by_depth=group, **kw))
         rb, rl = n_nets / t_b, n_nets / t_l
         rows.append({"case": f"depth-rank-trained ({how}): {n_nets} nets (depths {list(cfg.depths)} "
                              f"x {seeds} seeds), {steps} GD steps",
@@ -76,6 +79,9 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     rows = bench_init(draws=200 if args.quick else 1000, loop_draws=20 if args.quick else 100)
+    # training runs single-threaded, as the experiments are meant to (the library sets no
+    # thread count): its n x n matmuls lose several-fold to intra-op threads under load
+    torch.set_num_threads(1)
     rows += bench_trained(steps=50 if args.quick else 300, seeds=2 if args.quick else 3)
     if args.json:
         print(json.dumps(rows, indent=2))

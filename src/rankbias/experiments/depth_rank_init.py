@@ -1,6 +1,7 @@
 """depth-rank-init: depth lowers the effective rank at initialisation.
 
-Huh et al. (2023), "The Low-Rank Simplicity Bias in Deep Networks", sec. 3:
+Huh et al. (2023), "The Low-Rank Simplicity Bias in Deep Networks", sec. 3
+(``docs/paper2-depth.md``, C.1):
 the end-to-end map W_e = W_L ... W_1 of a deep linear network with i.i.d.
 n x n factors has an entropy rank whose distribution over draws shifts down
 (and widens) as the depth L grows.
@@ -39,10 +40,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rankbias.experiments._depth import DepthConfig
 from rankbias.experiments.registry import register
-from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
 from rankbias.measures import rank_measures
+from rankbias.verdicts import verdict
 
 CLAIM_MLP = (
     "The same holds for nonlinear networks: the entropy rank of the kernel of N random "
@@ -54,7 +56,9 @@ CLAIM = (
     "initialisation decreases with depth L: its distribution over draws shifts down "
     "(and widens) as L grows (Huh et al. 2023, sec. 3)."
 )
-
+PAPER_LINEAR = ("the entropy rank of W_L...W_1 at init shifts down and widens with depth "
+                "(depths 1 to 32 and more, Gaussian and uniform factors)")
+PAPER_MLP = "the kernel's effective rank at init falls with depth for every activation tried"
 
 LEAKY_SLOPE = 0.01
 ACTIVATION_FNS = {
@@ -80,11 +84,9 @@ def variance_preserving_gain(activation: str, order: int = 101) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthRankInitConfig(Config):
+class DepthRankInitConfig(DepthConfig):
     n: int = 32
     """Size of each square factor W_i (n x n)."""
-    depths: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    """Depths L to measure, each >= 1, strictly increasing."""
     draws: int = 2000
     """Independent draws of the network per depth."""
     init: Literal["normal", "uniform"] = "normal"
@@ -93,8 +95,6 @@ class DepthRankInitConfig(Config):
     """Seed of the draws; fixes the run completely."""
     chunk: int = 1024
     """Draws processed per batched matmul (memory: chunk * n * n * 8 bytes per buffer)."""
-    device: str = "cpu"
-    """torch device, e.g. "cpu" or "cuda"."""
     network: Literal["linear", "mlp"] = "linear"
     """"linear": the end-to-end maps W_L...W_1 only; "mlp": those and, for every
     activation, the kernel of N random inputs' embeddings through deep MLPs."""
@@ -106,11 +106,8 @@ class DepthRankInitConfig(Config):
     """Number N of random inputs whose N x N kernel is measured (network="mlp")."""
 
     def validate(self) -> None:
+        super().validate()
         self._require(self.n >= 2, "n", "an int >= 2")
-        self._require(len(self.depths) >= 1 and all(d >= 1 for d in self.depths), "depths",
-                      "a non-empty list of ints >= 1")
-        self._require(all(a < b for a, b in zip(self.depths, self.depths[1:])), "depths",
-                      "strictly increasing depths")
         self._require(self.draws >= 2, "draws", "an int >= 2")
         self._require(self.chunk >= 1, "chunk", "an int >= 1")
         self._require(len(self.activations) >= 1 and all(a in ACTIVATIONS for a in self.activations),
@@ -215,11 +212,14 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
         ({"depth": d, "draw": i, "entropy_rank": float(x)} for d, v in ranks.items() for i, x in enumerate(v)),
     )
     medians = [r["median"] for r in per_depth]
-    verdict = {
-        "holds": strictly_decreasing(medians),
-        "criterion": "median entropy rank strictly decreasing in depth",
-        "median_by_depth": {str(r["depth"]): r["median"] for r in per_depth},
-    }
+    linear_falls = strictly_decreasing(medians)
+    linear_measured = (f"median entropy rank {medians[0]:.3f} (L={cfg.depths[0]}) -> {medians[-1]:.3f} "
+                       f"(L={cfg.depths[-1]}), " + ("strictly falling" if linear_falls else "not strictly falling"))
+    verdict_ = verdict(
+        "holds" if linear_falls else "does not hold",
+        "median entropy rank strictly decreasing in depth", linear_measured,
+        median_by_depth={str(r["depth"]): r["median"] for r in per_depth},
+        paper=PAPER_LINEAR, measured=linear_measured)
     plots.distributions_by_group(
         {f"L={d}": v for d, v in ranks.items()},
         run.figure_path("entropy_rank_by_depth"),
@@ -227,22 +227,24 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
         title=f"Deep linear nets at init\nn={cfg.n}, {cfg.init} entries, {cfg.draws} draws",
         legend_title="depth",
     )
-    summary = {"per_depth": per_depth, "verdict": verdict, "max_entropy_rank": float(np.log(cfg.n))}
+    summary = {"per_depth": per_depth, "verdict": verdict_, "max_entropy_rank": float(np.log(cfg.n))}
     sections = [("Entropy rank by depth (nats; the maximum is log n = "
                  f"{np.log(cfg.n):.3f})", markdown_table(per_depth))]
     figures = ["entropy_rank_by_depth"]
     if cfg.network == "mlp":
         per_activation = _run_mlp(cfg, run)
         falls = {a["activation"]: a["strictly_decreasing"] for a in per_activation}
-        verdict = {
-            "holds": verdict["holds"] and all(falls.values()),
-            "criterion": ("median entropy rank strictly decreasing in depth, for the linear "
-                          "end-to-end map and for every activation's kernel"),
-            "median_by_depth": verdict["median_by_depth"],
-            "linear_end_to_end_falls": verdict["holds"],
-            "kernel_falls_by_activation": falls,
-        }
-        summary.update(verdict=verdict, per_activation=per_activation,
+        flat = [a for a, f in falls.items() if not f]
+        kernel_measured = ("the median kernel entropy rank falls strictly for every activation"
+                           if not flat else "not strictly falling for " + ", ".join(flat))
+        verdict_ = verdict(
+            "holds" if linear_falls and not flat else "does not hold",
+            "median entropy rank strictly decreasing in depth, for the linear end-to-end map and "
+            "for every activation's kernel", f"{linear_measured}; {kernel_measured}",
+            median_by_depth=verdict_["median_by_depth"], linear_end_to_end_falls=linear_falls,
+            kernel_falls_by_activation=falls, paper=f"{PAPER_LINEAR}; {PAPER_MLP}",
+            measured=f"linear: {linear_measured}; MLP kernels: {kernel_measured}")
+        summary.update(verdict=verdict_, per_activation=per_activation,
                        max_kernel_entropy_rank=float(np.log(min(cfg.n_inputs, cfg.width))))
         rows = [{"activation": a["activation"], "gain": a["gain"],
                  **{f"L={r['depth']}": r["median"] for r in a["per_depth"]},

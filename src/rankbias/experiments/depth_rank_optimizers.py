@@ -1,5 +1,6 @@
 """depth-rank-optimizers: the low-rank bias of depth is not the optimiser's doing
-(Huh et al. 2023, "The Low-Rank Simplicity Bias in Deep Networks", sec. 4).
+(Huh et al. 2023, "The Low-Rank Simplicity Bias in Deep Networks", sec. 4;
+``docs/paper2-depth.md``, C.2 across optimisers).
 
 The low-rank fitting problem of ``depth-rank-trained`` is solved with several
 optimisers -- SGD (mini-batch), SGD with Nesterov momentum, Adam, L-BFGS and,
@@ -18,16 +19,16 @@ import dataclasses
 import math
 from typing import Literal
 
-from rankbias.experiments.depth_rank_trained import (
+from rankbias.experiments._depth import (
+    DeepLinearFitConfig,
+    SweepGroup,
     fit_sweep,
     per_depth_rows,
-    plot_sweep,
     target_entropy_rank,
-    validate_task,
 )
 from rankbias.experiments.registry import register
-from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir, config_hash
+from rankbias.verdicts import verdict
 
 CLAIM = (
     "Depth lowers the entropy rank of the solution whatever the optimiser: for SGD, SGD with "
@@ -41,38 +42,12 @@ LABELS = {"sgd": "SGD", "nesterov": "SGD + Nesterov", "adam": "Adam", "lbfgs": "
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthRankOptimizersConfig(Config):
+class DepthRankOptimizersConfig(DeepLinearFitConfig):
     optimizers: list[Literal["sgd", "nesterov", "adam", "lbfgs", "random_search"]] = dataclasses.field(
         default_factory=lambda: list(OPTIMIZER_NAMES))
     """Optimisers to compare."""
-    n: int = 16
-    """Size of the target and of every factor (n x n)."""
-    depths: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    """Depths L, each >= 1, strictly increasing."""
-    seeds: int = 3
-    """Seeds per depth (target, data and initialisation)."""
-    seed: int = 0
-    """Base seed; fixes the run completely."""
-    target_rank: int = 4
-    """Rank r of the target."""
-    n_train: int = 32
-    """Training pairs per task."""
-    n_test: int = 512
-    """Held-out test pairs per task."""
-    noise: float = 0.5
-    """Std of the noise on the training outputs."""
-    init: Literal["normal", "uniform", "orthogonal"] = "normal"
-    """Distribution of the initial factors."""
-    init_scale: float = 1.0
-    """Gain of each initial factor (or of the end-to-end map, see scale_of)."""
-    scale_of: Literal["factor", "end_to_end"] = "factor"
-    """What init_scale sets: each factor's gain or the end-to-end map's."""
     batch_size: int | None = 8
     """Mini-batch size of sgd, nesterov and adam (null: full batch); L-BFGS and random search use all pairs."""
-    momentum: float = 0.9
-    """Nesterov momentum."""
-    steps: int = 2000
-    """Steps of sgd, nesterov and adam."""
     sgd_lr: float = 0.01
     """SGD learning rate."""
     nesterov_lr: float = 0.002
@@ -91,22 +66,15 @@ class DepthRankOptimizersConfig(Config):
     """Random search candidates per step and network."""
     log_every: int = 500
     """Steps between logged metrics."""
-    device: str = "cpu"
-    """torch device."""
 
     def validate(self) -> None:
         self._require(len(self.optimizers) >= 1 and len(set(self.optimizers)) == len(self.optimizers),
                       "optimizers", f"a non-empty list of distinct: {', '.join(OPTIMIZER_NAMES)}")
-        validate_task(self)
-        for f in ("steps", "lbfgs_steps", "random_search_steps", "population", "log_every"):
+        super().validate()
+        for f in ("lbfgs_steps", "random_search_steps", "population"):
             self._require(getattr(self, f) >= 1, f, "an int >= 1")
         for f in ("sgd_lr", "nesterov_lr", "adam_lr", "lbfgs_lr", "random_search_sigma"):
             self._require(getattr(self, f) > 0, f, "a float > 0")
-
-    # what fit_sweep reads
-    @property
-    def batched(self) -> bool:
-        return True
 
 
 def _settings(cfg: DepthRankOptimizersConfig, name: str) -> dict:
@@ -125,14 +93,15 @@ def _settings(cfg: DepthRankOptimizersConfig, name: str) -> dict:
     config_cls=DepthRankOptimizersConfig,
     presets={
         "quick": {},
-        "paper": {"n": 32, "depths": [1, 2, 4, 8, 16, 32], "seeds": 10, "n_train": 64, "steps": 10000,
-                  "lbfgs_steps": 200, "random_search_steps": 10000, "n_test": 2048},
+        "paper": {"n": 32, "depths": [1, 2, 4, 8, 16, 32], "seeds": list(range(10)), "n_train": 64,
+                  "steps": 10000, "lbfgs_steps": 200, "random_search_steps": 10000, "n_test": 2048},
     },
     claim=CLAIM,
 )
 def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
     from tqdm.auto import tqdm
 
+    import rankbias.plots as plots
     from rankbias.report import markdown_table, write_run_report
 
     per_optimizer, history_rows, h_target = [], [], None
@@ -141,9 +110,10 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
     for name in tqdm(cfg.optimizers, desc="optimizers", disable=None, leave=False):
         part = run.part(f"optimizer-{name}-{chash}")
         if part is None:
-            layout, tasks, res = fit_sweep(cfg, ["low_rank"], **_settings(cfg, name))
+            layout, tasks, res = fit_sweep(cfg, [SweepGroup("low_rank", cfg.init, cfg.init_scale)],
+                                           **_settings(cfg, name))
             rows = per_depth_rows(layout, res, 0, cfg.depths)
-            part = {"rows": rows, "target_entropy_rank": target_entropy_rank(tasks),
+            part = {"rows": rows, "target_entropy_rank": target_entropy_rank(tasks[0]),
                     "history": [{"optimizer": name, **r} for r in res.history],
                     "layout": layout}
             run.save_part(f"optimizer-{name}-{chash}", part)
@@ -158,16 +128,21 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
         })
     layout = [tuple(x) for x in part["layout"]]
     run.write_csv("metrics.csv", ({"optimizer": r["optimizer"], "depth": layout[r["model"]][1],
-                                   "seed": layout[r["model"]][2],
+                                   "seed": cfg.seeds[layout[r["model"]][2]],
                                    **{k: v for k, v in r.items() if k != "optimizer"}}
                                   for r in history_rows))
-    verdict = {
-        "holds": all(p["holds"] for p in per_optimizer),
-        "criterion": "mean converged entropy rank at the largest depth < at depth 1, for every optimiser",
+    falls = [p["optimizer"] for p in per_optimizer if p["holds"]]
+    measured = "; ".join(f"{LABELS[p['optimizer']]} {p['rank_depth_1']:.3f} -> {p['rank_largest_depth']:.3f}"
+                         for p in per_optimizer)
+    verdict_ = verdict(
+        "holds" if len(falls) == len(per_optimizer) else "does not hold",
+        "mean converged entropy rank at the largest depth < at depth 1, for every optimiser",
+        f"entropy rank at L={cfg.depths[0]} -> L={cfg.depths[-1]}: {measured}",
         **{f"{p['optimizer']}": f"{p['rank_depth_1']:.3f} -> {p['rank_largest_depth']:.3f}"
            for p in per_optimizer},
-        "target_entropy_rank": h_target,
-    }
+        target_entropy_rank=h_target,
+        paper="the low-rank bias of depth holds for SGD, momentum, Adam and L-BFGS alike",
+        measured=measured)
     table = [{"optimizer": LABELS[p["optimizer"]],
               **{f"L={r['depth']}": f"{r['entropy_rank']:.3f} ± {r['entropy_rank_std']:.3f}"
                  for r in p["per_depth"]},
@@ -175,36 +150,23 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
     losses = [{"optimizer": LABELS[p["optimizer"]], "depth": r["depth"], "train_loss": r["train_loss"],
                "test_loss": r["test_loss"], "entropy_rank": r["entropy_rank"], "diverged": r["diverged"]}
               for p in per_optimizer for r in p["per_depth"]]
-    plot_sweep([{"label": LABELS[p["optimizer"]], "per_depth": p["per_depth"]} for p in per_optimizer],
-               run.figure_path("depth_rank_optimizers"), label_key="label",
-               title=f"Low-rank target (rank {cfg.target_rank}, n={cfg.n}), {cfg.seeds} seeds")
-    _plot_rank(per_optimizer, h_target, run.figure_path("entropy_rank_by_optimizer"), cfg)
+    plots.depth_sweep_lines(
+        [{"label": LABELS[p["optimizer"]], "per_depth": p["per_depth"]} for p in per_optimizer],
+        run.figure_path("depth_rank_optimizers"), label_key="label",
+        title=f"Low-rank target (rank {cfg.target_rank}, n={cfg.n}), {cfg.n_seeds} seeds")
+    plots.rank_by_depth_lines(
+        {"": {LABELS[p["optimizer"]]: p["per_depth"] for p in per_optimizer}},
+        run.figure_path("entropy_rank_by_optimizer"),
+        hline=(h_target, f"target (rank {cfg.target_rank})"),
+        ylabel="converged entropy rank of $W_L\\cdots W_1$ (nats)",
+        title=f"Deep linear nets, rank-{cfg.target_rank} target, n={cfg.n}\n"
+              f"(error bars: std over {cfg.n_seeds} seeds)")
     write_run_report(
         run, title="depth-rank-optimizers: converged entropy rank against depth, per optimiser",
-        claim=CLAIM, verdict=verdict,
-        sections=[(f"Converged entropy rank (nats, mean ± std over {cfg.seeds} seeds; target's "
+        claim=CLAIM, verdict=verdict_,
+        sections=[(f"Converged entropy rank (nats, mean ± std over {cfg.n_seeds} seeds; target's "
                    f"{h_target:.3f})", markdown_table(table)),
                   ("Losses", markdown_table(losses))],
         figures=["entropy_rank_by_optimizer", "depth_rank_optimizers"], config=cfg.to_dict())
-    return {"per_optimizer": per_optimizer, "target_entropy_rank": h_target, "verdict": verdict}
+    return {"per_optimizer": per_optimizer, "target_entropy_rank": h_target, "verdict": verdict_}
 
-
-def _plot_rank(per_optimizer, h_target, path, cfg):
-    import rankbias.plots as plots
-
-    fig, ax = plots.figure(width=5.8, height=3.8)
-    for i, p in enumerate(per_optimizer):
-        rows = p["per_depth"]
-        plots.line_with_band(ax, [r["depth"] for r in rows], [r["entropy_rank"] for r in rows],
-                             [r["entropy_rank_std"] for r in rows], label=LABELS[p["optimizer"]],
-                             color=f"C{i}", ms=4)
-    ax.axhline(h_target, color="k", ls="--", lw=1, label=f"target (rank {cfg.target_rank})")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(cfg.depths), [str(d) for d in cfg.depths])
-    ax.minorticks_off()
-    ax.set_xlabel("depth L")
-    ax.set_ylabel("converged entropy rank of $W_L\\cdots W_1$ (nats)")
-    ax.set_title(f"Deep linear nets, rank-{cfg.target_rank} target, n={cfg.n}\n"
-                 f"(error bars: std over {cfg.seeds} seeds)", fontsize=9)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return plots.save(fig, path)

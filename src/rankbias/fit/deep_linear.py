@@ -1,96 +1,40 @@
-"""Fitting an n x n matrix from input/output pairs with deep linear networks.
+"""Training deep linear networks to fit a matrix from input/output pairs.
 
-Huh et al. (2023), "The Low-Rank Simplicity Bias in Deep Networks", sec. 4: a
-target map W* (low rank, or full rank) is observed through pairs (x, W* x)
-with fewer pairs than dimensions, so many matrices fit the training set; which
-one the optimiser finds is decided by the parameterisation's implicit bias.
-Deeper networks find end-to-end maps of lower effective rank.
+Huh et al. (2023), "The Low-Rank Simplicity Bias in Deep Networks", sec. 4 (see
+``docs/paper2-depth.md``, C.2): deeper networks find end-to-end maps of lower
+effective rank. The tasks are :mod:`rankbias.data.matrix_tasks`.
 
-:func:`make_task` draws one such problem; :func:`fit_deep_linear` trains many
-deep linear networks (depths x seeds x tasks) on their tasks with
-:func:`rankbias.train.train`, as one batched computation (shallower networks
-padded with frozen identity factors, see :class:`~rankbias.models.deep_linear.DeepLinear`)
-or one network at a time (``batched=False``; always so for L-BFGS, whose line
-search would couple the networks of a batch). ``optimizer="random_search"``
-uses the gradient-free :func:`rankbias.fit.random_search.random_search` instead,
-batched over networks.
+:func:`fit_deep_linear` trains many deep linear networks (depths x seeds x
+tasks) on their tasks with :func:`rankbias.train.train`, as one batched
+computation (shallower networks padded with frozen identity factors, see
+:class:`~rankbias.models.deep_linear.DeepLinear`) or one network at a time
+(``batched=False``; always so for L-BFGS, whose line search would couple the
+networks of a batch). ``optimizer="random_search"`` uses the gradient-free
+:func:`rankbias.fit.random_search.random_search` instead, batched over networks.
+
+Threads: nothing here sets torch's thread count; the caller (the experiment
+runner) owns it. Small n x n CPU matmuls gain nothing from intra-op threads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
+from rankbias.data.matrix_tasks import MatrixFitTask, TargetKind, make_task
 from rankbias.fit.random_search import random_search
 from rankbias.measures import rank_measures
 from rankbias.models.deep_linear import DeepLinear, end_to_end
 from rankbias.train import OPTIMIZERS, train
 
-__all__ = ["MatrixFitTask", "FitResult", "make_task", "fit_deep_linear", "FIT_OPTIMIZERS"]
+# MatrixFitTask and make_task moved to rankbias.data.matrix_tasks; re-exported here
+__all__ = ["FIT_OPTIMIZERS", "FitResult", "MatrixFitTask", "TargetKind", "fit_deep_linear",
+           "make_task"]
 
 FIT_OPTIMIZERS = (*OPTIMIZERS, "random_search")
-TargetKind = Literal["low_rank", "full_rank"]
-
-
-@dataclasses.dataclass(frozen=True)
-class MatrixFitTask:
-    """One problem: fit ``target`` (n x n) from ``x_train`` -> ``y_train``."""
-
-    target: torch.Tensor
-    """W* (n, n), scaled so that ||W*||_F^2 = n (E|W* x|^2 = n for x ~ N(0, I))."""
-    x_train: torch.Tensor
-    """(n_train, n) Gaussian inputs."""
-    y_train: torch.Tensor
-    """(n_train, n) = x_train W*^T (+ noise)."""
-    x_test: torch.Tensor
-    """(n_test, n) held-out Gaussian inputs."""
-    y_test: torch.Tensor
-    """(n_test, n) = x_test W*^T."""
-
-
-def make_task(
-    n: int,
-    kind: TargetKind,
-    *,
-    rank: int = 1,
-    n_train: int,
-    n_test: int,
-    noise: float = 0.0,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> MatrixFitTask:
-    """A random target and its data. ``low_rank``: U V^T with U, V random n x
-    ``rank`` orthonormal frames, all non-zero singular values equal (entropy
-    rank log ``rank``). ``full_rank``: an i.i.d. Gaussian matrix (singular
-    values spread by the quarter-circle law). Both rescaled to ||W*||_F^2 = n.
-    ``noise``: std of i.i.d. Gaussian noise added to the training outputs (the
-    test outputs stay clean, so the test loss is ||W - W*||_F^2 / n in expectation)."""
-    if kind not in ("low_rank", "full_rank"):
-        raise ValueError(f"kind must be 'low_rank' or 'full_rank', got {kind!r}")
-    if not 1 <= rank <= n:
-        raise ValueError(f"rank must be in [1, n={n}], got {rank}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
-    if n_train < 1 or n_test < 1:
-        raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
-    kw = dict(generator=generator, dtype=dtype, device=device)
-    if kind == "low_rank":
-        U, _ = torch.linalg.qr(torch.randn(n, rank, **kw))
-        V, _ = torch.linalg.qr(torch.randn(n, rank, **kw))
-        W = U @ V.T
-    else:
-        W = torch.randn(n, n, **kw)
-    W = W * (n**0.5 / torch.linalg.matrix_norm(W))
-    x_tr = torch.randn(n_train, n, **kw)
-    x_te = torch.randn(n_test, n, **kw)
-    y_tr = x_tr @ W.T + noise * torch.randn(n_train, n, **kw)
-    return MatrixFitTask(W, x_tr, y_tr, x_te, x_te @ W.T)
 
 
 @dataclasses.dataclass
@@ -114,10 +58,11 @@ def _mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class _Probe:
-    """Callback: full-batch train and test loss and the entropy rank, per network."""
+    """Callback: full-batch train and test loss, the entropy rank and the ``top_k``
+    largest singular values (``sv1`` >= ``sv2`` >= ...) of W_e, per network."""
 
-    def __init__(self, net: DeepLinear, xtr, ytr, xte, yte):
-        self.net, self.data = net, (xtr, ytr, xte, yte)
+    def __init__(self, net: DeepLinear, xtr, ytr, xte, yte, top_k: int = 0):
+        self.net, self.data, self.top_k = net, (xtr, ytr, xte, yte), top_k
 
     @torch.no_grad()
     def on_log(self, state):
@@ -127,35 +72,16 @@ class _Probe:
         h = torch.full(ok.shape, float("nan"), dtype=torch.float64)
         if bool(ok.any()):
             h[ok] = rank_measures(We[ok], ["entropy_rank"])["entropy_rank"].cpu()
-        return {"train_loss": _mse(xtr @ We.mT, ytr), "test_loss": _mse(xte @ We.mT, yte),
-                "entropy_rank": h}
+        out = {"train_loss": _mse(xtr @ We.mT, ytr), "test_loss": _mse(xte @ We.mT, yte),
+               "entropy_rank": h}
+        if self.top_k:
+            sv = torch.full((We.shape[0], self.top_k), float("nan"), dtype=torch.float64)
+            if bool(ok.any()):
+                sv[ok] = torch.linalg.svdvals(We[ok])[:, : self.top_k].cpu().double()
+            out.update({f"sv{i + 1}": sv[:, i] for i in range(self.top_k)})
+        return out
 
 
-@contextlib.contextmanager
-def _single_thread(device) -> Iterator[None]:
-    """Small (n x n) CPU matmuls gain nothing from intra-op threads and lose a lot
-    to them on a busy machine (measured: ~10x slower with 2 threads under load)."""
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _single_threaded(fn):
-    @functools.wraps(fn)
-    def wrapper(tasks, *args, **kwargs):
-        with _single_thread(tasks[0].target.device):
-            return fn(tasks, *args, **kwargs)
-
-    return wrapper
-
-
-@_single_threaded
 def fit_deep_linear(
     tasks: Sequence[MatrixFitTask],
     task_index: Sequence[int],
@@ -166,12 +92,13 @@ def fit_deep_linear(
     steps: int = 1000,
     momentum: float = 0.9,
     batch_size: int | None = None,
-    init: str = "normal",
-    init_scale: float = 1.0,
+    init: str | Sequence[str] = "normal",
+    init_scale: float | Sequence[float] = 1.0,
     scale_of: Literal["factor", "end_to_end"] = "factor",
     batched: bool = True,
     group_by_depth: bool = False,
     population: int = 16,
+    top_k: int = 0,
     log_every: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool | None = False,
@@ -188,7 +115,9 @@ def fit_deep_linear(
     with frozen identity factors. ``scale_of``: ``init_scale`` is each factor's
     gain (``factor``: the end-to-end map of a depth-L network then has gain
     init_scale^L), or the end-to-end map's gain at every depth (``end_to_end``:
-    each factor gets init_scale^(1/L)).
+    each factor gets init_scale^(1/L)). ``init`` and ``init_scale`` are one
+    value for all networks or one per network. ``top_k``: also log the k largest
+    singular values of every end-to-end map (``sv1`` ... ``svk`` in ``history``).
     """
     if scale_of not in ("factor", "end_to_end"):
         raise ValueError(f"scale_of must be 'factor' or 'end_to_end', got {scale_of!r}")
@@ -209,7 +138,12 @@ def fit_deep_linear(
     xte = torch.stack([t.x_test for t in tasks])[idx]  # (M, n_test, n)
     yte = torch.stack([t.y_test for t in tasks])[idx]
     dev, dtype = t0.target.device, t0.target.dtype
-    scales = init_scale if scale_of == "factor" else [init_scale ** (1 / d) for d in depths]
+    if not 0 <= top_k <= n:
+        raise ValueError(f"top_k must be in [0, n={n}], got {top_k}")
+    scale = [float(init_scale)] * M if isinstance(init_scale, int | float) else list(init_scale)
+    if len(scale) != M:
+        raise ValueError(f"init_scale: expected a float or {M} floats, got {len(scale)}")
+    scales = scale if scale_of == "factor" else [s ** (1 / d) for s, d in zip(scale, depths)]
     net = DeepLinear(depths, n, init=init, init_scale=scales, generator=generator,
                      dtype=dtype, device=dev)
     batches = None
@@ -220,7 +154,7 @@ def fit_deep_linear(
     if optimizer == "random_search":
         history = _fit_random_search(net, xtr, ytr, xte, yte, steps=steps, sigma=lr,
                                      population=population, generator=generator,
-                                     log_every=log_every, batched=batched)
+                                     batched=batched, top_k=top_k)
         status = ["ok"] * M
     else:
         if not batched or optimizer == "lbfgs":
@@ -238,7 +172,7 @@ def fit_deep_linear(
             st, hist = _fit_gradient(
                 sub, xtr[gi], ytr[gi], xte[gi], yte[gi],
                 None if batches is None else batches[:, gi], optimizer=optimizer, lr=lr,
-                steps=steps, momentum=momentum, log_every=log_every,
+                steps=steps, momentum=momentum, log_every=log_every, top_k=top_k,
                 progress=progress if len(groups) == 1 else False)
             for j, m in enumerate(group):
                 status[m] = st[j]
@@ -263,7 +197,7 @@ def fit_deep_linear(
 
 
 def _fit_gradient(net, xtr, ytr, xte, yte, batches, *, optimizer, lr, steps, momentum,
-                  log_every, progress):
+                  log_every, top_k, progress):
     M = net.n_models
     rows = torch.arange(M, device=xtr.device)[:, None]
 
@@ -274,13 +208,13 @@ def _fit_gradient(net, xtr, ytr, xte, yte, batches, *, optimizer, lr, steps, mom
         return _mse(net(xtr[rows, b]), ytr[rows, b])
 
     res = train(loss_fn, net, steps=steps, optimizer=optimizer, lr=lr, momentum=momentum,
-                log_every=log_every, callbacks=[_Probe(net, xtr, ytr, xte, yte)],
+                log_every=log_every, callbacks=[_Probe(net, xtr, ytr, xte, yte, top_k)],
                 progress=progress, desc=f"{optimizer} x{M}")
     return res.status, res.history
 
 
 def _fit_random_search(net, xtr, ytr, xte, yte, *, steps, sigma, population, generator,
-                       log_every, batched):
+                       batched, top_k):
     mask = net.mask
 
     def loss_of(factors: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
@@ -288,7 +222,7 @@ def _fit_random_search(net, xtr, ytr, xte, yte, *, steps, sigma, population, gen
         We = end_to_end(factors, mask[models])
         return _mse(xtr[models] @ We.mT, ytr[models])
 
-    probe = _Probe(net, xtr, ytr, xte, yte)
+    probe = _Probe(net, xtr, ytr, xte, yte, top_k)
     history: list[dict] = []
 
     def log(step, loss):

@@ -10,10 +10,12 @@ effective rank as the depth L grows.
 parameter tensor ``factors`` of shape (M, L_max, n, n). A network of depth
 L < L_max is padded with L_max - L identity factors that are never trained:
 the forward pass substitutes the exact identity for them (``torch.where``),
-so their gradient is exactly zero and the padded product equals the product of
-the network's own factors bit for bit (multiplying by an exact identity is
-exact in floating point). One batched matmul chain thus trains every depth and
-seed of a sweep at once.
+so their gradient is exactly zero, and multiplying by an exact identity is
+exact in floating point (each output is one product plus exact zeros), so the
+padded product equals the product of the network's own L factors by the same
+batched routine bit for bit. (A different routine, e.g. a per-matrix loop, may
+pick other BLAS kernels and agree only to round-off.) One batched matmul chain
+thus trains every depth and seed of a sweep at once.
 
 Following timm's ``reparameterize_model`` convention, :meth:`DeepLinear.collapse`
 returns the end-to-end maps as a plain (M, n, n) tensor: the network's
@@ -73,7 +75,7 @@ def end_to_end(factors: torch.Tensor, mask: torch.Tensor | None = None) -> torch
         factors = torch.where(mask[..., None, None], factors, eye)
     # unbind: one backward op for all slices (indexing would zero-fill a full-size
     # gradient per slice). Padded identities come last, and I @ P == P exactly, so
-    # a padded network's product equals the network's own bit for bit.
+    # a padded network's product equals its own L-factor chain bit for bit.
     Fs = factors.unbind(-3)
     P = Fs[0]
     for W in Fs[1:]:
@@ -89,8 +91,9 @@ class DeepLinear(nn.Module):
     depths : the depth of each of the M networks (ints >= 1).
     n : width (input = hidden = output dimension).
     init, init_scale : see :func:`sample_factors`; each factor of network m is
-        drawn with E|W x|^2 = s_m^2 |x|^2, s_m = init_scale (a float) or
-        init_scale[m] (a sequence of M floats).
+        drawn from init (a name) or init[m] (a sequence of M names) with
+        E|W x|^2 = s_m^2 |x|^2, s_m = init_scale (a float) or init_scale[m]
+        (a sequence of M floats).
     generator : a seeded ``torch.Generator`` (for a deterministic draw).
 
     Attributes: ``factors`` (Parameter, (M, L_max, n, n)); ``depths`` (buffer,
@@ -103,7 +106,7 @@ class DeepLinear(nn.Module):
         depths: Sequence[int],
         n: int,
         *,
-        init: Init = "normal",
+        init: Init | Sequence[Init] = "normal",
         init_scale: float | Sequence[float] = 1.0,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
@@ -123,8 +126,16 @@ class DeepLinear(nn.Module):
             if scale.shape != (M,):
                 raise ValueError(f"init_scale: expected a float or {M} floats, got {scale.shape[0]}")
             scale = scale.view(M, 1, 1, 1)
-        W = sample_factors((M, L, n, n), init=init, scale=scale, generator=generator,
-                           dtype=dtype, device=device)
+        kw = dict(generator=generator, dtype=dtype, device=device)
+        if isinstance(init, str):
+            W = sample_factors((M, L, n, n), init=init, scale=scale, **kw)
+        else:
+            inits = list(init)
+            if len(inits) != M:
+                raise ValueError(f"init: expected a name or {M} names, got {len(inits)}")
+            per_model = [scale] * M if isinstance(scale, float) else list(scale.view(M))
+            W = torch.stack([sample_factors((L, n, n), init=i, scale=s, **kw)
+                             for i, s in zip(inits, per_model)])  # (M, L, n, n)
         d = torch.tensor(depths, device=device)
         mask = torch.arange(L, device=device) < d[:, None]  # (M, L)
         eye = torch.eye(n, dtype=dtype, device=device)
@@ -151,15 +162,6 @@ class DeepLinear(nn.Module):
     @property
     def n_models(self) -> int:
         return self.factors.shape[0]
-
-    @property
-    def max_depth(self) -> int:
-        return self.factors.shape[1]
-
-    def effective_factors(self) -> torch.Tensor:
-        """(M, L_max, n, n): the factors with the exact identity in padded slots."""
-        eye = torch.eye(self.n, dtype=self.factors.dtype, device=self.factors.device)
-        return torch.where(self.mask[..., None, None], self.factors, eye)
 
     def end_to_end(self) -> torch.Tensor:
         """W_e = W_L ... W_1 of every network, shape (M, n, n), differentiable."""

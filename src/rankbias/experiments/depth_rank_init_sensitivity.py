@@ -1,0 +1,200 @@
+"""depth-rank-init-sensitivity: the low-rank bias of trained deep linear networks
+is insensitive to the initialisation (Huh et al. 2023, "The Low-Rank Simplicity
+Bias in Deep Networks", sec. 4; ``docs/paper2-depth.md``, C.2 across
+initialisations).
+
+The low-rank fitting task of ``depth-rank-trained`` is trained from several
+initialisations: every distribution of ``inits`` (i.i.d. normal, i.i.d.
+uniform, Haar-orthogonal factors) at every scale of ``init_scales`` (by default
+the end-to-end map's gain, 0.5x to 2x of the default gain 1, at every depth:
+per-factor gains of 0.5 or 2 would make a depth-32 product vanish or explode
+before any training). The whole grid (inits x depths x seeds) trains as one
+padded batch; every init sees the same tasks. Orthogonal factors make a useful
+control: their product is orthogonal, so its entropy rank at initialisation is
+the maximum log n at every depth (the C.1 effect is absent at init), and any
+fall with depth after training comes from training.
+
+The test, fixed before the run: (1) for every init, the paired difference over
+seeds (converged entropy rank at the first depth minus at the last, same seed
+and task) has a t-interval above 0; (2) at every depth, the spread across inits
+(max minus min of the per-init means over seeds) is at most ``max_spread_ratio``
+times the drop across depths (the mean over inits of rank at the first depth
+minus at the last). Not testable with fewer than two seeds or two inits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Literal
+
+from rankbias.experiments._depth import (
+    DeepLinearTaskConfig,
+    Init,
+    SweepGroup,
+    fit_sweep,
+    history_rows,
+    per_depth_rows,
+    per_seed,
+    target_entropy_rank,
+)
+from rankbias.experiments.registry import register
+from rankbias.framework.runs import RunDir
+from rankbias.verdicts import mean_std, t_interval, verdict
+
+CLAIM = (
+    "The low-rank bias of depth does not depend on the initialisation: for normal, uniform and "
+    "orthogonal initial factors at scales from 0.5x to 2x, the converged entropy rank of a deep "
+    "linear network fitted to a low-rank target falls with depth, and the initialisation moves "
+    "it far less than depth does (Huh et al. 2023, sec. 4)."
+)
+PAPER = ("the rank of the converged solution falls with depth for every initialisation tried; "
+         "the initialisation changes it little")
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthRankInitSensitivityConfig(DeepLinearTaskConfig):
+    inits: list[Init] = dataclasses.field(default_factory=lambda: ["normal", "uniform", "orthogonal"])
+    """Distributions of the initial factors (each with every scale of init_scales)."""
+    init_scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
+    """Initial scales (gain of the end-to-end map or of each factor, see scale_of); 1 is the default."""
+    scale_of: Literal["factor", "end_to_end"] = "end_to_end"
+    """What init_scales set: the end-to-end map's gain at every depth, or each factor's gain."""
+    optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adam"] = "gd"
+    """Optimiser (rankbias.train); all networks train as one batch."""
+    lr: float = 0.01
+    """Learning rate."""
+    max_spread_ratio: float = 0.5
+    """The claim needs, at every depth, spread across inits <= this x the drop across depths."""
+    confidence: float = 0.95
+    """Confidence of the t-intervals over seeds."""
+
+    def validate(self) -> None:
+        super().validate()
+        self._require(len(self.inits) >= 1 and len(set(self.inits)) == len(self.inits), "inits",
+                      "a non-empty list of distinct normal, uniform, orthogonal")
+        self._require(len(self.init_scales) >= 1 and all(s > 0 for s in self.init_scales)
+                      and len(set(self.init_scales)) == len(self.init_scales), "init_scales",
+                      "a non-empty list of distinct floats > 0")
+        self._require(self.lr > 0, "lr", "a float > 0")
+        self._require(self.max_spread_ratio > 0, "max_spread_ratio", "a float > 0")
+        self._require(0 < self.confidence < 1, "confidence", "a float in (0, 1)")
+
+    def groups(self) -> list[SweepGroup]:
+        return [SweepGroup("low_rank", i, s) for i, s in itertools.product(self.inits, self.init_scales)]
+
+
+def init_label(g: SweepGroup) -> str:
+    return f"{g.init} x{g.init_scale:g}"
+
+
+def insensitivity_verdict(first_minus_last: dict[str, list[float]], means: dict[str, list[float]],
+                          depths, *, max_spread_ratio: float, confidence: float = 0.95) -> dict:
+    """The test of this module's docstring. ``first_minus_last[init]``: per seed, rank at the
+    first depth minus at the last; ``means[init]``: per depth, the mean rank over seeds."""
+    pct = round(100 * confidence)
+    criterion = (f"for every init the {pct}% t-interval over seeds of (rank at L={depths[0]} minus "
+                 f"rank at L={depths[-1]}, same seed) is above 0, and at every depth the spread "
+                 f"across inits (max - min of the means) is <= {max_spread_ratio:g} x the drop "
+                 "across depths (mean over inits of rank at the first depth minus at the last)")
+    intervals = {k: t_interval(v, confidence) for k, v in first_minus_last.items()}
+    spread = {str(d): max(m[j] for m in means.values()) - min(m[j] for m in means.values())
+              for j, d in enumerate(depths)}
+    drop = mean_std([m[0] - m[-1] for m in means.values()])[0]
+    worst = max(spread, key=lambda d: spread[d] if math.isfinite(spread[d]) else math.inf)
+    ratio = spread[worst] / drop if drop > 0 else math.inf
+    numbers = dict(intervals=intervals, spread_by_depth=spread, drop_across_depths=drop,
+                   max_spread=spread[worst], max_spread_depth=int(worst), spread_to_drop=ratio,
+                   paper=PAPER)
+    if len(means) < 2 or min(iv["n"] for iv in intervals.values()) < 2:
+        return verdict("not testable", criterion, "needs at least two inits and two seeds", **numbers,
+                       measured="not testable")
+    not_falling = [k for k, iv in intervals.items() if not iv["lo"] > 0]
+    measured = (f"drop across depths {drop:.3f} nats; largest spread across inits {spread[worst]:.3f} "
+                f"at L={worst} ({ratio:.2f} x the drop)")
+    if not_falling:
+        reason = "no significant fall with depth for " + ", ".join(
+            f"{k} ({intervals[k]['mean']:+.3f} [{intervals[k]['lo']:+.3f}, {intervals[k]['hi']:+.3f}])"
+            for k in not_falling)
+        return verdict("does not hold", criterion, reason + "; " + measured, **numbers, measured=measured)
+    ok = ratio <= max_spread_ratio
+    reason = (f"the rank falls with depth for every init; {measured} "
+              f"({'<=' if ok else '>'} {max_spread_ratio:g})")
+    return verdict("holds" if ok else "does not hold", criterion, reason, **numbers, measured=measured)
+
+
+@register(
+    "depth-rank-init-sensitivity",
+    description="Converged entropy rank against depth for several init distributions and scales",
+    config_cls=DepthRankInitSensitivityConfig,
+    presets={
+        "quick": {},
+        "paper": {"n": 32, "depths": [1, 2, 4, 8, 16, 32], "seeds": list(range(10)), "n_train": 64,
+                  "steps": 10000, "lr": 0.005, "n_test": 2048, "log_every": 500,
+                  "init_scales": [0.25, 0.5, 1.0, 2.0, 4.0]},
+    },
+    claim=CLAIM,
+)
+def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
+    import rankbias.plots as plots
+    from rankbias.report import markdown_table, write_run_report
+
+    groups = cfg.groups()
+    labels = [init_label(g) for g in groups]
+    layout, tasks, res = fit_sweep(cfg, groups, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
+                                   batch_size=cfg.batch_size, progress=None)
+    h_target = target_entropy_rank(tasks[0])
+    at_init = initial_rows(res.history, layout, len(groups), cfg.depths)
+    per_init = []
+    for gi, g in enumerate(groups):
+        rows = per_depth_rows(layout, res, gi, cfg.depths)
+        diffs = [a - b for a, b in zip(per_seed(layout, res, gi, cfg.depths[0]),
+                                       per_seed(layout, res, gi, cfg.depths[-1]))]
+        per_init.append({"init": labels[gi], "distribution": g.init, "scale": g.init_scale,
+                         "per_depth": rows, "initial_entropy_rank": at_init[gi],
+                         "first_minus_last_per_seed": diffs})
+    v = insensitivity_verdict({p["init"]: p["first_minus_last_per_seed"] for p in per_init},
+                              {p["init"]: [r["entropy_rank"] for r in p["per_depth"]] for p in per_init},
+                              cfg.depths, max_spread_ratio=cfg.max_spread_ratio, confidence=cfg.confidence)
+    run.write_csv("metrics.csv", history_rows(res.history, layout, labels, cfg.seeds, key="init"))
+    markers = {"normal": "o", "uniform": "s", "orthogonal": "^"}
+    scales = sorted(cfg.init_scales)
+    styles = {labels[gi]: {"color": f"C{cfg.inits.index(g.init)}", "marker": markers[g.init],
+                           "alpha": 0.45 + 0.55 * (scales.index(g.init_scale) + 1) / len(scales),
+                           "ls": ("--", "-", ":")[min(scales.index(g.init_scale), 2)]}
+              for gi, g in enumerate(groups)}
+    plots.rank_by_depth_lines(
+        {"at initialisation": {p["init"]: p["initial_entropy_rank"] for p in per_init},
+         f"after {cfg.steps} {cfg.optimizer} steps": {p["init"]: p["per_depth"] for p in per_init}},
+        run.figure_path("entropy_rank_by_init"), styles=styles,
+        hline=(h_target, f"target (rank {cfg.target_rank})"),
+        title=f"Deep linear nets, rank-{cfg.target_rank} target, n={cfg.n}, init scale = gain of "
+              f"{'the end-to-end map' if cfg.scale_of == 'end_to_end' else 'each factor'} "
+              f"(error bars: std over {cfg.n_seeds} seeds)")
+    table = [{"init": p["init"],
+              **{f"L={r['depth']}": f"{r['entropy_rank']:.3f} ± {r['entropy_rank_std']:.3f}"
+                 for r in p["per_depth"]},
+              "diverged": sum(r["diverged"] for r in p["per_depth"])} for p in per_init]
+    write_run_report(
+        run, title="depth-rank-init-sensitivity: converged entropy rank per initialisation",
+        claim=CLAIM, verdict=v,
+        sections=[(f"Converged entropy rank (nats, mean ± std over {cfg.n_seeds} seeds; target's "
+                   f"{h_target:.3f})", markdown_table(table)),
+                  ("Spread across inits per depth (nats)",
+                   markdown_table([{"depth": d, "spread": s} for d, s in v["spread_by_depth"].items()]))],
+        figures=["entropy_rank_by_init"], config=cfg.to_dict())
+    return {"per_init": per_init, "target_entropy_rank": h_target, "verdict": v}
+
+
+def initial_rows(history, layout, n_groups: int, depths) -> list[list[dict]]:
+    """Per group and depth, the mean and std over seeds of the entropy rank at step 0."""
+    h0 = {r["model"]: r["entropy_rank"] for r in history if r["step"] == 0}
+    out = []
+    for gi in range(n_groups):
+        rows = []
+        for d in depths:
+            m, s = mean_std([h0[m] for m, (g, dd, _) in enumerate(layout) if g == gi and dd == d])
+            rows.append({"depth": d, "entropy_rank": m, "entropy_rank_std": s})
+        out.append(rows)
+    return out
