@@ -295,8 +295,7 @@ def layer_sigma_heatmaps(
     n = len(panels)
     fig, axes = figure(ncols=n, width=max(2.6, 0.75 * len(columns) + 1.6),
                        height=max(2.8, 0.28 * L + 1.6), squeeze=False)
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
     im = None
     for k, (ax, (label, values)) in enumerate(zip(axes[0], panels.items(), strict=True)):
         v = np.asarray(values, float).reshape(L, len(columns))
@@ -337,9 +336,12 @@ def ranks_against_sigma(
     dashed in black and grey in every panel, beside the panel's own lines."""
     fig, axes = figure(ncols=len(panels), width=4.0, height=3.4, squeeze=False)
     x = np.asarray(sigmas, float)
+    # a line keeps its colour in every panel, whichever lines a panel lacks
+    colour = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(
+        n for lines in panels.values() for n in lines))}
     for ax, (label, lines) in zip(axes[0], panels.items(), strict=True):
-        for i, (name, (mean, std)) in enumerate(lines.items()):
-            line_with_band(ax, x, mean, std, label=name, color=f"C{i}", ms=4)
+        for name, (mean, std) in lines.items():
+            line_with_band(ax, x, mean, std, label=name, color=colour[name], ms=4)
         for i, (name, (mean, std)) in enumerate((reference or {}).items()):
             line_with_band(ax, x, mean, std, label=name, color=("k", "0.5", "0.7")[i % 3], ls="--",
                            marker="s", ms=3)

@@ -359,8 +359,9 @@ CI = {
     config_cls=DeepNoiseConfig,
     presets={
         "quick": {
-            "dataset": "digits", "sigmas": [0.0, 0.25, 0.5, 1.0, 2.0], "seeds": [0, 1],
-            "noise_models": ["canvas"], "steps": 300, "test_limit": 300, "num_threads": 1,
+            "dataset": "digits", "sigmas": [0.0, 0.5, 1.0, 1.5], "seeds": [0, 1],
+            "noise_models": ["canvas"], "steps": 300, "batch_size": 64, "lr": 2e-3,
+            "test_limit": 300, "num_threads": 1,
         },
         "ci": CI,
         "paper": {

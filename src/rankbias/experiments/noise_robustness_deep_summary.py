@@ -34,9 +34,10 @@ PENULTIMATE = "<penultimate>"
 MEASURES = {
     "weight_stable_rank": "weight stable rank",
     "weight_effective_rank": "weight effective rank",
-    "emb_effective_rank_clean": "embedding kernel eff. rank, clean test images",
-    "emb_effective_rank_noisy": "embedding kernel eff. rank, noisy test images",
+    "emb_effective_rank_clean": "embeddings, clean test images",
+    "emb_effective_rank_noisy": "embeddings, noisy test images",
 }
+"""Labels of the measures (the embeddings' measure is the kernel effective rank)."""
 PAPER = ("two-layer CNN: the filters' stable rank stays near the clean data's while the data's "
          "stable rank grows >= 10x (log ratio ~ 0); deeper layers not covered")
 DATA_KEY = "pixel_stable_rank"
@@ -105,7 +106,7 @@ def summarize(cfg, run: RunDir, data_rows: list[dict], results: list[dict], info
             layers = [r["layer"] for r in ok[0]["layers"]] if ok else []
             acc = _array(by, sig, seeds, lambda r: r.get("test_acc"))
             dr = data_rank[noise]
-            for j, s in enumerate(sig):
+            for s in sig:
                 rs = [by.get((s, sd)) for sd in seeds]
                 rs = [r for r in rs if r is not None]
                 row = {"model": name, "noise": noise, "sigma": s}
@@ -185,7 +186,8 @@ def overall_verdict(layer_verdicts: list[dict]) -> dict:
 def _mid_layers(layers: list[str]) -> list[str]:
     """The first weight layer, a middle one and the penultimate embeddings."""
     weights = [n for n in layers if n != PENULTIMATE]
-    picks = [weights[0], weights[len(weights) // 2]] if weights else []
+    main = [n for n in weights if "shortcut" not in n]  # a ResNet's projections are side branches
+    picks = [weights[0], main[len(main) // 2]] if main else weights[:1]
     return list(dict.fromkeys(picks + ([PENULTIMATE] if PENULTIMATE in layers else [])))
 
 
@@ -216,7 +218,7 @@ def _model_figures(cfg, run: RunDir, table: dict, acc, dr, clean: int) -> list[s
     ranks = f"ranks_vs_sigma_{name}_{noise}"
     plots.ranks_against_sigma(
         growth_panels, sig, run.figure_path(ranks), reference={"data: pixel-matrix stable rank": (d_m, d_s)},
-        xlabel="background noise σ", ylabel="rank (log scale)",
+        xlabel="background noise σ", ylabel="rank (log scale); embeddings: kernel eff. rank",
         title=f"{name}, {noise} noise: first layer, a middle layer, penultimate embeddings "
               f"(mean ± std over {len(cfg.seeds)} seeds)")
     return [heat, ranks]
