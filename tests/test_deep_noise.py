@@ -176,8 +176,11 @@ def test_overall_verdict_counts_the_testable_layers():
 
 def test_without_scikit_dimension_the_id_columns_are_skipped_with_a_note(monkeypatch, tmp_path):
     monkeypatch.setattr(idmod, "available", lambda: False)
-    s = run_experiment("noise-robustness-deep", {"models": ["mlp"], "noise_models": ["canvas"],
+    s = run_experiment("noise-robustness-deep", {"models": ["mlp"], "noise_models": ["background"],
                                                  "steps": 2}, preset="ci", out_dir=tmp_path / "r")
+    assert len(s["per_sigma"]) == 2 and s["layer_tables"][0]["noise"] == "background"
+    assert sorted(s["figures"]) == ["accuracy_vs_sigma_background", "data_rank_vs_sigma",
+                                    "heatmap_mlp_background", "ranks_vs_sigma_mlp_background"]
     assert any("scikit-dimension" in n for n in s["notes"])
     assert not any(k.startswith("id_") for k in s["per_data"][0])
     assert "scikit-dimension" in (tmp_path / "r" / "report.md").read_text()
