@@ -29,6 +29,8 @@ __all__ = [
     "depth_sweep_lines",
     "rank_by_depth_lines",
     "singular_value_dynamics",
+    "layer_sigma_heatmaps",
+    "ranks_against_sigma",
 ]
 
 STYLE = {
@@ -381,4 +383,81 @@ def singular_value_dynamics(
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7, ncols=2)
     fig.suptitle(title, fontsize=9)
+def layer_sigma_heatmaps(
+    panels: Mapping[str, np.ndarray],
+    layers: Sequence[str],
+    columns: Sequence[str],
+    path: str | Path,
+    *,
+    xlabel: str,
+    cbar_label: str,
+    title: str = "",
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+) -> Path:
+    """Heat maps of a (layers x columns) value, one panel per measure, the value written in
+    each cell; a diverging colour map centred on 0, clipped to [vmin, vmax] (the written
+    values are not clipped). NaN cells stay blank."""
+    L = len(layers)
+    n = len(panels)
+    fig, axes = figure(ncols=n, width=max(2.6, 0.75 * len(columns) + 1.6),
+                       height=max(2.8, 0.28 * L + 1.6), squeeze=False)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
+    im = None
+    for k, (ax, (label, values)) in enumerate(zip(axes[0], panels.items(), strict=True)):
+        v = np.asarray(values, float).reshape(L, len(columns))
+        im = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        for i in range(L):
+            for j in range(len(columns)):
+                if np.isfinite(v[i, j]):
+                    ax.text(j, i, f"{v[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if abs(v[i, j]) > 0.6 * max(abs(vmin), vmax) else "black")
+        ax.set_xticks(range(len(columns)), list(columns))
+        ax.set_yticks(range(L), list(layers) if k == 0 else [""] * L, fontsize=7)
+        ax.grid(False)
+        ax.set_xlabel(xlabel)
+        ax.set_title(label, fontsize=8)
+    axes[0][0].set_ylabel("layer (module order)")
+    if im is not None:
+        # on the last panel only, from its gridspec slot: tight_layout can place it
+        cb = fig.colorbar(im, ax=axes[0][-1], use_gridspec=True, shrink=0.9)
+        cb.set_label(cbar_label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save(fig, path)
+
+
+def ranks_against_sigma(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float] | None]]],
+    sigmas: Sequence[float],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    reference: Mapping[str, tuple[Sequence[float], Sequence[float] | None]] | None = None,
+    logy: bool = True,
+) -> Path:
+    """One panel per entry of ``panels`` ({line label: (mean, std or None)} against
+    ``sigmas``, std as error bars); the ``reference`` lines (e.g. the data's rank) are drawn
+    dashed in black and grey in every panel, beside the panel's own lines."""
+    fig, axes = figure(ncols=len(panels), width=4.0, height=3.4, squeeze=False)
+    x = np.asarray(sigmas, float)
+    # a line keeps its colour in every panel, whichever lines a panel lacks
+    colour = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(
+        n for lines in panels.values() for n in lines))}
+    for ax, (label, lines) in zip(axes[0], panels.items(), strict=True):
+        for name, (mean, std) in lines.items():
+            line_with_band(ax, x, mean, std, label=name, color=colour[name], ms=4)
+        for i, (name, (mean, std)) in enumerate((reference or {}).items()):
+            line_with_band(ax, x, mean, std, label=name, color=("k", "0.5", "0.7")[i % 3], ls="--",
+                           marker="s", ms=3)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=6, loc="best")
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return save(fig, path)

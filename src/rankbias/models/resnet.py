@@ -56,3 +56,13 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet18(in_channels: int = 3, num_classes: int = 10) -> CifarResNet:
     return CifarResNet(in_channels, num_classes, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512))
+
+
+def cifar_resnet8(in_channels: int = 3, num_classes: int = 10, width: int = 16) -> CifarResNet:
+    """ResNet-8: one basic block per stage, widths (w, 2w, 4w) (He et al.: w = 16)."""
+    return CifarResNet(in_channels, num_classes, blocks=(1, 1, 1), widths=(width, 2 * width, 4 * width))
+
+
+def cifar_resnet20(in_channels: int = 3, num_classes: int = 10, width: int = 16) -> CifarResNet:
+    """ResNet-20: three basic blocks per stage, widths (w, 2w, 4w) (He et al.: w = 16)."""
+    return CifarResNet(in_channels, num_classes, blocks=(3, 3, 3), widths=(width, 2 * width, 4 * width))
