@@ -400,3 +400,12 @@ def test_cache_blocking_does_not_change_results(monkeypatch):
     monkeypatch.setattr(mod, "_BLOCK_BYTES", 1)  # one model per block
     blocked = train_two_layer_cnn(X, y, Xt, yt, **kw)
     torch.testing.assert_close(blocked.model.weight, whole.model.weight, rtol=1e-5, atol=1e-7)
+
+
+def test_trainer_lives_in_fit_and_keeps_its_public_names():
+    import rankbias.fit.two_layer_cnn as fit
+    import rankbias.models.two_layer_cnn as models
+
+    assert rankbias.train_two_layer_cnn is fit.train_two_layer_cnn
+    assert models.train_two_layer_cnn is fit.train_two_layer_cnn  # the old import path
+    assert not hasattr(TwoLayerCNN, "flops_per_step")

@@ -162,35 +162,39 @@ def build_data(cfg: NoiseImagesConfig):
                             noise_region=cfg.noise_region, generator=gen)
 
     S = len(cfg.sigmas)
-    X, Y, Xt, Yt = [], [], [], []
     keys = ("data_patch_stable_rank", "data_image_stable_rank", "data_patch_effective_rank",
             "data_patch_stable_rank_clean", "data_image_stable_rank_clean")
     ranks: dict[str, list] = {key: [] for key in keys}
-    for seed in cfg.seeds:
+    X = Xt = Y = Yt = None
+    for s_i, seed in enumerate(cfg.seeds):
         imgs, y, classes = _binary(train, cfg, cfg.n_train, "train", seed)
         imgs_t, yt, _ = _binary(test, cfg, cfg.n_test, "test", seed)
         gen = torch.Generator().manual_seed(int(seed))
         noisy_tr, clean = noisy(imgs, gen)
         P = extract_patches(noisy_tr, k, cfg.stride)  # (S, n, P, ckk)
-        Pc = extract_patches(clean, k, cfg.stride)  # (n, P, ckk)
-        X.append(P)
-        Xt.append(extract_patches(noisy(imgs_t, gen)[0], k, cfg.stride))
-        Y.append(y.expand(S, -1))
-        Yt.append(yt.expand(S, -1))
+        del noisy_tr
+        Pt = extract_patches(noisy(imgs_t, gen)[0], k, cfg.stride)  # (S, n_test, P, ckk)
+        if X is None:  # filled in place: a real-image sweep's patches are gigabytes
+            X = P.new_empty(len(cfg.seeds) * S, *P.shape[1:])
+            Xt = Pt.new_empty(len(cfg.seeds) * S, *Pt.shape[1:])
+            Y, Yt = y.new_empty(X.shape[:2]), yt.new_empty(Xt.shape[:2])
+        rows = slice(_noise.model_index(s_i, 0, S), _noise.model_index(s_i + 1, 0, S))
+        X[rows], Xt[rows], Y[rows], Yt[rows] = P, Pt, y, yt
         r = data_rank_measures(P)
-        rc = data_rank_measures(Pc[None])
+        rc = data_rank_measures(extract_patches(clean, k, cfg.stride)[None])  # (1, n, P, ckk)
+        del P, Pt
         ranks["data_patch_stable_rank"].append(r["patch"]["stable_rank"].numpy())
         ranks["data_image_stable_rank"].append(r["image"]["stable_rank"].numpy())
         ranks["data_patch_effective_rank"].append(r["patch"]["effective_rank"].numpy())
         ranks["data_patch_stable_rank_clean"].append(np.repeat(rc["patch"]["stable_rank"].numpy(), S))
         ranks["data_image_stable_rank_clean"].append(np.repeat(rc["image"]["stable_rank"].numpy(), S))
     dev = torch.device(cfg.device)
-    stack = [torch.cat(t).to(dev) for t in (X, Y, Xt, Yt)]
+    X, Y, Xt, Yt = (t.to(dev) for t in (X, Y, Xt, Yt))
     info = {"dataset": name, "dataset_reason": reason, "noise_model": cfg.noise_model, "classes": classes,
             "image_shape": list(train.images.shape[1:]), "canvas": canvas, "patch_size": k,
-            "patches_per_image": int(X[0].shape[-2]), "patch_dim": int(X[0].shape[-1]),
-            "n_train": int(X[0].shape[1]), "n_test": int(Xt[0].shape[1])}
-    return (*stack, {key: np.stack(v) for key, v in ranks.items()}, info)
+            "patches_per_image": int(X.shape[-2]), "patch_dim": int(X.shape[-1]),
+            "n_train": int(X.shape[1]), "n_test": int(Xt.shape[1])}
+    return X, Y, Xt, Yt, {key: np.stack(v) for key, v in ranks.items()}, info
 
 
 @register(

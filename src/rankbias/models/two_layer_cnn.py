@@ -270,3 +270,16 @@ class TwoLayerCNN(nn.Module):
 def logistic_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean of log(1 + exp(-y f)) over the last dimension: (M, n) -> (M,)."""
     return nn.functional.softplus(-y * f).mean(-1)
+
+
+_MOVED = {"CNNFit", "CNNMetrics", "train_two_layer_cnn"}
+
+
+def __getattr__(name: str):
+    # The trainer moved to rankbias.fit.two_layer_cnn (models/ holds modules only); the old
+    # import path stays valid, resolved lazily because fit/ imports this module.
+    if name in _MOVED:
+        import rankbias.fit.two_layer_cnn as fit
+
+        return getattr(fit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
