@@ -1,7 +1,7 @@
 """The patch data model of Zhang, Gao, Zou & Cao (2025), "Gradient Descent
 Robustly Learns the Intrinsic Dimension of Data in Training Convolutional
-Neural Networks" (SCIENCE.md B; a reconstruction from the paper's abstract and
-the usual patch models of Cao et al. 2022, not from its full text).
+Neural Networks" (docs/paper1.md, "The model"; a reconstruction from the paper's
+abstract and the usual patch models of Cao et al. 2022, not from its full text).
 
 An image x = (x^(1), ..., x^(P)) has P patches in R^d. A dictionary of 2K
 orthogonal signal vectors of norm ``signal_norm`` (u_1..u_K for y = +1,
@@ -64,16 +64,6 @@ class PatchData:
     def clean_rank(self) -> int:
         """The intrinsic rank of the data, 2K."""
         return self.signals.shape[0]
-
-    def patch_matrix(self, noisy: bool = True, test: bool = False) -> torch.Tensor:
-        """All patches stacked: (S, n P, d) if ``noisy`` else (n P, d)."""
-        X = (self.X_test if test else self.X) if noisy else (self.X_test_clean if test else self.X_clean)
-        return X.reshape(*X.shape[:-3], X.shape[-3] * X.shape[-2], X.shape[-1])
-
-    def image_matrix(self, noisy: bool = True, test: bool = False) -> torch.Tensor:
-        """One row per image: (S, n, P d) if ``noisy`` else (n, P d)."""
-        X = (self.X_test if test else self.X) if noisy else (self.X_test_clean if test else self.X_clean)
-        return X.reshape(*X.shape[:-2], X.shape[-2] * X.shape[-1])
 
 
 def signal_dictionary(
@@ -184,10 +174,14 @@ def data_rank_measures(
     X: torch.Tensor, measures: Sequence[str] = ("stable_rank", "effective_rank", "numerical_rank")
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Rank measures of images X (..., n, P, d): of the patch matrix (n P x d) and
-    of the image matrix (n x P d), batched over the leading dimensions."""
+    of the image matrix (n x P d), for every entry of the leading dimensions.
+
+    One entry at a time: the measures work in float64, and a batch of real-image
+    patch matrices (e.g. 7 noise levels x 32,000 x 768) would double in memory."""
     lead = X.shape[:-3]
     n, P, d = X.shape[-3:]
-    return {
-        "patch": rank_measures(X.reshape(*lead, n * P, d), list(measures)),
-        "image": rank_measures(X.reshape(*lead, n, P * d), list(measures)),
-    }
+    flat = X.reshape(-1, n, P, d)
+    per = [{"patch": rank_measures(x.reshape(n * P, d), list(measures)),
+            "image": rank_measures(x.reshape(n, P * d), list(measures))} for x in flat]
+    return {kind: {k: torch.stack([r[kind][k] for r in per]).reshape(lead) for k in measures}
+            for kind in ("patch", "image")}

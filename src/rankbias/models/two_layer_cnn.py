@@ -1,6 +1,6 @@
 """The two-layer CNN of Zhang, Gao, Zou & Cao (2025), "Gradient Descent Robustly
 Learns the Intrinsic Dimension of Data in Training Convolutional Neural
-Networks" (SCIENCE.md B, reconstructed):
+Networks" (reconstructed; docs/paper1.md, "The model"):
 
     f(W, x) = F_{+1}(W_{+1}, x) - F_{-1}(W_{-1}, x),
     F_j(W_j, x) = (1/m) sum_{r=1..m} sum_{p=1..P} sigma(<w_{j,r}, x^(p)>),
@@ -11,28 +11,21 @@ threshold kappa.
 
 Every tensor carries a leading model dimension M: M independent networks (a
 sweep over noise levels x seeds) run as one batched matmul
-(M, n P, d) @ (M, d, 2m), and train as one with :func:`rankbias.train.train`.
+(M, n P, d) @ (M, d, 2m). The trainer is :func:`rankbias.fit.two_layer_cnn.train_two_layer_cnn`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from rankbias.measures import rank_measures
-
 __all__ = [
-    "CNNFit",
-    "CNNMetrics",
     "HuberizedReLU",
     "TwoLayerCNN",
     "huberized_relu",
     "logistic_loss",
-    "train_two_layer_cnn",
 ]
 
 
@@ -273,161 +266,20 @@ class TwoLayerCNN(nn.Module):
         F = self.class_scores(x)
         return F[..., 0] - F[..., 1]  # (M, n)
 
-    def flops_per_step(self, n: int, P: int) -> int:
-        """Multiply-add FLOPs of one training step on n images (forward matmul +
-        weight-gradient matmul, 2 * (2 M n P d 2m)); the elementwise work is not counted."""
-        return 2 * 2 * self.models * n * P * self.dim * 2 * self.filters
-
 
 def logistic_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean of log(1 + exp(-y f)) over the last dimension: (M, n) -> (M,)."""
     return nn.functional.softplus(-y * f).mean(-1)
 
 
-# --------------------------------------------------------------------------- training
+_MOVED = {"CNNFit", "CNNMetrics", "train_two_layer_cnn"}
 
 
-@dataclasses.dataclass
-class CNNFit:
-    """The result of :func:`train_two_layer_cnn`."""
+def __getattr__(name: str):
+    # The trainer moved to rankbias.fit.two_layer_cnn (models/ holds modules only); the old
+    # import path stays valid, resolved lazily because fit/ imports this module.
+    if name in _MOVED:
+        import rankbias.fit.two_layer_cnn as fit
 
-    model: TwoLayerCNN
-    """The trained networks (weights of diverged models are left as they were)."""
-    history: list[dict[str, Any]]
-    """One row per logged step and model: step, model, loss, train_acc, test_loss,
-    test_acc, filter_<measure>, pos_<measure>, neg_<measure>."""
-    status: list[str]
-    """Per model: "ok" or "diverged"."""
-    diverged_at: list[int | None]
-    """Per model: the step at which its loss became non-finite."""
-    final: dict[str, torch.Tensor]
-    """Per-model (M,) values of the last logged row (NaN for diverged models)."""
-
-
-class CNNMetrics:
-    """Callback: train/test loss and accuracy and the rank measures of the filter
-    matrix (2m x d) and of each class's block (m x d), for every model."""
-
-    def __init__(
-        self,
-        model: TwoLayerCNN,
-        X: torch.Tensor,
-        y: torch.Tensor,
-        X_test: torch.Tensor | None = None,
-        y_test: torch.Tensor | None = None,
-        measures: Sequence[str] = ("stable_rank", "effective_rank"),
-    ):
-        self.model, self.X, self.y, self.X_test, self.y_test = model, X, y, X_test, y_test
-        self.measures = tuple(measures)
-
-    @torch.no_grad()
-    def _eval(self, X, y, prefix: str) -> dict[str, torch.Tensor]:
-        f = self.model(X)
-        return {f"{prefix}loss": logistic_loss(f, y), f"{prefix}acc": ((f * y) > 0).float().mean(-1)}
-
-    @torch.no_grad()
-    def on_log(self, state) -> dict[str, torch.Tensor]:
-        out = self._eval(self.X, self.y, "train_")
-        if self.X_test is not None:
-            out.update(self._eval(self.X_test, self.y_test, "test_"))
-        W = self.model.weight.detach()  # (M, 2, m, d)
-        ok = torch.isfinite(W).flatten(1).all(1).cpu() & state.alive.cpu()
-        mats = {"filter": W.flatten(1, 2), "pos": W[:, 0], "neg": W[:, 1]}
-        for name, A in mats.items():
-            vals = {k: torch.full((W.shape[0],), float("nan"), dtype=torch.float64) for k in self.measures}
-            if bool(ok.any()):
-                got = rank_measures(A[ok.to(A.device)], list(self.measures))
-                for k in self.measures:
-                    vals[k][ok] = got[k].cpu()
-            out.update({f"{name}_{k}": v for k, v in vals.items()})
-        dead = ~state.alive.cpu()
-        return {k: torch.where(dead, torch.nan, v.cpu().double()) for k, v in out.items()}
-
-
-def train_two_layer_cnn(
-    X: torch.Tensor,
-    y: torch.Tensor,
-    X_test: torch.Tensor | None = None,
-    y_test: torch.Tensor | None = None,
-    *,
-    filters: int = 10,
-    steps: int = 1000,
-    lr: float = 1.0,
-    init_std: float = 0.01,
-    q: float = 3.0,
-    kappa: float = 1.0,
-    optimizer: Literal["gd", "sgd"] = "gd",
-    batch_size: int | None = None,
-    init_seeds: Sequence[int] | None = None,
-    batch_seed: int = 0,
-    log_every: int = 50,
-    measures: Sequence[str] = ("stable_rank", "effective_rank"),
-    callbacks: Sequence[Any] = (),
-    progress: bool | None = False,
-) -> CNNFit:
-    """Train M two-layer CNNs at once on the logistic loss with :func:`rankbias.train.train`.
-
-    ``X``: patches (M, n, P, d), one training set per model; ``y``: labels in
-    {+1, -1}, (M, n) or (n,). ``optimizer="gd"``: full-batch gradient descent;
-    ``"sgd"``: mini-batches of ``batch_size`` images drawn without replacement
-    in epochs (the same indices for every model, from ``batch_seed``).
-    ``init_seeds``: one init seed per model (default 0..M-1). A model whose loss
-    becomes non-finite gets status ``diverged``; the others go on.
-    """
-    from rankbias.train import train
-
-    if X.dim() != 4:
-        raise ValueError(f"X must be (M, n, P, d); got shape {tuple(X.shape)}")
-    M, n, P, d = X.shape
-    y = _labels(y, M, n, "y", X)
-    if (X_test is None) != (y_test is None):
-        raise ValueError("give both X_test and y_test or neither")
-    if X_test is not None:
-        if X_test.dim() != 4 or X_test.shape[0] != M or X_test.shape[-1] != d:
-            raise ValueError(f"X_test must be (M={M}, n_test, P, d={d}); got {tuple(X_test.shape)}")
-        y_test = _labels(y_test, M, X_test.shape[1], "y_test", X_test)
-    if optimizer not in ("gd", "sgd"):
-        raise ValueError(f"optimizer must be 'gd' or 'sgd', got {optimizer!r}")
-    if optimizer == "sgd" and not (batch_size and 1 <= batch_size <= n):
-        raise ValueError(f"sgd needs 1 <= batch_size <= n={n}, got {batch_size}")
-    model = TwoLayerCNN(
-        d, filters, M, q=q, kappa=kappa, init_std=init_std, seeds=init_seeds, dtype=X.dtype, device=X.device
-    )
-    if optimizer == "gd":
-        def loss_fn(step: int) -> torch.Tensor:
-            return logistic_loss(model(X), y)
-    else:
-        gen = torch.Generator().manual_seed(int(batch_seed))
-        per_epoch = n // batch_size
-        order: list[torch.Tensor] = []
-
-        def loss_fn(step: int) -> torch.Tensor:
-            epoch, b = divmod(step, per_epoch)
-            while len(order) <= epoch:
-                order.append(torch.randperm(n, generator=gen).to(X.device))
-            idx = order[epoch][b * batch_size:(b + 1) * batch_size]
-            return logistic_loss(model(X[:, idx]), y[:, idx])
-
-    metrics = CNNMetrics(model, X, y, X_test, y_test, measures)
-    res = train(
-        loss_fn, model, steps=steps, optimizer="gd" if optimizer == "gd" else "sgd", lr=lr,
-        log_every=log_every, callbacks=[metrics, *callbacks], progress=progress, desc="two-layer CNN",
-    )
-    last_step = res.history[-1]["step"]
-    last = [r for r in res.history if r["step"] == last_step]
-    keys = [k for k in last[0] if k not in ("step", "model")]
-    final = {k: torch.tensor([float(r[k]) for r in last], dtype=torch.float64) for k in keys}
-    dead = torch.tensor([s != "ok" for s in res.status])
-    final = {k: v.masked_fill(dead, float("nan")) for k, v in final.items()}
-    return CNNFit(model, res.history, res.status, res.diverged_at, final)
-
-
-def _labels(y: torch.Tensor, M: int, n: int, name: str, X: torch.Tensor) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.dim() == 1:
-        y = y.unsqueeze(0).expand(M, -1)
-    if tuple(y.shape) != (M, n):
-        raise ValueError(f"{name} must be (n={n},) or (M={M}, n={n}); got {tuple(y.shape)}")
-    if not bool(((y == 1) | (y == -1)).all()):
-        raise ValueError(f"{name} must hold labels +1 and -1 only")
-    return y.to(dtype=X.dtype, device=X.device)
+        return getattr(fit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,278 @@
+"""The shared base of the noise-robustness experiments (paper 1; docs/paper1.md).
+
+:class:`NoiseSweepConfig` holds the fields every noise-robustness experiment has: the
+sweep (``sigmas`` x ``seeds``), the network (``filters``, ``q``, ``kappa``,
+``init_std``) and its training (``steps``, ``target_train_loss``, ``lr``,
+``optimizer``, ``batch_size``, ``log_every``, ``device``). A subclass adds its data
+settings (``n_train``, ``n_test``, the data model) and may change a default by
+declaring the field again.
+
+A sweep trains ``len(seeds) * len(sigmas)`` networks as one batch; model
+``i = seed_index * S + sigma_index`` (:func:`model_index`). The functions below turn
+the batch's results into the per-noise-level table, the verdict (the relative test
+:func:`rankbias.verdicts.relative_rank_verdict`, docs/paper1.md "Verdict") and the
+run directory's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from rankbias.framework.config import Config
+from rankbias.verdicts import mean_std, relative_rank_verdict
+
+__all__ = [
+    "ACC_THRESHOLD",
+    "DATA_FACTOR",
+    "FILTER_FACTOR",
+    "FLAT_FACTOR",
+    "NoiseSweepConfig",
+    "absolute_test",
+    "claim_verdict",
+    "history_rows",
+    "model_index",
+    "per_seed",
+    "per_sigma_table",
+    "status_rows",
+    "train_sweep",
+]
+
+# The absolute test used before the relative one (kept in the summary for comparison,
+# docs/paper1.md "Verdict"); it decides nothing.
+ACC_THRESHOLD = 0.9
+"""Test accuracy at which a noise level counts as generalising (absolute test)."""
+DATA_FACTOR = 10.0
+"""The data's patch-matrix stable rank must reach this multiple of the clean rank."""
+FILTER_FACTOR = 1.25
+"""Absolute test: filter stable rank bound, as a multiple of the clean rank."""
+FLAT_FACTOR = 1.5
+"""Absolute test: filter stable rank may vary by less than this factor."""
+
+PAPER_CLAIM = (
+    "background noise inflates the data's rank by an order of magnitude or more while the "
+    "filters' stable rank stays near the clean (intrinsic) rank; no figure values: the "
+    "paper's full text was not available (docs/paper1.md)"
+)
+"""The paper's side of the "paper vs measured" table."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSweepConfig(Config):
+    """Fields shared by the noise-robustness experiments: the sweep, the CNN, its training."""
+
+    sigmas: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5, 1.0])
+    """Background noise levels (0 = clean images; must be present: the verdict compares with it)."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    """Seeds (a list of distinct ints); each fixes a data draw and the init."""
+    filters: int = 10
+    """m: filters per class."""
+    steps: int = 500
+    """Gradient descent steps (the budget when target_train_loss is set)."""
+    target_train_loss: float | None = None
+    """Stop each network once its full-batch training loss is <= this (> 0); null: run all steps."""
+    lr: float = 1.0
+    """Step size eta."""
+    init_std: float = 0.01
+    """sigma_0: filters start as N(0, sigma_0^2 I)."""
+    q: float = 3.0
+    """Power of the Huberised ReLU (>= 1)."""
+    kappa: float = 1.0
+    """Threshold of the Huberised ReLU (> 0)."""
+    optimizer: Literal["gd", "sgd"] = "gd"
+    """gd: full-batch gradient descent; sgd: mini-batches of batch_size."""
+    batch_size: int = 50
+    """Mini-batch size for optimizer=sgd (ignored by gd)."""
+    log_every: int = 25
+    """Steps between logged metrics (and rank measures)."""
+    device: str = "cpu"
+    """torch device, e.g. "cpu" or "cuda"."""
+
+    def validate(self) -> None:
+        req = self._require
+        req(len(self.sigmas) >= 1 and all(s >= 0 and math.isfinite(s) for s in self.sigmas),
+            "sigmas", "a non-empty list of finite floats >= 0")
+        req(len(set(self.sigmas)) == len(self.sigmas), "sigmas", "distinct values")
+        req(0.0 in self.sigmas, "sigmas", "a list that includes 0 (the clean level)")
+        req(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
+            "a non-empty list of distinct ints")
+        req(self.filters >= 1, "filters", "an int >= 1")
+        req(self.steps >= 1, "steps", "an int >= 1")
+        req(self.target_train_loss is None or self.target_train_loss > 0, "target_train_loss",
+            "a float > 0 or null")
+        req(self.lr > 0, "lr", "a float > 0")
+        req(self.init_std >= 0, "init_std", "a float >= 0")
+        req(self.q >= 1, "q", "a float >= 1")
+        req(self.kappa > 0, "kappa", "a float > 0")
+        req(self.batch_size >= 1, "batch_size", "an int >= 1")
+        req(self.log_every >= 1, "log_every", "an int >= 1")
+
+    @property
+    def clean_index(self) -> int:
+        """Position of sigma = 0 in ``sigmas``."""
+        return list(self.sigmas).index(0.0)
+
+
+def model_index(seed_index: int, sigma_index: int, n_sigmas: int) -> int:
+    """Where the network of (seed, sigma) sits in the batch."""
+    return seed_index * n_sigmas + sigma_index
+
+
+def train_sweep(cfg: NoiseSweepConfig, X, y, X_test, y_test):
+    """Train the sweep's networks (data (M, n, P, d) in :func:`model_index` order) as one batch."""
+    from rankbias.fit.two_layer_cnn import train_two_layer_cnn
+
+    S = len(cfg.sigmas)
+    return train_two_layer_cnn(
+        X, y, X_test, y_test, filters=cfg.filters, steps=cfg.steps, lr=cfg.lr, init_std=cfg.init_std,
+        q=cfg.q, kappa=cfg.kappa, optimizer=cfg.optimizer, batch_size=min(cfg.batch_size, X.shape[1]),
+        target_train_loss=cfg.target_train_loss, init_seeds=[s for s in cfg.seeds for _ in range(S)],
+        batch_seed=cfg.seeds[0], log_every=cfg.log_every, progress=None,
+    )
+
+
+def per_seed(fit, key: str, n_seeds: int, n_sigmas: int) -> np.ndarray:
+    """``fit.final[key]`` as (seeds, S); NaN for diverged networks."""
+    return np.asarray(fit.final[key], float).reshape(n_seeds, n_sigmas)
+
+
+def per_sigma_table(fit, cfg: NoiseSweepConfig, data: Mapping[str, np.ndarray],
+                    clean_rank: float) -> list[dict[str, Any]]:
+    """One row per sigma: mean and std over seeds (:func:`rankbias.verdicts.mean_std`) of
+    the final metrics of the non-diverged networks, and of the data's ranks
+    (``data[key]`` is (seeds, S))."""
+    S, n_seeds = len(cfg.sigmas), len(cfg.seeds)
+    rows = []
+    for j, sigma in enumerate(cfg.sigmas):
+        idx = [model_index(s, j, S) for s in range(n_seeds)]
+        ok = [i for i in idx if fit.status[i] == "ok"]
+
+        def col(key, ok=ok):
+            return [float(fit.final[key][i]) for i in ok]
+
+        row: dict[str, Any] = {"sigma": float(sigma)}
+        for key in ("filter_stable_rank", "filter_effective_rank"):
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(col(key))
+        row["class_block_stable_rank_mean"] = mean_std(col("pos_stable_rank") + col("neg_stable_rank"))[0]
+        for key, arr in data.items():
+            row[key], row[f"{key}_std"] = mean_std(list(np.asarray(arr)[:, j]))
+        row["clean_rank"] = clean_rank
+        for key in ("train_acc", "test_acc", "test_loss"):
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(col(key))
+        row["n_ok"], row["n_diverged"] = len(ok), len(idx) - len(ok)
+        if cfg.target_train_loss is not None:
+            row["n_reached_target"] = sum(fit.reached_target_at[i] is not None for i in idx)
+        rows.append(row)
+    return rows
+
+
+def claim_verdict(fit, cfg: NoiseSweepConfig, data_patch_stable_rank: np.ndarray) -> dict[str, Any]:
+    """The verdict: :func:`rankbias.verdicts.relative_rank_verdict` on the test accuracy,
+    the data's patch-matrix stable rank and the filters' stable rank, all (seeds, S),
+    with the "paper" and "measured" entries of the report's comparison table."""
+    n_seeds, S = len(cfg.seeds), len(cfg.sigmas)
+    v = relative_rank_verdict(
+        cfg.sigmas, per_seed(fit, "test_acc", n_seeds, S), data_patch_stable_rank,
+        per_seed(fit, "filter_stable_rank", n_seeds, S), clean_index=cfg.clean_index,
+    )
+    if "ratio_mean" in v:
+        measured = (f"data's patch stable rank x{v['max_data_growth']:.3g} at sigma={v['sigma']:g}, "
+                    f"filters' x{v['model_growth']:.3g}: log ratio {v['ratio_mean']:.3f} "
+                    f"± {v['ratio_std']:.3f} over {n_seeds} seeds")
+    else:
+        measured = f"{v['status']} on this data: {v['reason']}"
+    return {**v, "paper": PAPER_CLAIM, "measured": measured}
+
+
+def absolute_test(per_sigma: Sequence[Mapping[str, Any]], clean_rank: float) -> dict[str, Any]:
+    """The former absolute criterion, on seed means (reported, not deciding): over levels with
+    test accuracy >= ACC_THRESHOLD, the data's patch stable rank reaches DATA_FACTOR x the
+    clean rank, the filters' stays <= FILTER_FACTOR x it and varies by < FLAT_FACTOR."""
+    gen = [r for r in per_sigma if r["n_diverged"] == 0 and math.isfinite(r["test_acc_mean"])
+           and r["test_acc_mean"] >= ACC_THRESHOLD]
+    criterion = (f"over noise levels with test acc >= {ACC_THRESHOLD}: data patch stable rank reaches "
+                 f">= {DATA_FACTOR:g} x clean rank; filter stable rank <= {FILTER_FACTOR:g} x clean "
+                 f"rank and max/min < {FLAT_FACTOR:g}")
+    if not gen:
+        return {"passes": False, "criterion": criterion, "clean_rank": clean_rank,
+                "reason": f"no noise level with test accuracy >= {ACC_THRESHOLD}"}
+    fsr = [r["filter_stable_rank_mean"] for r in gen]
+    data_ratio = [r["data_patch_stable_rank"] / clean_rank for r in gen]
+    reach = max(data_ratio) >= DATA_FACTOR
+    bound = max(fsr) <= FILTER_FACTOR * clean_rank
+    flat = max(fsr) / min(fsr) < FLAT_FACTOR
+    return {
+        "passes": bool(reach and bound and flat), "criterion": criterion, "clean_rank": clean_rank,
+        "generalising_sigmas": [r["sigma"] for r in gen],
+        "max_data_patch_stable_rank_over_clean": max(data_ratio), "data_reaches_10x": bool(reach),
+        "max_filter_stable_rank": max(fsr), "filter_bound": FILTER_FACTOR * clean_rank,
+        "filter_within_bound": bool(bound), "filter_stable_rank_max_over_min": max(fsr) / min(fsr),
+        "filter_flat": bool(flat),
+    }
+
+
+def status_rows(fit, cfg: NoiseSweepConfig) -> list[dict[str, Any]]:
+    """Per network: sigma, seed, status, when it diverged and when it reached the loss target."""
+    S = len(cfg.sigmas)
+    return [
+        {"sigma": float(cfg.sigmas[i % S]), "seed": int(cfg.seeds[i // S]), "status": st,
+         "diverged_at": fit.diverged_at[i], "reached_target_at": fit.reached_target_at[i]}
+        for i, st in enumerate(fit.status)
+    ]
+
+
+def history_rows(fit, cfg: NoiseSweepConfig) -> list[dict[str, Any]]:
+    """``fit.history`` with each row's sigma and seed."""
+    S = len(cfg.sigmas)
+    return [{"sigma": float(cfg.sigmas[r["model"] % S]), "seed": int(cfg.seeds[r["model"] // S]), **r}
+            for r in fit.history]
+
+
+def write_outputs(run, cfg: NoiseSweepConfig, fit, data_ranks: Mapping[str, np.ndarray],
+                  clean_rank: float, *, title: str, claim: str, clean_label: str, sigma_label: str,
+                  figure_title: str, name: str, columns: Sequence[str],
+                  table_heading: str = "Per noise level (means over seeds)",
+                  sections: Sequence[tuple[str, str]] = (), extra: Mapping[str, Any] | None = None,
+                  clean_data_key: str | None = None, image_key: str | None = "data_image_stable_rank",
+                  ) -> dict[str, Any]:
+    """metrics.csv, the three figures and report.md of a sweep; returns the summary."""
+    from rankbias.experiments import _noise_figures as figs
+    from rankbias.report import markdown_table, write_run_report
+
+    history = history_rows(fit, cfg)
+    run.write_csv("metrics.csv", history)
+    per_sigma = per_sigma_table(fit, cfg, data_ranks, clean_rank)
+    verdict = claim_verdict(fit, cfg, data_ranks["data_patch_stable_rank"])
+    clean_acc = per_sigma[cfg.clean_index]["test_acc_mean"]
+    figs.plot_ranks_vs_sigma(
+        per_sigma, run.figure_path("stable_rank_vs_sigma"), clean_rank=clean_rank, clean_label=clean_label,
+        sigma_label=sigma_label, title=figure_title, clean_acc=clean_acc, image_key=image_key,
+        clean_data_key=clean_data_key,
+    )
+    figs.plot_filter_rank_over_steps(
+        history, cfg.sigmas, run.figure_path("filter_stable_rank_over_steps"), clean_rank=clean_rank,
+        clean_label=clean_label.split(" (")[0], title=f"{name}: filter stable rank during GD (lr={cfg.lr:g})",
+    )
+    figs.plot_acc_vs_sigma(per_sigma, run.figure_path("accuracy_vs_sigma"), sigma_label=sigma_label,
+                           title=f"{name}: accuracy against background noise", clean_acc=clean_acc)
+    statuses = status_rows(fit, cfg)
+    summary = {"per_sigma": per_sigma, "verdict": verdict, "absolute_test": absolute_test(per_sigma, clean_rank),
+               "clean_rank": clean_rank, **(extra or {}), "status": statuses, "steps": cfg.steps}
+    diverged = [r for r in statuses if r["status"] != "ok"]
+    write_run_report(
+        run, title=title, claim=claim, verdict=verdict,
+        sections=[
+            *sections,
+            (table_heading, markdown_table(per_sigma, columns)),
+            ("Former absolute test (for comparison; it decides nothing)",
+             markdown_table([{k: v for k, v in summary["absolute_test"].items()}])),
+            ("Diverged runs", markdown_table(diverged) if diverged else "none"),
+        ],
+        figures=["stable_rank_vs_sigma", "filter_stable_rank_over_steps", "accuracy_vs_sigma"],
+        config=cfg.to_dict(),
+    )
+    return summary
