@@ -53,6 +53,9 @@ class DeepLinearTaskConfig(DepthConfig):
 
     n: int = 16
     """Size of the target and of every factor (n x n)."""
+    num_threads: int | None = 1
+    """torch threads for the run, applied by the runner (None: leave as is). One by default:
+    these small batched matmuls ran up to 16x slower with two threads on a busy machine."""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     """Seeds; seed s fixes the task (target, data) of every depth; the initial factors and
     mini-batches come from one stream seeded by the whole list."""
@@ -81,6 +84,7 @@ class DeepLinearTaskConfig(DepthConfig):
         super().validate()
         req = self._require
         req(self.n >= 2, "n", "an int >= 2")
+        req(self.num_threads is None or self.num_threads >= 1, "num_threads", "an int >= 1 or null")
         req(len(self.seeds) >= 1 and all(s >= 0 for s in self.seeds)
             and len(set(self.seeds)) == len(self.seeds), "seeds", "a non-empty list of distinct ints >= 0")
         req(1 <= self.target_rank < self.n, "target_rank", f"an int in [1, n - 1 = {self.n - 1}]")
