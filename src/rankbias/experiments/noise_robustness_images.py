@@ -205,9 +205,10 @@ def build_data(cfg: NoiseImagesConfig):
         "quick": {},
         "mnist": {"dataset": "mnist"},
         "mnist-background": {"dataset": "mnist", "noise_model": "background_pixels", "patch_size": 7},
+        # lr 0.05: at lr 1 a clean CIFAR network collapses to a constant (loss log 2) within 50 steps
         "cifar10": {
             "dataset": "cifar10", "classes": [0, 1], "n_train": 2000, "n_test": 1000,
-            "sigmas": [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0], "seeds": [0, 1], "steps": 300,
+            "sigmas": [0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0], "seeds": [0, 1], "steps": 300, "lr": 0.05,
         },
         "paper": {
             "dataset": "mnist", "classes": [0, 1], "n_train": 5000, "n_test": 2000, "patch_size": 14,
