@@ -89,3 +89,11 @@ def test_relative_rank_ignores_levels_where_accuracy_drops():
 def test_relative_rank_rejects_bad_shapes():
     with pytest.raises(ValueError, match="seeds, len"):
         relative_rank_verdict([0, 1], [[1, 1, 1]], [[1, 1, 1]], [[1, 1, 1]])
+
+
+def test_relative_rank_skips_a_level_whose_networks_all_diverged(recwarn):
+    nan = float("nan")
+    a, d, m = _grid([0.99, nan, 0.99], [4.0, nan, 60.0], [3.0, nan, 3.1])
+    v = relative_rank_verdict([0, 1, 2], a, d, m)
+    assert v["generalising_sigmas"] == [2.0] and v["status"] == "holds"
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

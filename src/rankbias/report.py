@@ -69,9 +69,11 @@ def status_word(verdict: Mapping[str, Any] | None) -> str:
 
 
 def verdict_line(verdict: Mapping[str, Any]) -> str:
-    word = {"holds": "HOLDS", "does not hold": "does NOT hold"}.get(status_word(verdict), status_word(verdict))
+    word = status_word(verdict)
     reason = f" {verdict['reason']}" if verdict.get("reason") else ""
-    return f"**Verdict: the claim {word}.**{reason}"
+    if word in ("holds", "does not hold"):
+        return f"**Verdict: the claim {'HOLDS' if word == 'holds' else 'does NOT hold'}.**{reason}"
+    return f"**Verdict: {word}.**{reason}"
 
 
 def _cell_text(v: Any) -> str:

@@ -17,6 +17,7 @@ Experiments add ``"paper"`` (the paper's statement or figure value) and
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -200,9 +201,12 @@ def relative_rank_verdict(
         f"clean accuracy: the data's stable rank grows >= {data_factor:g}x, and "
         f"log(model rank growth) / log(data rank growth) <= {max_ratio:g} (mean over seeds)"
     )
-    acc_m = np.nanmean(acc, axis=0)
+    with warnings.catch_warnings():
+        # a noise level whose networks all diverged is NaN: it is simply not in the band
+        warnings.simplefilter("ignore", RuntimeWarning)
+        acc_m = np.nanmean(acc, axis=0)
+        data_growth = np.nanmean(dr / dr[:, [clean_index]], axis=0)
     ok = [j for j in range(len(sigmas)) if acc_m[j] >= acc_m[clean_index] - accuracy_drop and j != clean_index]
-    data_growth = np.nanmean(dr / dr[:, [clean_index]], axis=0)
     numbers: dict[str, Any] = {
         "generalising_sigmas": [float(sigmas[j]) for j in ok],
         "data_growth": [float(x) for x in data_growth],
