@@ -106,6 +106,13 @@ class _Expanded(nn.Module):
     factors: nn.ModuleList
     _plain: nn.Module | None
 
+    def __init__(self, depth: int, width: float, mode: str):
+        super().__init__()
+        self.depth, self.width = _check_depth_width(depth, width)
+        self.mode = _check_mode(mode)
+        # the original layer's template, set by from_*(); not a submodule: no state
+        object.__setattr__(self, "_plain", None)
+
     def _matrices(self) -> list[torch.Tensor]:
         """The factors as (groups, out_i/groups, in_i/groups) matrices, input side first."""
         raise NotImplementedError
@@ -177,19 +184,12 @@ class OverparamLinear(_Expanded):
         out_features: int,
         bias: bool = True,
         *,
-        depth: int = 2,
-        width: float = 1.0,
-        mode: Mode = "auto",
-        factor_bias: bool = False,
-        device=None,
-        dtype=None,
+        depth: int = 2, width: float = 1.0, mode: Mode = "auto", factor_bias: bool = False,
+        device=None, dtype=None,
     ):
-        super().__init__()
-        depth, width = _check_depth_width(depth, width)
+        super().__init__(depth, width, mode)  # validates them
         self.in_features, self.out_features = in_features, out_features
-        self.depth, self.width, self.mode = depth, width, _check_mode(mode)
-        self.hidden = _hidden(width, out_features) if depth > 1 else out_features
-        object.__setattr__(self, "_plain", None)
+        self.hidden = _hidden(self.width, out_features) if depth > 1 else out_features
         dims = [in_features] + [self.hidden] * (depth - 1) + [out_features]
         kw = {"device": device, "dtype": dtype}
         self.factors = nn.ModuleList(
@@ -295,19 +295,12 @@ class OverparamConv2d(_Expanded):
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
-        depth: int = 2,
-        width: float = 1.0,
-        mode: Mode = "auto",
-        factor_bias: bool = False,
-        device=None,
-        dtype=None,
+        depth: int = 2, width: float = 1.0, mode: Mode = "auto", factor_bias: bool = False,
+        device=None, dtype=None,
     ):
-        super().__init__()
-        depth, width = _check_depth_width(depth, width)
-        self.depth, self.width, self.mode = depth, width, _check_mode(mode)
-        object.__setattr__(self, "_plain", None)
+        super().__init__(depth, width, mode)  # validates them
         kw = {"device": device, "dtype": dtype}
-        self.hidden = _hidden(width, out_channels, groups) if depth > 1 else out_channels
+        self.hidden = _hidden(self.width, out_channels, groups) if depth > 1 else out_channels
         first = nn.Conv2d(in_channels, self.hidden, kernel_size, stride, padding, dilation,
                           groups, bias=bias and (factor_bias or depth == 1),
                           padding_mode=padding_mode, **kw)
