@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-import rankbias.measures as _measures
 from rankbias._version import __version__
 from rankbias.measures import *  # noqa: F403  (the public face: every name of rankbias.measures)
+from rankbias.measures import __all__ as _measures_all
 
 # Eager, and light (standard library only): the submodule rankbias.reproduce would
 # otherwise replace the function of the same name on this package when first imported.
@@ -109,4 +109,4 @@ __all__ = [
     "overparameterize",
     "collapse",
 ]
-__all__ += _measures.__all__
+__all__ += _measures_all
