@@ -1,8 +1,9 @@
 """rankbias: measure, reproduce and exploit the low-rank bias of neural networks.
 
-The rank measures are imported eagerly (they need only torch and numpy);
-everything else is loaded on first use, so ``from rankbias import
-effective_rank`` pulls in no plotting, CLI or Ray code.
+The rank measures (every public name of :mod:`rankbias.measures`) are imported
+eagerly (they need only torch and numpy); everything else is loaded on first
+use, so ``from rankbias import effective_rank`` pulls in no plotting, CLI or Ray
+code.
 """
 
 from __future__ import annotations
@@ -11,22 +12,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 from rankbias._version import __version__
-from rankbias.measures import (
-    MEASURES,
-    KernelSpectrum,
-    as_matrix,
-    effective_rank,
-    entropy_rank,
-    max_measure,
-    measures_from_singular_values,
-    numerical_rank,
-    participation_ratio,
-    rank_measures,
-    rank_measures_many,
-    rankme,
-    singular_values,
-    stable_rank,
-)
+from rankbias.measures import *  # noqa: F403  (the public face: every name of rankbias.measures)
+from rankbias.measures import __all__ as _measures_all
 
 # Eager, and light (standard library only): the submodule rankbias.reproduce would
 # otherwise replace the function of the same name on this package when first imported.
@@ -61,12 +48,20 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     import rankbias.train as train
     from rankbias.analysis import RankTracker, rank_report
+    from rankbias.data.images import extract_patches, noisy_canvas
+    from rankbias.data.patches import PatchData, make_patch_data
     from rankbias.experiments.registry import list_experiments
     from rankbias.fit.deep_linear import fit_deep_linear
     from rankbias.fit.random_search import random_search
     from rankbias.framework.config import Config, ConfigError
     from rankbias.framework.runs import RunDir
     from rankbias.models.deep_linear import DeepLinear
+    from rankbias.models.two_layer_cnn import (
+        HuberizedReLU,
+        TwoLayerCNN,
+        huberized_relu,
+        train_two_layer_cnn,
+    )
     from rankbias.overparam import collapse, overparameterize
     from rankbias.runner import run_experiment
     from rankbias.sweep import run_sweep
@@ -89,21 +84,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "MEASURES",
-    "KernelSpectrum",
     "__version__",
-    "as_matrix",
-    "effective_rank",
-    "entropy_rank",
-    "max_measure",
-    "measures_from_singular_values",
-    "numerical_rank",
-    "participation_ratio",
-    "rank_measures",
-    "rank_measures_many",
-    "rankme",
-    "singular_values",
-    "stable_rank",
     "Config",
     "ConfigError",
     "RunDir",
@@ -128,3 +109,4 @@ __all__ = [
     "overparameterize",
     "collapse",
 ]
+__all__ += _measures_all

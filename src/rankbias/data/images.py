@@ -234,9 +234,10 @@ def noisy_canvas(
     Returns ``(noisy, clean)``: ``noisy`` (S, N, C, H, W) for the S noise standard
     deviations in ``sigmas`` and ``clean`` (N, C, H, W) with a zero background.
     ``position``: ``"center"`` or ``"random"`` (a uniform offset per image).
-    ``noise_region``: ``"background"`` (noise outside the image only, SCIENCE.md B)
-    or ``"all"`` (also over the image). The noise directions are drawn once and
-    scaled by each sigma (common random numbers across noise levels).
+    ``noise_region``: ``"background"`` (noise outside the image only: paper 1's
+    canvas noise model, docs/paper1.md) or ``"all"`` (also over the image). The noise
+    directions are drawn once and scaled by each sigma (common random numbers across
+    noise levels).
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, h, w); got shape {tuple(images.shape)}")

@@ -23,7 +23,7 @@ from rankbias.measures import rank_measures
 from rankbias.verdicts import mean_std
 
 __all__ = ["DeepLinearFitConfig", "DeepLinearTaskConfig", "DepthConfig", "SweepGroup",
-           "fit_sweep", "per_depth_rows", "target_entropy_rank"]
+           "fit_sweep", "paper_preset", "per_depth_rows", "target_entropy_rank"]
 
 Init = Literal["normal", "uniform", "orthogonal"]
 
@@ -113,6 +113,14 @@ class DeepLinearFitConfig(DeepLinearTaskConfig):
     def validate(self) -> None:
         super().validate()
         self._require(self.init_scale > 0, "init_scale", "a float > 0")
+
+
+def paper_preset(**settings) -> dict:
+    """The "paper" preset of a trained-depth experiment: the paper's scale (n = 32, depths
+    up to 32, 10 seeds, 64 training pairs, 10^4 steps; docs/paper2-depth.md) with the
+    experiment's own ``settings`` on top."""
+    return {"n": 32, "depths": [1, 2, 4, 8, 16, 32], "seeds": list(range(10)), "n_train": 64,
+            "steps": 10000, "n_test": 2048, **settings}
 
 
 class SweepGroup(NamedTuple):

@@ -35,6 +35,7 @@ from rankbias.experiments._depth import (
     SweepGroup,
     fit_sweep,
     history_rows,
+    paper_preset,
     per_depth_rows,
     per_seed,
     target_entropy_rank,
@@ -130,9 +131,7 @@ def insensitivity_verdict(first_minus_last: dict[str, list[float]], means: dict[
     config_cls=DepthRankInitSensitivityConfig,
     presets={
         "quick": {},
-        "paper": {"n": 32, "depths": [1, 2, 4, 8, 16, 32], "seeds": list(range(10)), "n_train": 64,
-                  "steps": 10000, "lr": 0.005, "n_test": 2048, "log_every": 500,
-                  "init_scales": [0.25, 0.5, 1.0, 2.0, 4.0]},
+        "paper": paper_preset(lr=0.005, log_every=500, init_scales=[0.25, 0.5, 1.0, 2.0, 4.0]),
     },
     claim=CLAIM,
 )

@@ -23,6 +23,7 @@ from rankbias.experiments._depth import (
     DeepLinearFitConfig,
     SweepGroup,
     fit_sweep,
+    paper_preset,
     per_depth_rows,
     target_entropy_rank,
 )
@@ -93,8 +94,7 @@ def _settings(cfg: DepthRankOptimizersConfig, name: str) -> dict:
     config_cls=DepthRankOptimizersConfig,
     presets={
         "quick": {},
-        "paper": {"n": 32, "depths": [1, 2, 4, 8, 16, 32], "seeds": list(range(10)), "n_train": 64,
-                  "steps": 10000, "lbfgs_steps": 200, "random_search_steps": 10000, "n_test": 2048},
+        "paper": paper_preset(lbfgs_steps=200, random_search_steps=10000),
     },
     claim=CLAIM,
 )

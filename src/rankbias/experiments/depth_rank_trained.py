@@ -27,6 +27,7 @@ from rankbias.experiments._depth import (
     SweepGroup,
     fit_sweep,
     history_rows,
+    paper_preset,
     per_depth_rows,
     target_entropy_rank,
 )
@@ -126,9 +127,8 @@ def full_rank_verdict(rows) -> dict:
     config_cls=DepthRankTrainedConfig,
     presets={
         "quick": {},
-        "paper": {"n": 32, "depths": [1, 2, 3, 4, 6, 8, 12, 16, 24, 32], "seeds": list(range(10)),
-                  "target_rank": 4, "n_train": 64, "steps": 10000, "lr": 0.005, "n_test": 2048,
-                  "log_every": 250},
+        "paper": paper_preset(depths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32], target_rank=4, lr=0.005,
+                              log_every=250),
     },
     claim=CLAIM,
 )

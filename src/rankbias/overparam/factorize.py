@@ -1,5 +1,6 @@
 """Factorisations of a weight into ``depth`` factors whose product is exactly it
-(``init="preserve"``), and the product of a chain of factors."""
+(``init="preserve"``), the initialisation of an expanded layer's factors, and the
+product of a chain of factors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 
 def _balanced_factors(
@@ -82,3 +84,41 @@ def _chain(mats: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def _init_factors(mod: nn.Module, W: torch.Tensor, layer: nn.Module, init: str, generator,
+                  fan_mode: str) -> None:
+    """Set the factors of the expanded module ``mod`` (its ``factors``, ``depth``, ``hidden``).
+    W: the original weight as (groups, out/groups, fan_in/groups); ``layer`` the
+    original (its bias, and which of its parameters are frozen)."""
+    factors = list(mod.factors)
+    bias = layer.bias
+    if init == "preserve":
+        G = W.shape[0]
+        mats = _balanced_factors(W, mod.depth, mod.hidden // G, generator)
+        for f, M in zip(factors, mats):
+            f.weight.copy_(M.reshape(f.weight.shape))
+            if f.bias is not None:
+                f.bias.zero_()
+        if bias is not None:
+            factors[-1].bias.copy_(bias.detach())
+    else:
+        # "fresh", as in the authors' code (minyoungg/overparam): kaiming-normal with
+        # fan_in for linear factors and fan_out for conv factors, gain 1 for the inner
+        # factors (no nonlinearity follows them) and the ReLU gain sqrt(2) for the last.
+        for i, f in enumerate(factors):
+            last = i == len(factors) - 1
+            nn.init.kaiming_normal_(f.weight, a=0.0 if last else 1.0, mode=fan_mode,
+                                    nonlinearity="leaky_relu", generator=generator)
+        # a bias on every factor: uniform(+-1/sqrt(fan_in)) with that factor's fan_in, as the
+        # authors'; the last factor's bias alone: with the collapsed layer's fan_in, as torch
+        per_factor = sum(f.bias is not None for f in factors) > 1
+        for f in factors:
+            if f.bias is None:
+                continue
+            bound = 1.0 / math.sqrt(f.weight[0].numel() if per_factor else W.shape[-1])
+            nn.init.uniform_(f.bias, -bound, bound, generator=generator)
+    # frozen stays frozen: each factor's weight/bias trains exactly when the original did
+    for f in factors:
+        f.weight.requires_grad_(layer.weight.requires_grad)
+        if f.bias is not None:
+            f.bias.requires_grad_(bias.requires_grad)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankbias.overparam.factorize import _balanced_factors, _chain
+from rankbias.overparam.factorize import _chain, _init_factors
 
 __all__ = ["OverparamConv1D", "OverparamConv2d", "OverparamLinear"]
 
@@ -105,6 +105,13 @@ class _Expanded(nn.Module):
     mode: str
     factors: nn.ModuleList
     _plain: nn.Module | None
+
+    def __init__(self, depth: int, width: float, mode: str):
+        super().__init__()
+        self.depth, self.width = _check_depth_width(depth, width)
+        self.mode = _check_mode(mode)
+        # the original layer's template, set by from_*(); not a submodule: no state
+        object.__setattr__(self, "_plain", None)
 
     def _matrices(self) -> list[torch.Tensor]:
         """The factors as (groups, out_i/groups, in_i/groups) matrices, input side first."""
@@ -177,19 +184,12 @@ class OverparamLinear(_Expanded):
         out_features: int,
         bias: bool = True,
         *,
-        depth: int = 2,
-        width: float = 1.0,
-        mode: Mode = "auto",
-        factor_bias: bool = False,
-        device=None,
-        dtype=None,
+        depth: int = 2, width: float = 1.0, mode: Mode = "auto", factor_bias: bool = False,
+        device=None, dtype=None,
     ):
-        super().__init__()
-        depth, width = _check_depth_width(depth, width)
+        super().__init__(depth, width, mode)  # validates them
         self.in_features, self.out_features = in_features, out_features
-        self.depth, self.width, self.mode = depth, width, _check_mode(mode)
-        self.hidden = _hidden(width, out_features) if depth > 1 else out_features
-        object.__setattr__(self, "_plain", None)
+        self.hidden = _hidden(self.width, out_features) if depth > 1 else out_features
         dims = [in_features] + [self.hidden] * (depth - 1) + [out_features]
         kw = {"device": device, "dtype": dtype}
         self.factors = nn.ModuleList(
@@ -295,19 +295,12 @@ class OverparamConv2d(_Expanded):
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
-        depth: int = 2,
-        width: float = 1.0,
-        mode: Mode = "auto",
-        factor_bias: bool = False,
-        device=None,
-        dtype=None,
+        depth: int = 2, width: float = 1.0, mode: Mode = "auto", factor_bias: bool = False,
+        device=None, dtype=None,
     ):
-        super().__init__()
-        depth, width = _check_depth_width(depth, width)
-        self.depth, self.width, self.mode = depth, width, _check_mode(mode)
-        object.__setattr__(self, "_plain", None)
+        super().__init__(depth, width, mode)  # validates them
         kw = {"device": device, "dtype": dtype}
-        self.hidden = _hidden(width, out_channels, groups) if depth > 1 else out_channels
+        self.hidden = _hidden(self.width, out_channels, groups) if depth > 1 else out_channels
         first = nn.Conv2d(in_channels, self.hidden, kernel_size, stride, padding, dilation,
                           groups, bias=bias and (factor_bias or depth == 1),
                           padding_mode=padding_mode, **kw)
@@ -389,42 +382,3 @@ def _out_size(size: int, conv: nn.Conv2d, dim: int) -> int:
     pad = 0 if conv.padding == "valid" else conv.padding[dim]
     k, s, d = conv.kernel_size[dim], conv.stride[dim], conv.dilation[dim]
     return max((size + 2 * pad - d * (k - 1) - 1) // s + 1, 0)
-
-
-@torch.no_grad()
-def _init_factors(mod: _Expanded, W: torch.Tensor, layer: nn.Module, init: str, generator,
-                  fan_mode: str) -> None:
-    """W: the original weight as (groups, out/groups, fan_in/groups); ``layer`` the
-    original (its bias, and which of its parameters are frozen)."""
-    factors = list(mod.factors)
-    bias = layer.bias
-    if init == "preserve":
-        G = W.shape[0]
-        mats = _balanced_factors(W, mod.depth, mod.hidden // G, generator)
-        for f, M in zip(factors, mats):
-            f.weight.copy_(M.reshape(f.weight.shape))
-            if f.bias is not None:
-                f.bias.zero_()
-        if bias is not None:
-            factors[-1].bias.copy_(bias.detach())
-    else:
-        # "fresh", as in the authors' code (minyoungg/overparam): kaiming-normal with
-        # fan_in for linear factors and fan_out for conv factors, gain 1 for the inner
-        # factors (no nonlinearity follows them) and the ReLU gain sqrt(2) for the last.
-        for i, f in enumerate(factors):
-            last = i == len(factors) - 1
-            nn.init.kaiming_normal_(f.weight, a=0.0 if last else 1.0, mode=fan_mode,
-                                    nonlinearity="leaky_relu", generator=generator)
-        # a bias on every factor: uniform(+-1/sqrt(fan_in)) with that factor's fan_in, as the
-        # authors'; the last factor's bias alone: with the collapsed layer's fan_in, as torch
-        per_factor = sum(f.bias is not None for f in factors) > 1
-        for f in factors:
-            if f.bias is None:
-                continue
-            bound = 1.0 / math.sqrt(f.weight[0].numel() if per_factor else W.shape[-1])
-            nn.init.uniform_(f.bias, -bound, bound, generator=generator)
-    # frozen stays frozen: each factor's weight/bias trains exactly when the original did
-    for f in factors:
-        f.weight.requires_grad_(layer.weight.requires_grad)
-        if f.bias is not None:
-            f.bias.requires_grad_(bias.requires_grad)

@@ -58,7 +58,7 @@ configs), :mod:`~rankbias.sweep.backends` (where points run) and
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +79,8 @@ from rankbias.sweep.backends import (
     status_record,
 )
 from rankbias.sweep.grid import (
+    GridSpec,
+    SeedSpec,
     SweepPoint,
     check_points,
     expand_grid,
@@ -120,10 +122,7 @@ def _default_sweep_dir(name: str, spec: Mapping[str, Any]) -> Path:
 
 
 def run_sweep(
-    name: str,
-    grid: Mapping[str, Sequence[Any]] | Iterable[str] | None = None,
-    seeds: str | int | Iterable[int] | None = None,
-    *,
+    name: str, grid: GridSpec | None = None, seeds: SeedSpec | None = None, *,
     preset: str = "quick",
     overrides: Mapping[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,

@@ -19,7 +19,13 @@ from rankbias.experiments.registry import build_config, get_experiment
 from rankbias.framework.config import ConfigError, check_device_available, parse_value
 from rankbias.framework.runs import config_hash, to_jsonable
 
-__all__ = ["SweepPoint", "check_points", "expand_grid", "parse_grid", "parse_seeds", "seed_field"]
+__all__ = ["GridSpec", "SeedSpec", "SweepPoint", "check_points", "expand_grid", "parse_grid",
+           "parse_seeds", "seed_field"]
+
+GridSpec = Mapping[str, Sequence[Any]] | Iterable[str]
+"""A grid: {key: values} or ``"key=v1,v2,..."`` strings (:func:`parse_grid`)."""
+SeedSpec = str | int | Iterable[int]
+"""Seeds: ``"0-4"``, ``"0,2,5"``, an int or a list of ints (:func:`parse_seeds`)."""
 
 
 # ----------------------------------------------------------------- parsing
@@ -77,7 +83,7 @@ def parse_grid(items: Iterable[str] | Mapping[str, Any]) -> dict[str, list[Any]]
     return grid
 
 
-def parse_seeds(seeds: str | int | Iterable[int] | None) -> list[int] | None:
+def parse_seeds(seeds: SeedSpec | None) -> list[int] | None:
     """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,2,5"``; ``"0-2,7"``; an int or a list of ints."""
     if seeds is None:
         return None
@@ -150,10 +156,7 @@ class SweepPoint:
 
 
 def expand_grid(
-    name: str,
-    grid: Mapping[str, Sequence[Any]] | Iterable[str] | None = None,
-    seeds: str | int | Iterable[int] | None = None,
-    *,
+    name: str, grid: GridSpec | None = None, seeds: SeedSpec | None = None, *,
     preset: str = "quick",
     overrides: Mapping[str, Any] | None = None,
     batch_seeds: bool = False,
