@@ -14,9 +14,10 @@ from rankbias.analysis import weight_layers
 from rankbias.errors import UnsupportedError
 from rankbias.experiments import noise_robustness_deep as nd
 from rankbias.experiments import noise_robustness_deep_summary as nds
-from rankbias.experiments.registry import build_config, run_experiment
+from rankbias.experiments.registry import build_config
 from rankbias.framework.config import ConfigError
 from rankbias.models import build_model
+from rankbias.runner import run_experiment
 
 CI = nd.CI
 

@@ -228,8 +228,9 @@ def test_config_is_validated():
 
 def test_budget_stop_keeps_finished_depths(tmp_path):
     from rankbias.experiments.overparam_cifar import run
-    from rankbias.experiments.registry import build_config, run_experiment
+    from rankbias.experiments.registry import build_config
     from rankbias.framework.runs import RunDir
+    from rankbias.runner import run_experiment
 
     base = {"depths": [1, 2], "seeds": [0, 1], "epochs": 2, "train_limit": 128, "test_limit": 64,
             "batch_seeds": "auto"}

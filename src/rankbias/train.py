@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-__all__ = ["Callback", "TrainResult", "TrainState", "lr_factor", "make_optimizer", "train", "OPTIMIZERS"]
+__all__ = ["Callback", "TrainResult", "TrainState", "cross_entropy_loss", "lr_factor", "make_optimizer", "train", "OPTIMIZERS"]
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam", "lbfgs")
 OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adam", "lbfgs"]
@@ -78,6 +78,29 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "step":
         return 0.01 if t >= 0.75 else (0.1 if t >= 0.5 else 1.0)
     return 1.0
+
+
+def cross_entropy_loss(
+    model: nn.Module, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+) -> Callable[[int], torch.Tensor]:
+    """``loss_fn(step)`` for :func:`train`: the cross-entropy of ``model`` on ``batch(step)``.
+
+    The trainer measures losses without grad; those are taken in eval mode, so that
+    batch-norm statistics see only the training steps.
+    """
+    import torch.nn.functional as F
+
+    def loss_fn(step: int) -> torch.Tensor:
+        xb, yb = batch(step)
+        if torch.is_grad_enabled():
+            return F.cross_entropy(model(xb), yb)
+        model.eval()
+        try:
+            return F.cross_entropy(model(xb), yb)
+        finally:
+            model.train()
+
+    return loss_fn
 
 
 def make_optimizer(

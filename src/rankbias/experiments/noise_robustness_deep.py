@@ -23,7 +23,8 @@ and its intrinsic dimension (TwoNN, MLE, with scikit-dimension) are reported bes
 
 A seed fixes the training and test subsets, the noise draw (the same draw
 scaled by every sigma: common random numbers), the init and the batch order.
-Aggregation, verdicts and figures: :mod:`noise_robustness_deep_summary`.
+Data and noise: :mod:`noise_robustness_deep_data`; aggregation, verdicts and figures:
+:mod:`noise_robustness_deep_summary`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 import rankbias.train as trainer
 from rankbias.experiments import noise_robustness_deep_summary as summary_mod
+from rankbias.experiments.noise_robustness_deep_data import (
+    add_noise,
+    canvas_side,
+    data_measures,
+    intrinsic,
+    load_split,
+)
 from rankbias.experiments.registry import register
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
@@ -152,71 +159,6 @@ class DeepNoiseConfig(Config):
         req(self.num_threads is None or self.num_threads >= 1, "num_threads", "an int >= 1 or null")
 
 
-# ----------------------------------------------------------------------- data
-
-
-def load_split(cfg: DeepNoiseConfig, train: bool, seed: int):
-    """The seeded stratified subset of one split: images (N, C, h, w), labels, class names."""
-    from rankbias.data.images import load_image_dataset
-
-    data = load_image_dataset(cfg.dataset, train=train, root=cfg.data_root, download=cfg.download)
-    limit = cfg.train_limit if train else cfg.test_limit
-    sub = data.subset(classes=list(cfg.classes) if cfg.classes is not None else None, limit=limit,
-                      seed=seed)
-    return sub.images, sub.labels, sub.classes
-
-
-def canvas_side(cfg: DeepNoiseConfig, image_side: int) -> int:
-    side = cfg.canvas if cfg.canvas is not None else 2 * image_side
-    if side < image_side:
-        raise ValueError(f"canvas {side} is smaller than the {cfg.dataset} images ({image_side})")
-    return side
-
-
-def add_noise(cfg: DeepNoiseConfig, noise: str, images: torch.Tensor, sigma: float,
-              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noisy, clean) images of one noise level. The generator is seeded by ``seed``
-    alone, so every sigma scales the same noise draw (common random numbers)."""
-    from rankbias.data.images import background_pixel_noise, noisy_canvas
-
-    gen = torch.Generator().manual_seed(int(seed))
-    if noise == "canvas":
-        noisy, clean = noisy_canvas(images, canvas_side(cfg, images.shape[-1]), [sigma], generator=gen)
-    else:
-        noisy, clean = background_pixel_noise(images, [sigma], generator=gen)
-    return noisy[0], clean
-
-
-def data_measures(cfg: DeepNoiseConfig, x: torch.Tensor, id_seed: int) -> dict[str, float]:
-    """Ranks of images x (N, C, H, W): the pixel matrix (N x CHW) and the patch matrix
-    (N P x C p p, non-overlapping p x p patches), and the pixel matrix's intrinsic dimension."""
-    from rankbias.data.images import extract_patches
-    from rankbias.measures import rank_measures
-
-    X = x.reshape(len(x), -1)
-    out = {f"pixel_{k}": float(v) for k, v in rank_measures(X, ["stable_rank", "effective_rank"]).items()}
-    if x.shape[-1] >= cfg.patch_size and x.shape[-2] >= cfg.patch_size:
-        P = extract_patches(x, cfg.patch_size)
-        out["patch_stable_rank"] = float(rank_measures(P.reshape(-1, P.shape[-1]), ["stable_rank"])["stable_rank"])
-    out.update(intrinsic(cfg, X, id_seed, "id"))
-    return out
-
-
-def intrinsic(cfg: DeepNoiseConfig, X: torch.Tensor, seed: int, prefix: str) -> dict[str, float]:
-    """TwoNN and MLE intrinsic dimension of the rows of X, or {} when they are not wanted or
-    scikit-dimension is missing (the report says which)."""
-    import rankbias.intrinsic as idmod
-
-    if not cfg.intrinsic_dimension or not idmod.available():
-        return {}
-    try:
-        d = idmod.intrinsic_dimension(X, n_neighbors=cfg.id_neighbors, max_samples=cfg.id_samples,
-                                      seed=seed)
-    except ValueError:  # too few distinct points (a collapsed embedding): no estimate
-        return {f"{prefix}_{k}": float("nan") for k in idmod.ESTIMATORS}
-    return {f"{prefix}_{k}": v for k, v in d.items()}
-
-
 # ------------------------------------------------------------------ training
 
 
@@ -258,19 +200,9 @@ def train_network(cfg: DeepNoiseConfig, name: str, x: torch.Tensor, y: torch.Ten
         idx = perms[epoch][i * cfg.batch_size:(i + 1) * cfg.batch_size]
         return x[idx], y[idx]
 
-    def loss_fn(step: int) -> torch.Tensor:
-        xb, yb = batch(step)
-        if not torch.is_grad_enabled():
-            # the trainer's loss measurements: eval mode, so BN statistics see only training steps
-            model.eval()
-            out = F.cross_entropy(model(xb), yb)
-            model.train()
-            return out
-        return F.cross_entropy(model(xb), yb)
-
     tracker = RankTracker(measures=("stable_rank", "effective_rank"), every=cfg.log_every)
     model.train()
-    res = trainer.train(loss_fn, model, steps=cfg.steps, optimizer=cfg.optimizer, lr=cfg.lr,
+    res = trainer.train(trainer.cross_entropy_loss(model, batch), model, steps=cfg.steps, optimizer=cfg.optimizer, lr=cfg.lr,
                         weight_decay=cfg.weight_decay, log_every=cfg.log_every, callbacks=[tracker],
                         progress=None, desc=desc)
     model.eval()
@@ -380,45 +312,40 @@ the tests run the background noise on the MLP)."""
 def run(cfg: DeepNoiseConfig, run: RunDir) -> dict:
     from tqdm.auto import tqdm
 
-    old_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        data, data_rows, info = {}, [], {}
-        for noise in cfg.noise_models:
-            for seed in cfg.seeds:
-                x, y, names = load_split(cfg, True, seed)
-                xt, yt, _ = load_split(cfg, False, seed)
-                data[(noise, seed)] = (x, y, xt, yt, len(names))
-                info = {"classes": names, "image_shape": list(x.shape[1:]), "n_train": len(y),
-                        "n_test": len(yt)}
-                key = f"data-{noise}-{seed}"
-                rows = (run.part(key) or {}).get("rows")
-                if rows is None:
-                    _, clean = add_noise(cfg, noise, x, 0.0, seed)
-                    ref = {f"clean_{k}": v for k, v in data_measures(cfg, clean, seed).items()}
-                    rows = []
-                    for sigma in cfg.sigmas:
-                        xs, _ = add_noise(cfg, noise, x, sigma, seed)
-                        rows.append({"noise": noise, "seed": seed, "sigma": float(sigma),
-                                     "input_side": int(xs.shape[-1]), **data_measures(cfg, xs, seed),
-                                     **ref})
-                    run.save_part(key, {"rows": rows})
-                data_rows.extend(rows)
-        jobs = [(n, m, s, sd) for n in cfg.noise_models for m in cfg.models for s in cfg.sigmas
-                for sd in cfg.seeds]
-        results = []
-        for noise, name, sigma, seed in tqdm(jobs, desc="noise-robustness-deep", unit="net",
-                                             disable=None, leave=False):
-            key = f"net-{noise}-{name}-{sigma:g}-{seed}"
-            res = run.part(key)
-            if res is None:
-                res = run_one(cfg, noise, name, sigma, seed, data)
-                run.save_part(key, res)
-            results.append(res)
-    finally:
-        torch.set_num_threads(old_threads)
+    data, data_rows, info = {}, [], {}
+    for noise in cfg.noise_models:
+        for seed in cfg.seeds:
+            x, y, names = load_split(cfg, True, seed)
+            xt, yt, _ = load_split(cfg, False, seed)
+            data[(noise, seed)] = (x, y, xt, yt, len(names))
+            info = {"classes": names, "image_shape": list(x.shape[1:]), "n_train": len(y),
+                    "n_test": len(yt)}
+            key = f"data-{noise}-{seed}"
+            rows = (run.part(key) or {}).get("rows")
+            if rows is None:
+                _, clean = add_noise(cfg, noise, x, 0.0, seed)
+                ref = {f"clean_{k}": v for k, v in data_measures(cfg, clean, seed).items()}
+                rows = []
+                for sigma in cfg.sigmas:
+                    xs, _ = add_noise(cfg, noise, x, sigma, seed)
+                    rows.append({"noise": noise, "seed": seed, "sigma": float(sigma),
+                                 "input_side": int(xs.shape[-1]), **data_measures(cfg, xs, seed),
+                                 **ref})
+                run.save_part(key, {"rows": rows})
+            data_rows.extend(rows)
+    jobs = [(n, m, s, sd) for n in cfg.noise_models for m in cfg.models for s in cfg.sigmas
+            for sd in cfg.seeds]
+    results = []
+    for noise, name, sigma, seed in tqdm(jobs, desc="noise-robustness-deep", unit="net",
+                                         disable=None, leave=False):
+        key = f"net-{noise}-{name}-{sigma:g}-{seed}"
+        res = run.part(key)
+        if res is None:
+            res = run_one(cfg, noise, name, sigma, seed, data)
+            run.save_part(key, res)
+        results.append(res)
     return summary_mod.summarize(cfg, run, data_rows, results, info)
 
 
-__all__ = ["CI", "CLAIM", "DeepNoiseConfig", "run", "train_network"]
+__all__ = ["CI", "CLAIM", "DeepNoiseConfig", "add_noise", "canvas_side", "data_measures", "intrinsic",
+           "load_split", "run", "train_network"]

@@ -22,30 +22,29 @@ resumes from them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 import traceback
 from typing import Literal
 
-import numpy as np
 import torch
 
+from rankbias.experiments._overparam import (
+    AUTO_CROP,
+    AUTO_FLIP,
+    embedding_measures,
+    forward_macs,
+    recording_embeddings,
+    validate_depths_seeds,
+)
+from rankbias.experiments.overparam_cifar_summary import CLAIM, PAPER, summarise
 from rankbias.experiments.registry import register
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir, config_hash
 
-CLAIM = (
-    "Linearly over-parameterising a CNN (every Linear/Conv2d a product of depth linear maps, "
-    "collapsed after training) improves the collapsed model's CIFAR-10 test accuracy over the "
-    "baseline trained identically, and lowers the effective rank of its embeddings "
-    "(Huh et al. 2023, sec. 6)."
-)
 # fields that do not change what a finished depth's training computed
 _NOT_TRAINING = ("budget_minutes", "fit_epochs_to_budget", "batch_seeds", "num_threads", "depths",
                  "eval_batch_size", "epochs")
-PAPER = ("Expanded-then-collapsed CNNs reach higher test accuracy than the baseline on CIFAR-10, "
-         "CIFAR-100 and ImageNet, with lower-rank embeddings (Huh et al. 2023, sec. 6)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,21 +121,9 @@ class OverparamCifarConfig(Config):
     """CPU threads for torch during the run (null: leave torch's setting)."""
 
     def validate(self) -> None:
-        self._require(all(d >= 1 for d in self.depths) and 1 in self.depths, "depths",
-                      "a list of ints >= 1 that includes the baseline 1")
-        self._require(len(set(self.depths)) == len(self.depths), "depths", "distinct depths")
-        self._require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
-                      "a non-empty list of distinct ints")
-        self._require(self.width > 0 and math.isfinite(self.width), "width", "a finite number > 0")
-        for name in ("model_width", "resnet_blocks", "epochs", "batch_size", "eval_batch_size"):
-            self._require(getattr(self, name) >= 1, name, "an int >= 1")
-        self._require(self.lr > 0, "lr", "a number > 0")
-        self._require(0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
-        self._require(self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        self._require(self.warmup_epochs >= 0, "warmup_epochs", "a number >= 0")
+        validate_depths_seeds(self, ("model_width", "resnet_blocks", "epochs", "batch_size",
+                                     "eval_batch_size"))
         self._require(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
-        self._require(self.crop_padding is None or self.crop_padding >= 0, "crop_padding",
-                      "an int >= 0 or null")
         for name in ("train_limit", "test_limit", "train_eval_limit"):
             v = getattr(self, name)
             self._require(v is None or v >= 2, name, "an int >= 2 or null")
@@ -203,29 +190,6 @@ def build(cfg: OverparamCifarConfig, depth: int, seed: int, in_channels: int, n_
     return base.to(cfg.device)
 
 
-def forward_macs(model: torch.nn.Module, shape) -> int:
-    """Multiply-adds of one forward pass of one image of ``shape`` (C, H, W), counted
-    over the Conv2d and Linear layers (BN, ReLU and pooling are memory-bound extras)."""
-    total = 0
-
-    def hook(m, inp, out):
-        nonlocal total
-        if isinstance(m, torch.nn.Conv2d):
-            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        else:
-            total += out.numel() * m.in_features
-
-    hs = [m.register_forward_hook(hook) for m in model.modules()
-          if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape, device=next(model.parameters()).device))
-    finally:
-        for h in hs:
-            h.remove()
-    return total
-
-
 # ------------------------------------------------------------------ measuring
 
 
@@ -233,7 +197,6 @@ def forward_macs(model: torch.nn.Module, shape) -> int:
 def measure_collapsed(expanded, depth: int, test, train_eval, bs: int) -> dict:
     """Collapse, check collapsed == expanded on one test batch (float32, no TF32), and
     measure the collapsed model: test / train accuracy, embedding ranks."""
-    from rankbias.measures import KernelSpectrum
     from rankbias.overparam import collapse
 
     model = collapse(expanded) if depth > 1 else expanded
@@ -247,11 +210,6 @@ def measure_collapsed(expanded, depth: int, test, train_eval, bs: int) -> dict:
         rel = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
         if rel > 1e-4:
             raise AssertionError(f"collapsed model differs from the expanded one: max rel. diff {rel:.3g}")
-        spec = KernelSpectrum()
-
-        def record(_module, inputs):
-            spec.update(inputs[0].flatten(1))  # returns None: fc's input is left as it is
-
         def accuracy(data) -> float:
             correct = 0
             for i in range(0, len(data), bs):
@@ -259,17 +217,12 @@ def measure_collapsed(expanded, depth: int, test, train_eval, bs: int) -> dict:
                 correct += int((logits.argmax(1) == data.labels[i:i + bs]).sum())
             return correct / len(data)
 
-        hook = model.fc.register_forward_pre_hook(record)
-        try:
+        with recording_embeddings(model) as spec:
             out = {"test_acc": accuracy(test)}
-        finally:
-            hook.remove()
         out["train_acc"] = accuracy(train_eval)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
-    m = spec.measures(["effective_rank", "stable_rank"])
-    return {**out, "embed_erank": float(m["effective_rank"]), "embed_srank": float(m["stable_rank"]),
-            "embed_dim": spec.dim_, "collapse_max_rel_diff": rel,
+    return {**out, **embedding_measures(spec), "collapse_max_rel_diff": rel,
             "params_trained": sum(p.numel() for p in expanded.parameters()),
             "params_collapsed": sum(p.numel() for p in model.parameters())}
 
@@ -327,20 +280,15 @@ def _choose_batched(cfg, models, seeds, train, test, settings) -> bool:
     claim=CLAIM,
 )
 def run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
-    threads = torch.get_num_threads()
     bench = torch.backends.cudnn.benchmark
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     try:
         return _run(cfg, run)
     finally:
-        torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = bench
 
 
 def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
-    from rankbias.experiments.overparam_classification import AUTO_CROP, AUTO_FLIP
     from rankbias.fit.fast_classify import FastTrainSettings, train_group
 
     t_start = time.perf_counter()
@@ -440,86 +388,8 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
         records[depth] = rec
         metrics += rec["history"]
         write_metrics()
-    return _summarise(cfg, run, records, chosen, macs, time.perf_counter() - t_start)
+    return summarise(cfg, run, records, chosen, macs, time.perf_counter() - t_start)
 
 
-def _summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: float) -> dict:
-    from rankbias.report import markdown_table, write_run_report
-    from rankbias.verdicts import mean_std, paired_gain_verdict
-
-    runs, per_depth = [], []
-    for d in cfg.depths:
-        r = records[d]
-        for ps in r.get("per_seed", []):
-            runs.append({"depth": d, **ps})
-        row = {"depth": d, "status": r["status"], "epochs": r.get("epochs_done"),
-               "n_ok": len(r.get("per_seed", [])), "note": r.get("reason") or r.get("error", "")}
-        for key in ("test_acc", "train_acc", "embed_erank"):
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([p[key] for p in r.get("per_seed", [])])
-        per_depth.append(row)
-    base = {p["seed"]: p for p in records[1].get("per_seed", [])}
-    diffs = {f"depth={d}": [100 * (p["test_acc"] - base[p["seed"]]["test_acc"])
-                            for p in records[d].get("per_seed", []) if p["seed"] in base]
-             for d in cfg.depths if d != 1}
-    for row in per_depth:
-        row["test_acc_diff_pp_mean"], row["test_acc_diff_pp_std"] = (
-            mean_std(diffs[f"depth={row['depth']}"]) if row["depth"] != 1 else (0.0, 0.0))
-    if diffs:
-        verdict = paired_gain_verdict(diffs, unit=" pp")
-    else:
-        from rankbias.verdicts import verdict as make
-
-        verdict = make("not testable", "paired test over seeds", "only the baseline depth was asked for")
-    meas = [f"depth {r['depth']}: test {100 * r['test_acc_mean']:.2f}% "
-            f"({r['test_acc_diff_pp_mean']:+.2f} pp), embedding erank {r['embed_erank_mean']:.2f}"
-            for r in per_depth if r["n_ok"]]
-    verdict["paper"] = PAPER
-    verdict["measured"] = "; ".join(meas) if meas else "no depth finished"
-    verdict["max_collapse_rel_diff"] = max((p["collapse_max_rel_diff"] for p in runs), default=None)
-    figures = []
-    if runs:
-        _plot(cfg, per_depth, records, run.figure_path("accuracy_rank_vs_depth"))
-        figures = ["accuracy_rank_vs_depth"]
-    cols = ["depth", "status", "epochs", "n_ok", "test_acc_mean", "test_acc_std", "test_acc_diff_pp_mean",
-            "test_acc_diff_pp_std", "train_acc_mean", "embed_erank_mean", "embed_erank_std", "note"]
-    run.write_csv("runs.csv", runs)
-    info = {"epochs": chosen["epochs"], "batched_seeds": chosen["batched"],
-            "forward_macs_per_image": macs, "wall_time_s": round(wall, 1)}
-    write_run_report(
-        run, title=f"overparam-cifar: {cfg.model} on {cfg.dataset}, collapsed after training",
-        claim=CLAIM, verdict={k: v for k, v in verdict.items() if k != "intervals"},
-        sections=[("Per depth (collapsed model; diff = paired over seeds vs depth 1, pp)",
-                   markdown_table(per_depth, cols)), ("Run", markdown_table([info]))],
-        figures=figures, config=cfg.to_dict())
-    return {"per_depth": per_depth, "verdict": verdict, "runs": runs, "run": info}
-
-
-def _plot(cfg, per_depth, records, path) -> None:
-    import rankbias.plots as plots
-
-    fig, (ax1, ax2, ax3) = plots.figure(ncols=3, width=4.0, height=3.2)
-    rows = [r for r in per_depth if r["n_ok"]]
-    x = [r["depth"] for r in rows]
-    plots.line_with_band(ax1, x, [100 * r["test_acc_mean"] for r in rows],
-                         [100 * r["test_acc_std"] for r in rows], label="test")
-    plots.line_with_band(ax1, x, [100 * r["train_acc_mean"] for r in rows],
-                         [100 * r["train_acc_std"] for r in rows], label="train", ls="--", marker="s")
-    plots.line_with_band(ax2, x, [r["embed_erank_mean"] for r in rows], [r["embed_erank_std"] for r in rows])
-    for k, d in enumerate(cfg.depths):
-        hist = records[d].get("history") or []
-        epochs = sorted({h["epoch"] for h in hist})
-        if epochs:
-            acc = [100 * np.mean([h["test_acc"] for h in hist if h["epoch"] == e]) for e in epochs]
-            ax3.plot(epochs, acc, color=f"C{k}", label=f"depth {d}")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("expansion depth (1 = baseline)")
-        ax.set_xticks(list(cfg.depths))
-    ax1.set_ylabel("accuracy of collapsed model (%)")
-    ax1.legend()
-    ax1.set_title(f"{cfg.dataset}, {len(cfg.seeds)} seeds")
-    ax2.set_ylabel("kernel effective rank")
-    ax2.set_title("penultimate embeddings, test set")
-    ax3.set_xlabel("epoch")
-    ax3.set_ylabel("test accuracy (%), mean over seeds")
-    ax3.legend()
-    plots.save(fig, path)
+__all__ = ["CLAIM", "PAPER", "OverparamCifarConfig", "build", "forward_macs", "load_data",
+           "measure_collapsed", "run"]

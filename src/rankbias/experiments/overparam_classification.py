@@ -34,26 +34,36 @@ import time
 import traceback
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from rankbias.experiments._overparam import (
+    AUTO_CROP,
+    AUTO_FLIP,
+    augment,
+    embedding_measures,
+    recording_embeddings,
+    validate_depths_seeds,
+)
+from rankbias.experiments.overparam_classification_summary import (
+    BASELINE_KEY,
+    PAPER,
+    _baselines,
+    aggregate,
+    make_verdict,
+    plot,
+)
 from rankbias.experiments.registry import register
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
-from rankbias.measures import KernelSpectrum
 from rankbias.train import lr_factor
-from rankbias.verdicts import mean_std, paired_gain_verdict, t_interval, verdict
+from rankbias.verdicts import t_interval
 
 CLAIM = (
     "Linearly over-parameterising a CNN (every Linear/Conv2d a product of depth linear maps, "
     "collapsed after training) improves the collapsed model's test accuracy over the baseline "
     "trained identically, and lowers the effective rank of its embeddings (Huh et al. 2023, sec. 6)."
 )
-
-AUTO_CROP = {"digits": 1, "mnist": 2, "fashion-mnist": 2, "cifar10": 4}
-AUTO_FLIP = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,46 +127,13 @@ class OverparamClassificationConfig(Config):
 
     def validate(self) -> None:
         self._require(len(self.models) >= 1, "models", "a non-empty list of model names")
-        self._require(all(d >= 1 for d in self.depths) and 1 in self.depths, "depths",
-                      "a list of ints >= 1 that includes the baseline 1")
-        self._require(len(set(self.depths)) == len(self.depths), "depths", "distinct depths")
-        self._require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
-                      "a non-empty list of distinct ints")
-        self._require(self.width > 0 and math.isfinite(self.width), "width", "a finite number > 0")
-        self._require(self.model_width >= 1, "model_width", "an int >= 1")
-        self._require(self.resnet_blocks >= 1, "resnet_blocks", "an int >= 1")
-        self._require(self.epochs >= 1, "epochs", "an int >= 1")
-        self._require(self.batch_size >= 1, "batch_size", "an int >= 1")
-        self._require(self.eval_batch_size >= 1, "eval_batch_size", "an int >= 1")
-        self._require(self.lr > 0, "lr", "a number > 0")
-        self._require(0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
-        self._require(self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        self._require(self.warmup_epochs >= 0, "warmup_epochs", "a number >= 0")
-        self._require(self.crop_padding is None or self.crop_padding >= 0, "crop_padding",
-                      "an int >= 0 or null")
+        validate_depths_seeds(self, ("model_width", "resnet_blocks", "epochs", "batch_size",
+                                     "eval_batch_size"))
         self._require(self.train_limit is None or self.train_limit >= 2, "train_limit", "an int >= 2 or null")
         self._require(self.test_limit is None or self.test_limit >= 2, "test_limit", "an int >= 2 or null")
 
 
 # ----------------------------------------------------------------------- data
-
-
-def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding by ``pad`` and random horizontal flip, per image."""
-    N, C, H, W = x.shape
-    if pad > 0:
-        xp = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
-        rows = (dy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]  # (N,1,H,1)
-        cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, None, :]  # (N,1,1,W)
-        n = torch.arange(N, device=x.device)[:, None, None, None]
-        c = torch.arange(C, device=x.device)[None, :, None, None]
-        x = xp[n, c, rows, cols]
-    if flip:
-        m = (torch.rand(N, generator=gen) < 0.5).to(x.device)
-        x = torch.where(m[:, None, None, None], x.flip(-1), x)
-    return x
 
 
 def _load(cfg: OverparamClassificationConfig):
@@ -181,32 +158,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int,
              embeddings: bool = False) -> dict:
     """Accuracy (and the kernel effective rank of the inputs of ``model.fc``)."""
     model.eval()
-    spec = KernelSpectrum() if embeddings else None
-    hook = None
-    if spec is not None:
-        def record(_module, inputs):
-            spec.update(inputs[0].flatten(1))  # returns None: the input is left unchanged
-
-        hook = model.fc.register_forward_pre_hook(record)
     correct, logits = 0, []
-    try:
+    with recording_embeddings(model, on=embeddings) as spec:
         for i in range(0, len(y), bs):
             out = model(x[i:i + bs])
             logits.append(out)
             correct += int((out.argmax(1) == y[i:i + bs]).sum())
-    finally:
-        if hook is not None:
-            hook.remove()
     res = {"acc": correct / len(y), "logits": torch.cat(logits)}
-    if spec is not None:
-        m = spec.measures(["effective_rank", "stable_rank"])
-        res["embed_erank"] = float(m["effective_rank"])
-        res["embed_srank"] = float(m["stable_rank"])
-        res["embed_dim"] = spec.dim_
-    return res
-
-
-BASELINE_KEY = {"default": "d1", "same as factors": "d1f"}
+    return res if spec is None else {**res, **embedding_measures(spec)}
 
 
 def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, seed: int, data,
@@ -214,7 +173,7 @@ def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, s
     """Train one (model, depth, seed); depth 1 is the baseline with ``baseline_init``."""
     from rankbias.models import build_model
     from rankbias.overparam import collapse, overparameterize
-    from rankbias.train import train
+    from rankbias.train import cross_entropy_loss, train
 
     xtr, ytr, xte, yte, n_classes = data
     with torch.random.fork_rng(devices=[]):
@@ -253,20 +212,10 @@ def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, s
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # augmentation of this step
         return augment(xtr[idx], pad, flip, g), ytr[idx]
 
-    def loss_fn(step: int) -> torch.Tensor:
-        xb, yb = batch(step)
-        if not torch.is_grad_enabled():
-            # the trainer's loss measurements: eval mode, so BN statistics see only training steps
-            model.eval()
-            out = F.cross_entropy(model(xb), yb)
-            model.train()
-            return out
-        return F.cross_entropy(model(xb), yb)
-
     model.train()
     t0 = time.perf_counter()
     res = train(
-        loss_fn, model, steps=steps, optimizer="momentum", lr=cfg.lr, momentum=cfg.momentum,
+        cross_entropy_loss(model, batch), model, steps=steps, optimizer="momentum", lr=cfg.lr, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, log_every=per_epoch,
         scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, steps, warm, cfg.schedule)),
@@ -301,118 +250,6 @@ def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, s
         "final_loss": float(res.final_loss[0]),
         "history": [{"step": h["step"], "loss": h["loss"]} for h in res.history],
     }
-
-
-# ----------------------------------------------------------------- aggregation
-
-
-def _ms(vals) -> tuple[float | None, float | None]:
-    """:func:`rankbias.verdicts.mean_std`, with None (not NaN) for no value, for the JSON summary."""
-    m, sd = mean_std(list(vals))
-    return (None, None) if math.isnan(m) else (m, sd)
-
-
-def _baselines(cfg) -> list[str]:
-    """The baseline inits trained: the verdict's first, then the other if asked."""
-    other = [b for b in BASELINE_KEY if b != cfg.baseline_init]
-    return [cfg.baseline_init, *(other if cfg.compare_both_baselines else [])]
-
-
-def aggregate(cfg, runs: list[dict]) -> tuple[list[dict], dict[str, dict[str, list[float]]]]:
-    """Per (model, depth, baseline init) rows, and per baseline init the paired per-seed
-    differences of test accuracy in pp, {"model/depth=d": [diff per seed]}."""
-    per_depth: list[dict] = []
-    diffs: dict[str, dict[str, list[float]]] = {b: {} for b in _baselines(cfg)}
-    ok_runs = [r for r in runs if r["status"] == "ok"]
-    for model_name in cfg.models:
-        base = {b: {r["seed"]: r for r in ok_runs if r["model"] == model_name and r["depth"] == 1
-                    and r.get("baseline_init", "default") == b} for b in diffs}
-        rows = [(1, b) for b in diffs] + [(d, None) for d in cfg.depths if d != 1]
-        for d, b in rows:
-            sel = [r for r in runs if r["model"] == model_name and r["depth"] == d
-                   and (b is None or r.get("baseline_init", "default") == b)]
-            ok = [r for r in sel if r["status"] == "ok"]
-            row = {"model": model_name, "depth": d, "init": b or "factors", "n_ok": len(ok),
-                   "n_failed": len(sel) - len(ok)}
-            for key in ("test_acc", "train_acc", "embed_erank", "init_fc_norm"):
-                row[f"{key}_mean"], row[f"{key}_std"] = _ms(r[key] for r in ok)
-            for bi in diffs:  # depth d minus each baseline, same seed, in pp
-                tag = "" if bi == cfg.baseline_init else "_vs_other_baseline"
-                for key in ("test_acc", "train_acc"):
-                    paired = [100 * (r[key] - base[bi][r["seed"]][key]) for r in ok
-                              if r["seed"] in base[bi]]
-                    if d != 1:
-                        row[f"{key}_diff{tag}_mean"], row[f"{key}_diff{tag}_std"] = _ms(paired)
-                        if key == "test_acc":
-                            diffs[bi][f"{model_name}/depth={d}"] = paired
-            row["collapse_max_rel_diff"] = max((r["collapse_max_rel_diff"] for r in ok), default=None)
-            row["train_time_s_mean"], _ = _ms(r["train_time_s"] for r in ok)
-            per_depth.append(row)
-    return per_depth, diffs
-
-
-PAPER = ("collapsed expanded models reach higher test accuracy than the baseline trained "
-         "identically, with lower train accuracy and lower-rank embeddings (Huh et al. 2023, sec. 6)")
-
-
-def make_verdict(cfg, per_depth: list[dict], diffs: dict[str, dict[str, list[float]]]) -> dict:
-    """:func:`paired_gain_verdict` on the test-accuracy differences against the
-    ``baseline_init`` baseline; the other baseline's verdict beside it."""
-    by_baseline = {b: paired_gain_verdict(d, unit=" pp") for b, d in diffs.items() if d}
-    if cfg.baseline_init not in by_baseline:
-        v = verdict("not testable", "paired test-accuracy difference per depth",
-                    "no expanded depth in the config")
-    else:
-        v = dict(by_baseline[cfg.baseline_init])
-    rows = {(r["model"], r["depth"], r["init"]): r for r in per_depth}
-    measured = []
-    for key, iv in v.get("intervals", {}).items():
-        model_name, d = key.split("/depth=")
-        r = rows.get((model_name, int(d), "factors"), {})
-        tr = r.get("train_acc_diff_mean")
-        measured.append(f"{key}: test {iv['mean']:+.2f} pp [{iv['lo']:+.2f}, {iv['hi']:+.2f}]"
-                        + (f", train {tr:+.2f} pp" if tr is not None else ""))
-    expanded = [r for r in per_depth if r["depth"] != 1]
-    return {
-        **v,
-        "paper": PAPER,
-        "measured": f"vs the {cfg.baseline_init!r}-init baseline: " + ("; ".join(measured) or "none"),
-        "baseline_init": cfg.baseline_init,
-        "other_baseline": {b: {k: x[k] for k in ("status", "reason")}
-                           for b, x in by_baseline.items() if b != cfg.baseline_init},
-        "max_collapse_rel_diff": max((r["collapse_max_rel_diff"] or 0.0) for r in expanded)
-        if expanded else 0.0,
-    }
-
-
-def plot(cfg, per_depth: list[dict], path) -> None:
-    import rankbias.plots as plots
-
-    fig, (ax1, ax2) = plots.figure(ncols=2, width=4.4, height=3.3)
-    for k, model_name in enumerate(cfg.models):
-        rows = sorted((r for r in per_depth if r["model"] == model_name and r["n_ok"] > 0
-                       and r["init"] in ("factors", cfg.baseline_init)), key=lambda r: r["depth"])
-        if not rows:
-            continue
-        x = np.array([r["depth"] for r in rows], float) + (k - (len(cfg.models) - 1) / 2) * 0.06
-        plots.line_with_band(ax1, x, [100 * r["test_acc_mean"] for r in rows],
-                             [100 * r["test_acc_std"] for r in rows], label=f"{model_name} test",
-                             color=f"C{k}")
-        plots.line_with_band(ax1, x, [100 * r["train_acc_mean"] for r in rows],
-                             [100 * r["train_acc_std"] for r in rows], label=f"{model_name} train",
-                             ls="--", marker="s", alpha=0.6, color=f"C{k}")
-        plots.line_with_band(ax2, x, [r["embed_erank_mean"] for r in rows],
-                             [r["embed_erank_std"] for r in rows], label=model_name,
-                             color=f"C{k}")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("expansion depth (1 = baseline)")
-        ax.set_xticks(sorted(cfg.depths))
-        ax.legend()
-    ax1.set_ylabel("accuracy of collapsed model (%)")
-    ax1.set_title(f"{cfg.dataset}: accuracy (mean ± std, {len(cfg.seeds)} seeds)")
-    ax2.set_ylabel("kernel effective rank")
-    ax2.set_title("penultimate embeddings, test set")
-    plots.save(fig, path)
 
 
 @register(
@@ -491,3 +328,7 @@ def run(cfg: OverparamClassificationConfig, run: RunDir) -> dict:
     )
     return {"per_depth": per_depth, "verdict": verdict, "paired_test_acc_diffs_pp": diffs,
             "runs": runs, "failures": failures}
+
+
+__all__ = ["AUTO_CROP", "AUTO_FLIP", "BASELINE_KEY", "CLAIM", "PAPER", "OverparamClassificationConfig",
+           "aggregate", "augment", "evaluate", "make_verdict", "plot", "run", "train_one"]

@@ -1,0 +1,132 @@
+"""What the two over-parameterisation experiments share (``overparam-classification``,
+``overparam-cifar``; docs/overparam.md): the augmentation defaults, the checks of the
+depths and seeds, the kernel effective rank of the penultimate embeddings (the input
+of ``fc``), the cost of a forward pass, and the accuracy / rank panels of the figure."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankbias.framework.config import Config
+from rankbias.measures import KernelSpectrum
+
+__all__ = ["AUTO_CROP", "AUTO_FLIP", "augment", "embedding_measures", "forward_macs",
+           "plot_accuracy_rank", "recording_embeddings", "validate_depths_seeds"]
+
+# random-crop padding and horizontal flips: flips only where the classes are mirror-symmetric
+AUTO_CROP = {"digits": 1, "mnist": 2, "fashion-mnist": 2, "cifar10": 4}
+AUTO_FLIP = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
+
+
+def validate_depths_seeds(cfg: Config, ints: tuple[str, ...]) -> None:
+    """The checks both configs make: depths (1 included, distinct), seeds, width, and the
+    fields ``ints`` that must be ints >= 1."""
+    cfg._require(all(d >= 1 for d in cfg.depths) and 1 in cfg.depths, "depths",
+                 "a list of ints >= 1 that includes the baseline 1")
+    cfg._require(len(set(cfg.depths)) == len(cfg.depths), "depths", "distinct depths")
+    cfg._require(len(cfg.seeds) >= 1 and len(set(cfg.seeds)) == len(cfg.seeds), "seeds",
+                 "a non-empty list of distinct ints")
+    cfg._require(cfg.width > 0 and math.isfinite(cfg.width), "width", "a finite number > 0")
+    for name in ints:
+        cfg._require(getattr(cfg, name) >= 1, name, "an int >= 1")
+    cfg._require(cfg.lr > 0, "lr", "a number > 0")
+    cfg._require(0 <= cfg.momentum < 1, "momentum", "a number in [0, 1)")
+    cfg._require(cfg.weight_decay >= 0, "weight_decay", "a number >= 0")
+    cfg._require(cfg.warmup_epochs >= 0, "warmup_epochs", "a number >= 0")
+    cfg._require(cfg.crop_padding is None or cfg.crop_padding >= 0, "crop_padding",
+                 "an int >= 0 or null")
+
+
+def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by ``pad`` and random horizontal flip, per image."""
+    N, C, H, W = x.shape
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]  # (N,1,H,1)
+        cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, None, :]  # (N,1,1,W)
+        n = torch.arange(N, device=x.device)[:, None, None, None]
+        c = torch.arange(C, device=x.device)[None, :, None, None]
+        x = xp[n, c, rows, cols]
+    if flip:
+        m = (torch.rand(N, generator=gen) < 0.5).to(x.device)
+        x = torch.where(m[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+@contextlib.contextmanager
+def recording_embeddings(model: nn.Module, on: bool = True) -> Iterator[KernelSpectrum | None]:
+    """A :class:`KernelSpectrum` fed the inputs of ``model.fc`` (the penultimate embeddings,
+    flattened to (N, D)) by every forward pass inside the block (``on=False``: None)."""
+    if not on:
+        yield None
+        return
+    spec = KernelSpectrum()
+
+    def record(_module, inputs):
+        spec.update(inputs[0].flatten(1))  # returns None: fc's input is left as it is
+
+    hook = model.fc.register_forward_pre_hook(record)
+    try:
+        yield spec
+    finally:
+        hook.remove()
+
+
+def embedding_measures(spec: KernelSpectrum) -> dict:
+    """embed_erank, embed_srank (kernel effective / stable rank) and embed_dim of ``spec``."""
+    m = spec.measures(["effective_rank", "stable_rank"])
+    return {"embed_erank": float(m["effective_rank"]), "embed_srank": float(m["stable_rank"]),
+            "embed_dim": spec.dim_}
+
+
+def forward_macs(model: nn.Module, shape) -> int:
+    """Multiply-adds of one forward pass of one image of ``shape`` (C, H, W), counted
+    over the Conv2d and Linear layers (BN, ReLU and pooling are memory-bound extras)."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += out.numel() * m.in_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules()
+          if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape, device=next(model.parameters()).device))
+    finally:
+        for h in hs:
+            h.remove()
+    return total
+
+
+def plot_accuracy_rank(ax1, ax2, x, rows: list[dict], depths, label: str = "", **kw) -> None:
+    """Test / train accuracy (%) of ``rows`` on ``ax1`` and their embedding rank on ``ax2``,
+    mean +- std over seeds, against the depths ``x``."""
+    import rankbias.plots as plots
+
+    pre = f"{label} " if label else ""
+    plots.line_with_band(ax1, x, [100 * r["test_acc_mean"] for r in rows],
+                         [100 * r["test_acc_std"] for r in rows], label=f"{pre}test", **kw)
+    plots.line_with_band(ax1, x, [100 * r["train_acc_mean"] for r in rows],
+                         [100 * r["train_acc_std"] for r in rows], label=f"{pre}train",
+                         ls="--", marker="s", **({"alpha": 0.6} if label else {}), **kw)
+    plots.line_with_band(ax2, x, [r["embed_erank_mean"] for r in rows],
+                         [r["embed_erank_std"] for r in rows], **({"label": label} if label else {}),
+                         **kw)
+    for ax in (ax1, ax2):
+        ax.set_xlabel("expansion depth (1 = baseline)")
+        ax.set_xticks(sorted(depths))
+    ax1.set_ylabel("accuracy of collapsed model (%)")
+    ax2.set_ylabel("kernel effective rank")
+    ax2.set_title("penultimate embeddings, test set")
