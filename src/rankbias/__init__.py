@@ -33,7 +33,9 @@ _LAZY = {
     "HuberizedReLU": "rankbias.models.two_layer_cnn",
     "huberized_relu": "rankbias.models.two_layer_cnn",
     "TwoLayerCNN": "rankbias.models.two_layer_cnn",
-    "train_two_layer_cnn": "rankbias.models.two_layer_cnn",
+    "train_two_layer_cnn": "rankbias.fit.two_layer_cnn",
+    "background_pixel_noise": "rankbias.data.images",
+    "load_image_dataset": "rankbias.data.images",
     "noisy_canvas": "rankbias.data.images",
     "extract_patches": "rankbias.data.images",
     "DeepLinear": "rankbias.models.deep_linear",
@@ -41,27 +43,30 @@ _LAZY = {
     "random_search": "rankbias.fit.random_search",
     "rank_report": "rankbias.analysis",
     "RankTracker": "rankbias.analysis",
+    "analyze": "rankbias.analysis",
+    "measure_tensors": "rankbias.analysis",
     "overparameterize": "rankbias.overparam",
     "collapse": "rankbias.overparam",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     import rankbias.train as train
-    from rankbias.analysis import RankTracker, rank_report
-    from rankbias.data.images import extract_patches, noisy_canvas
+    from rankbias.analysis import RankTracker, analyze, measure_tensors, rank_report
+    from rankbias.data.images import (
+        background_pixel_noise,
+        extract_patches,
+        load_image_dataset,
+        noisy_canvas,
+    )
     from rankbias.data.patches import PatchData, make_patch_data
     from rankbias.experiments.registry import list_experiments
     from rankbias.fit.deep_linear import fit_deep_linear
     from rankbias.fit.random_search import random_search
+    from rankbias.fit.two_layer_cnn import train_two_layer_cnn
     from rankbias.framework.config import Config, ConfigError
     from rankbias.framework.runs import RunDir
     from rankbias.models.deep_linear import DeepLinear
-    from rankbias.models.two_layer_cnn import (
-        HuberizedReLU,
-        TwoLayerCNN,
-        huberized_relu,
-        train_two_layer_cnn,
-    )
+    from rankbias.models.two_layer_cnn import HuberizedReLU, TwoLayerCNN, huberized_relu
     from rankbias.overparam import collapse, overparameterize
     from rankbias.runner import run_experiment
     from rankbias.sweep import run_sweep
@@ -105,6 +110,10 @@ __all__ = [
     "fit_deep_linear",
     "random_search",
     "rank_report",
+    "analyze",
+    "measure_tensors",
+    "background_pixel_noise",
+    "load_image_dataset",
     "RankTracker",
     "overparameterize",
     "collapse",

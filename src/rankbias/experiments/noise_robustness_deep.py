@@ -35,7 +35,6 @@ from typing import Literal
 
 import torch
 
-import rankbias.train as trainer
 from rankbias.experiments import noise_robustness_deep_summary as summary_mod
 from rankbias.experiments.noise_robustness_deep_data import (
     add_noise,
@@ -177,6 +176,7 @@ def train_network(cfg: DeepNoiseConfig, name: str, x: torch.Tensor, y: torch.Ten
                   seed: int, desc: str = "train"):
     """Train model ``name`` on (x, y) through :func:`rankbias.train.train`; returns
     (model, TrainResult). The weight ranks over training come from a RankTracker callback."""
+    import rankbias.train as trainer  # looked up at call time: tests spy on the one trainer
     from rankbias.analysis import RankTracker
     from rankbias.models import build_model
 
