@@ -49,7 +49,7 @@ def test_ci_run_gives_every_row(ci_run):
     assert len(summary["per_sigma"]) == len(cfg.models) * len(cfg.noise_models) * S
     assert all(0 <= r["test_acc_mean"] <= 1 for r in summary["per_sigma"])
     assert len(summary["per_data"]) == len(cfg.noise_models) * S
-    side = {"canvas": 16, "background": 8}
+    side = {"canvas": 16, "background_pixels": 8}
     for t in summary["layer_tables"]:
         fresh = build_model(t["model"], 1, 10, **nd.model_kwargs(cfg, t["model"], side[t["noise"]]))
         # every weight layer of the model, in module order, then the penultimate embeddings
@@ -137,7 +137,7 @@ def test_log_ratio_is_the_log_log_slope():
     np.testing.assert_allclose(nds.log_ratio(np.ones_like(data), data, 0)[:, 1:], 0.0, atol=0)
 
 
-@pytest.mark.parametrize("noise", ["canvas", "background"])
+@pytest.mark.parametrize("noise", ["canvas", "background_pixels"])
 def test_every_sigma_scales_the_same_noise_draw(noise):
     cfg = nd.DeepNoiseConfig.from_dict(CI)
     x = torch.rand(6, 1, 8, 8) * (torch.rand(6, 1, 8, 8) > 0.5)  # half the pixels background
@@ -154,7 +154,7 @@ def test_every_sigma_scales_the_same_noise_draw(noise):
 
 @pytest.mark.parametrize("override, field", [
     ({"sigmas": [0.5, 1.0]}, "sigmas"),
-    ({"dataset": "cifar10", "noise_models": ["background"]}, "noise_models"),
+    ({"dataset": "cifar10", "noise_models": ["background_pixels"]}, "noise_models"),
     ({"models": ["vgg"]}, "models"),
     ({"vit_dim": 30, "vit_heads": 4}, "vit_dim"),
     ({"classes": [3]}, "classes"),
@@ -177,11 +177,11 @@ def test_overall_verdict_counts_the_testable_layers():
 
 def test_without_scikit_dimension_the_id_columns_are_skipped_with_a_note(monkeypatch, tmp_path):
     monkeypatch.setattr(idmod, "available", lambda: False)
-    s = run_experiment("noise-robustness-deep", {"models": ["mlp"], "noise_models": ["background"],
+    s = run_experiment("noise-robustness-deep", {"models": ["mlp"], "noise_models": ["background_pixels"],
                                                  "steps": 2}, preset="ci", out_dir=tmp_path / "r")
-    assert len(s["per_sigma"]) == 2 and s["layer_tables"][0]["noise"] == "background"
-    assert sorted(s["figures"]) == ["accuracy_vs_sigma_background", "data_rank_vs_sigma",
-                                    "heatmap_mlp_background", "ranks_vs_sigma_mlp_background"]
+    assert len(s["per_sigma"]) == 2 and s["layer_tables"][0]["noise"] == "background_pixels"
+    assert sorted(s["figures"]) == ["accuracy_vs_sigma_background_pixels", "data_rank_vs_sigma",
+                                    "heatmap_mlp_background_pixels", "ranks_vs_sigma_mlp_background_pixels"]
     assert any("scikit-dimension" in n for n in s["notes"])
     assert not any(k.startswith("id_") for k in s["per_data"][0])
     assert "scikit-dimension" in (tmp_path / "r" / "report.md").read_text()

@@ -8,7 +8,7 @@ ViT and an MLP (:mod:`rankbias.models`) are trained through the one trainer
 (:func:`rankbias.train.train`, SGD or Adam on mini-batches, cross-entropy) on
 images carrying paper 1's background noise (``canvas``: the image on a larger
 canvas of N(0, sigma^2) noise, :func:`~rankbias.data.images.noisy_canvas`;
-``background``: noise on the image's own background pixels,
+``background_pixels``: noise on the image's own background pixels,
 :func:`~rankbias.data.images.background_pixel_noise`), one network per noise
 model, model, sigma and seed.
 
@@ -62,10 +62,10 @@ class DeepNoiseConfig(Config):
     """Training images per seed, a stratified seeded sample (null: all of the classes')."""
     test_limit: int | None = None
     """Test images per seed, a stratified seeded sample (null: all)."""
-    noise_models: list[Literal["canvas", "background"]] = dataclasses.field(
-        default_factory=lambda: ["canvas", "background"])
+    noise_models: list[Literal["canvas", "background_pixels"]] = dataclasses.field(
+        default_factory=lambda: ["canvas", "background_pixels"])
     """Paper 1's noise models: "canvas" (the image centred on a canvas of Gaussian noise) and
-    "background" (Gaussian noise on the image's own zero pixels; not for CIFAR-10)."""
+    "background_pixels" (Gaussian noise on the image's own zero pixels; not for CIFAR-10)."""
     canvas: int | None = None
     """Side of the noisy canvas (null: twice the image side)."""
     sigmas: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
@@ -136,8 +136,8 @@ class DeepNoiseConfig(Config):
         req(len(self.models) >= 1 and len(set(self.models)) == len(self.models), "models",
             "a non-empty list of distinct model names")
         req(len(self.noise_models) >= 1 and len(set(self.noise_models)) == len(self.noise_models),
-            "noise_models", "a non-empty list of distinct names: canvas, background")
-        req(not (self.dataset == "cifar10" and "background" in self.noise_models), "noise_models",
+            "noise_models", "a non-empty list of distinct names: canvas, background_pixels")
+        req(not (self.dataset == "cifar10" and "background_pixels" in self.noise_models), "noise_models",
             "canvas only for cifar10 (its images have no plain background)")
         req(self.classes is None or (len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)),
             "classes", "null or at least two distinct class indices")
@@ -300,7 +300,7 @@ the tests run the background noise on the MLP)."""
         "ci": CI,
         "paper": {
             "dataset": "mnist", "train_limit": 10000, "test_limit": 2000,
-            "noise_models": ["canvas", "background"],
+            "noise_models": ["canvas", "background_pixels"],
             "sigmas": [0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "seeds": [0, 1, 2],
             "models": ["plain-cnn", "resnet20", "vit", "mlp"], "width": 32, "cnn_depth": 6,
             "vit_dim": 128, "vit_depth": 6, "vit_heads": 4, "mlp_width": 512, "steps": 3000,
