@@ -75,3 +75,40 @@ def test_background_pixel_noise_touches_only_background():
 def test_background_pixel_noise_refuses_images_without_background():
     with pytest.raises(ValueError, match="canvas"):
         background_pixel_noise(torch.rand(2, 3, 4, 4) + 0.1, [1.0])
+
+
+def test_stratified_sample_and_subset_refuse_bad_arguments():
+    with pytest.raises(ValueError, match="limit"):
+        stratified_sample(torch.tensor([0, 1, 1]), -1)
+    with pytest.raises(ValueError, match="non-empty"):
+        _sorted_by_class().subset(classes=[])
+
+
+def test_cifar_tar_is_extracted_once_per_tar_and_cached_per_root(tmp_path, monkeypatch, capsys):
+    import tarfile
+
+    from torchvision.io import encode_jpeg
+
+    monkeypatch.setenv("RANKBIAS_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "src" / "cifar10-jpeg"
+    for split in ("train", "test"):
+        for c, cls in enumerate(("airplane", "automobile")):
+            d = src / split / cls
+            d.mkdir(parents=True)
+            img = torch.full((3, 8, 8), 40 * (c + 1), dtype=torch.uint8)
+            (d / "0000.jpg").write_bytes(bytes(encode_jpeg(img).numpy()))
+    roots = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        with tarfile.open(root / "cifar10-jpeg.tar", "w") as tf:
+            tf.add(src, arcname="cifar10-jpeg")
+        roots.append(root)
+    a = load_image_dataset("cifar10", train=True, root=roots[0])
+    assert "extracting" in capsys.readouterr().err
+    assert a.classes == ["airplane", "automobile"] and a.labels.tolist() == [0, 1]
+    again = load_image_dataset("cifar10", train=True, root=roots[0])
+    assert "extracting" not in capsys.readouterr().err and torch.equal(again.images, a.images)
+    load_image_dataset("cifar10", train=True, root=roots[1])  # another tar: its own extraction
+    assert "extracting" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob(".extract-*"))  # no half-extracted folder left

@@ -97,3 +97,26 @@ def test_relative_rank_skips_a_level_whose_networks_all_diverged(recwarn):
     v = relative_rank_verdict([0, 1, 2], a, d, m)
     assert v["generalising_sigmas"] == [2.0] and v["status"] == "holds"
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_t_quantile_far_in_the_tail():
+    assert student_t_ppf(0.99995, 1) == pytest.approx(stats.t.ppf(0.99995, 1), rel=1e-9)
+
+
+def test_relative_rank_refuses_a_zero_clean_rank():
+    # a clean rank of 0 would make every growth infinite and the ratio 0 ("holds")
+    v = relative_rank_verdict([0, 1], [[0.9, 0.9]] * 2, [[0.0, 5.0]] * 2, [[1.0, 2.0]] * 2)
+    assert v["status"] == "not testable"
+    v = relative_rank_verdict([0, 1], [[0.9, 0.9]] * 2, [[1.0, 20.0]] * 2, [[0.0, 2.0]] * 2)
+    assert v["status"] == "not testable"
+
+
+def test_relative_rank_says_how_many_seeds_it_used():
+    v = relative_rank_verdict([0, 1, 2], [[0.99] * 3] * 2, [[1, 20, 20], [1, 1, 20]], [[3, 3.1, 3.1]] * 2)
+    assert v["status"] == "holds" and v["n_seeds_used"] == 2
+
+
+def test_relative_rank_does_not_let_a_nan_level_hide_the_others():
+    nan = float("nan")
+    v = relative_rank_verdict([0, 1, 2], [[0.99] * 3] * 2, [[1, nan, 20]] * 2, [[3, 3, 3.1]] * 2)
+    assert v["status"] == "holds" and v["sigma"] == 2.0

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -136,10 +137,19 @@ def _child(step: Step, out: Path, timeout: float) -> tuple[str, str | None]:
         cmd += ["--set", f"{k}={json.dumps(v)}"]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stdout.txt", "w") as log:
+        # its own process group, so that a step over its budget is stopped with every
+        # process it started (data-loader workers would otherwise keep the GPU)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=max(timeout, 1.0)).returncode
+            rc = proc.wait(timeout=max(timeout, 1.0))
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             return "not run", f"budget: stopped after its share of {timeout:.0f} s"
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
     if rc != 0:
         tail = (out / "stdout.txt").read_text().strip().splitlines()[-3:]
         return "failed", f"exit {rc}: " + " / ".join(tail)
@@ -188,10 +198,10 @@ def reproduce_gpu(
         env: dict[str, Any] = {**environment(), "preset": preset, "budget_s": budget, "device": _device(),
                "total_wall_time_s": round(time.perf_counter() - t_start, 3),
                "data": packed or mat_root}
-        write_reproduce_report(out, entries, env)
         record = {"preset": preset, "environment": env, "experiments": [
             {k: v for k, v in e.items() if k != "summary"} for e in entries]}
-        RunDir(out).write_json("reproduce.json", record)
+        RunDir(out).write_json("reproduce.json", record)  # first: a report error must not lose it
+        write_reproduce_report(out, entries, env)
         return {"entries": entries, "environment": env}
 
     used_share = 0.0

@@ -278,7 +278,9 @@ def load_inputs(
     :func:`rankbias.data.images.load_image_dataset` (digits, mnist,
     fashion-mnist, cifar10; the test split unless ``train``), ``random:CxHxW``
     (standard normal inputs of that shape, ``limit`` of them, 64 by default,
-    seeded), or a .pt/.npy file holding a tensor."""
+    seeded), or a .pt/.npy file holding a tensor. ``limit`` of a dataset is a seeded,
+    stratified random sample (dataset files are often sorted by class); of a file, its
+    first ``limit`` rows."""
     from rankbias.data.images import _ALIASES, DATASETS, load_image_dataset
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -294,8 +296,8 @@ def load_inputs(
         return torch.randn((limit or 64, *shape), generator=g)
     key = _ALIASES.get(spec.lower(), spec.lower())
     if key in DATASETS:
-        x = load_image_dataset(key, train=train, root=root).images
-        return x[:limit] if limit is not None else x
+        data = load_image_dataset(key, train=train, root=root)
+        return data.subset(limit=limit, seed=seed).images if limit is not None else data.images
     path = Path(spec)
     if path.suffix.lower() in (".pt", ".pth", ".npy") and path.exists():
         _existing_file(path, "data")

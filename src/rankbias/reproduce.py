@@ -218,9 +218,10 @@ def reproduce(
                "device": _device_description()}
         from rankbias.report import write_reproduce_report
 
-        write_reproduce_report(out, entries, env)
+        # the record first: a report that fails to render must not lose it
         RunDir(out).write_json("reproduce.json", {"preset": preset, "environment": env, "experiments": [
             {k: v for k, v in e.items() if k not in ("summary",)} for e in entries]})
+        write_reproduce_report(out, entries, env)
     return ReproduceResult(out, entries, env)
 
 

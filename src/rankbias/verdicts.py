@@ -108,14 +108,18 @@ def student_t_ppf(q: float, df: float) -> float:
     """Quantile of Student's t (bisection on :func:`student_t_cdf`, to 1e-12)."""
     if not 0 < q < 1 or df <= 0:
         raise ValueError(f"need 0 < q < 1 and df > 0, got q={q}, df={df}")
-    lo, hi = -1e3, 1e3
-    for _ in range(200):
+    lo, hi = -1.0, 1.0
+    while student_t_cdf(lo, df) > q:  # heavy tails (df = 1): widen the bracket as needed
+        lo *= 2
+    while student_t_cdf(hi, df) < q:
+        hi *= 2
+    for _ in range(400):
         mid = 0.5 * (lo + hi)
         if student_t_cdf(mid, df) < q:
             lo = mid
         else:
             hi = mid
-        if hi - lo < 1e-12:
+        if hi - lo < 1e-12 * max(1.0, abs(hi)):
             break
     return 0.5 * (lo + hi)
 
@@ -201,16 +205,26 @@ def relative_rank_verdict(
         f"clean accuracy: the data's stable rank grows >= {data_factor:g}x, and "
         f"log(model rank growth) / log(data rank growth) <= {max_ratio:g} (mean over seeds)"
     )
+    if not 0 <= clean_index < len(sigmas):
+        raise ValueError(f"clean_index must be in 0..{len(sigmas) - 1}, got {clean_index}")
+    # a seed counts only where both clean ranks are finite and > 0 (a ratio to 0 means nothing)
+    valid = (np.isfinite(dr[:, clean_index]) & (dr[:, clean_index] > 0)
+             & np.isfinite(mr[:, clean_index]) & (mr[:, clean_index] > 0))
     with warnings.catch_warnings():
         # a noise level whose networks all diverged is NaN: it is simply not in the band
         warnings.simplefilter("ignore", RuntimeWarning)
         acc_m = np.nanmean(acc, axis=0)
-        data_growth = np.nanmean(dr / dr[:, [clean_index]], axis=0)
-    ok = [j for j in range(len(sigmas)) if acc_m[j] >= acc_m[clean_index] - accuracy_drop and j != clean_index]
+        growth = dr[valid] / dr[valid][:, [clean_index]]
+        data_growth = np.nanmean(growth, axis=0) if valid.any() else np.full(len(sigmas), np.nan)
+    ok = [j for j in range(len(sigmas)) if j != clean_index and np.isfinite(data_growth[j])
+          and acc_m[j] >= acc_m[clean_index] - accuracy_drop]
     numbers: dict[str, Any] = {
         "generalising_sigmas": [float(sigmas[j]) for j in ok],
         "data_growth": [float(x) for x in data_growth],
     }
+    if not valid.any():
+        return verdict("not testable", criterion,
+                       "no seed has a finite, positive clean rank of both the data and the model", **numbers)
     if not ok:
         return verdict("not testable", criterion,
                        "no noisy level keeps the test accuracy within the bound", **numbers)
@@ -221,14 +235,21 @@ def relative_rank_verdict(
             "not testable", criterion,
             f"the data's rank grows only {data_growth[j]:.3g}x (< {data_factor:g}x) at the generalising "
             f"noise levels: this data cannot show the claim", **numbers)
-    g_data = dr[:, j] / dr[:, clean_index]
-    g_model = mr[:, j] / mr[:, clean_index]
-    ratios = np.log(g_model) / np.log(g_data)
-    m, s = mean_std(list(ratios))
-    numbers.update(model_growth=float(np.nanmean(g_model)), ratio_mean=m, ratio_std=s,
-                   ratio_per_seed=[float(r) for r in ratios])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g_data = dr[:, j] / dr[:, clean_index]
+        g_model = mr[:, j] / mr[:, clean_index]
+        ratios = np.log(g_model) / np.log(g_data)
+    used = valid & np.isfinite(ratios) & (g_data > 1)
+    m, s = mean_std(list(ratios[used]))
+    numbers.update(model_growth=float(np.mean(g_model[used])) if used.any() else float("nan"),
+                   ratio_mean=m, ratio_std=s, ratio_per_seed=[float(r) for r in ratios],
+                   n_seeds_used=int(used.sum()), n_seeds=int(len(ratios)))
+    if not used.any():
+        return verdict("not testable", criterion,
+                       "no seed gives a finite log ratio at the deciding noise level", **numbers)
     status = "holds" if m <= max_ratio else "does not hold"
+    dropped = "" if used.all() else f"; {int((~used).sum())} of {len(used)} seeds without a finite ratio left out"
     reason = (f"at sigma={sigmas[j]:g} the data's rank grows {data_growth[j]:.3g}x and the model's "
-              f"{np.nanmean(g_model):.3g}x: log ratio {m:.3f} +- {s:.3f} ({'<=' if m <= max_ratio else '>'} "
-              f"{max_ratio:g})")
+              f"{numbers['model_growth']:.3g}x: log ratio {m:.3f} +- {s:.3f} over {int(used.sum())} "
+              f"seed(s) ({'<=' if m <= max_ratio else '>'} {max_ratio:g}){dropped}")
     return verdict(status, criterion, reason, **numbers)

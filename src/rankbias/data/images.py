@@ -25,8 +25,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +87,13 @@ class ImageData:
                 raise ValueError(f"classes {bad} not in {self.name} (0..{len(self.classes) - 1})")
             if len(set(classes)) != len(classes):
                 raise ValueError(f"classes must be distinct, got {classes}")
-            keep = torch.isin(labels, torch.tensor(classes))
+            if not classes:
+                raise ValueError(f"classes must be a non-empty list of class indices of {self.name}")
+            wanted = torch.tensor(classes, dtype=torch.long)
+            keep = torch.isin(labels, wanted)
             images, old = images[keep], labels[keep]
             remap = torch.full((len(self.classes),), -1, dtype=torch.long)
-            remap[torch.tensor(classes)] = torch.arange(len(classes))
+            remap[wanted] = torch.arange(len(classes))
             labels = remap[old]
             names = [self.classes[c] for c in classes]
         if limit is not None:
@@ -102,6 +107,8 @@ class ImageData:
 def stratified_sample(labels: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
     """Indices of a seeded random sample of ``min(limit, N)`` labels, as balanced over the
     classes present as their sizes allow (counts differ by at most one otherwise), shuffled."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
     g = torch.Generator().manual_seed(seed)
     present = torch.unique(labels)
     pools = [torch.nonzero(labels == c).flatten() for c in present.tolist()]
@@ -199,12 +206,24 @@ def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
             raise _not_found(
                 "cifar10", root, "cifar-10-batches-py/, cifar10-jpeg/{train,test}/ or cifar10-jpeg.tar"
             )
-        folder = cache_dir() / "cifar10-jpeg" / split
-        if not folder.exists():
-            print(f"rankbias: extracting {tar} into {cache_dir()} (once; about 240 MB; "
+        # one extraction per tar (path, size, mtime), completed or not there at all
+        st = tar.stat()
+        ttag = hashlib.sha256(f"{tar.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        dest = cache_dir() / f"cifar10-jpeg-tar-{ttag}"
+        folder = dest / "cifar10-jpeg" / split
+        if not dest.exists():
+            print(f"rankbias: extracting {tar} into {dest} (once; about 240 MB; "
                   "set $RANKBIAS_CACHE to choose where)", file=sys.stderr)
-            with tarfile.open(tar) as tf:
-                tf.extractall(cache_dir(), filter="data")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp_dir = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+            try:
+                with tarfile.open(tar) as tf:
+                    tf.extractall(tmp_dir, filter="data")
+                os.replace(tmp_dir, dest)
+            finally:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not folder.exists():
+            raise _not_found("cifar10", root, f"cifar10-jpeg/{split}/ inside cifar10-jpeg.tar")
     ds = datasets.ImageFolder(str(folder))
     from torchvision.io import ImageReadMode, decode_image, read_file
 

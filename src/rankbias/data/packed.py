@@ -26,6 +26,7 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -231,6 +232,12 @@ def load_packed_uint8(folder: str | os.PathLike, name: str, train: bool = True):
             images.append(torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB)))
         else:
             images.append(torch.from_numpy(z["images"]).unsqueeze(1))
+    included = entry.get("classes_included")
+    if included is not None and len(included) < len(entry["classes"]):
+        # the default pack keeps MNIST 0 and 1 only: never pass that off as the whole dataset
+        warnings.warn(f"{folder}: packed {name} holds only classes {included} of "
+                      f"{len(entry['classes'])} (rankbias prepare-data --mnist-classes all for all)",
+                      stacklevel=2)
     return torch.cat(images), torch.cat(labels), list(entry["classes"])
 
 
@@ -246,6 +253,8 @@ def load_packed(folder: str | os.PathLike, name: str, train: bool = True):
 def materialize(folder: str | os.PathLike, root: str | os.PathLike) -> Path:
     """Write a packed folder out in the data-root layout under ``root`` (skipping files
     already there): ``MNIST/raw/*-ubyte`` and ``cifar10-jpeg/{train,test}/<class>/*.jpg``."""
+    from rankbias.framework.runs import atomic_write_bytes
+
     folder, root = Path(folder), Path(root)
     m = _manifest(folder)
     if "mnist" in m["datasets"]:
@@ -259,9 +268,10 @@ def materialize(folder: str | os.PathLike, root: str | os.PathLike) -> Path:
             y = np.concatenate([p["labels"] for _, p in z])
             # idx format: magic (0x0803 images / 0x0801 labels), then big-endian int32 sizes
             hdr = np.array([0x0803, len(x), 28, 28], ">i4").tobytes()
-            (raw / f"{stem}-images-idx3-ubyte").write_bytes(hdr + x.astype(np.uint8).tobytes())
-            (raw / f"{stem}-labels-idx1-ubyte").write_bytes(
-                np.array([0x0801, len(y)], ">i4").tobytes() + y.astype(np.uint8).tobytes())
+            # atomic, labels last: the labels file is what marks a split as written
+            atomic_write_bytes(raw / f"{stem}-images-idx3-ubyte", hdr + x.astype(np.uint8).tobytes())
+            atomic_write_bytes(raw / f"{stem}-labels-idx1-ubyte",
+                               np.array([0x0801, len(y)], ">i4").tobytes() + y.astype(np.uint8).tobytes())
     if "cifar10" in m["datasets"]:
         for split in _SPLITS:
             base = root / "cifar10-jpeg" / split
@@ -271,8 +281,12 @@ def materialize(folder: str | os.PathLike, root: str | os.PathLike) -> Path:
             for entry, z in _parts(folder, "cifar10", split):
                 off = z["offsets"]
                 for i in range(len(off) - 1):
-                    d = tmp / entry["classes"][int(z["labels"][i])]
+                    cls, fname = entry["classes"][int(z["labels"][i])], z["names"][i].decode()
+                    for part in (cls, fname):  # names come from the folder: no path may escape root
+                        if not part or part in (".", "..") or "/" in part or "\\" in part:
+                            raise LoadError(f"{folder}: unsafe file or class name {part!r} in the packed data")
+                    d = tmp / cls
                     d.mkdir(parents=True, exist_ok=True)
-                    (d / z["names"][i].decode()).write_bytes(z["jpeg"][off[i]:off[i + 1]].tobytes())
+                    (d / fname).write_bytes(z["jpeg"][off[i]:off[i + 1]].tobytes())
             os.replace(tmp, base)
     return root
