@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from _helpers import _gen, f64, rel
 from rankbias.overparam import (
     OverparamConv2d,
     OverparamLinear,
@@ -18,18 +19,6 @@ from rankbias.overparam import (
     overparameterize,
     set_forward_mode,
 )
-
-f64 = torch.float64
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
 
 # ----------------------------------------------------------------- torchvision
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from _helpers import _gen, f64, rel
 from rankbias.errors import UnsupportedError
 from rankbias.overparam import (
     OverparamConv1D,
@@ -21,17 +22,6 @@ from rankbias.overparam import (
     overparameterize,
     set_forward_mode,
 )
-
-f64 = torch.float64
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 def _check_exact(make, model, expanded, *inputs, tol=1e-9):
