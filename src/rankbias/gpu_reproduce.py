@@ -15,8 +15,7 @@ goes last and absorbs what the others left. Every step writes its own run
 directory; the combined report (``report.md``, ``report/index.html``,
 ``reproduce.json``) is rewritten after each step, so an interrupted run still
 leaves one. The data is the folder written by ``rankbias prepare-data`` (or a
-plain data root); a packed folder is first written out in the data-root layout
-(:func:`rankbias.data.packed.materialize`) for the paper-1 loaders.
+plain data root); the paper-1 loaders read a packed folder as a data root.
 
 ``gpu-smoke`` is the same path at a tiny size on the CPU (CI).
 """
@@ -24,7 +23,6 @@ plain data root); a packed folder is first written out in the data-root layout
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -35,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rankbias.errors import UnsupportedError
-from rankbias.framework.paths import cache_dir, data_root
+from rankbias.framework.paths import data_root
 from rankbias.framework.runs import RunDir, config_hash
 
 __all__ = ["PRESETS", "Step", "plan", "reproduce_gpu"]
@@ -100,7 +98,7 @@ def plan(preset: str, *, data: str | None, mat_root: str | None, has: set[str]) 
 
 def _resolve_data(data: str | os.PathLike | None) -> tuple[str | None, str | None, set[str]]:
     """(packed folder or None, data root for the loaders, datasets available)."""
-    from rankbias.data.packed import is_packed, materialize
+    from rankbias.data.packed import is_packed
 
     folder = data_root(data)
     if not is_packed(folder):
@@ -110,11 +108,9 @@ def _resolve_data(data: str | os.PathLike | None) -> tuple[str | None, str | Non
         return None, str(folder), has
     from rankbias.data.packed import MANIFEST
 
-    text = (folder / MANIFEST).read_text()
-    manifest = json.loads(text)
-    key = hashlib.sha256(text.encode()).hexdigest()[:12]
-    mat = materialize(folder, cache_dir() / "packed-roots" / key)
-    return str(folder), str(mat), set(manifest["datasets"])
+    # a packed folder is a data root itself (load_image_dataset reads it): nothing to unpack
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return str(folder), str(folder), set(manifest["datasets"])
 
 
 def _verdict_word(summary: dict | None) -> str:
