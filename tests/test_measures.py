@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -564,6 +564,9 @@ def test_property_agrees_with_reference_and_bounds(A):
 @PROP
 @given(matrices, st.floats(1e-6, 1e6), st.booleans())
 def test_property_scale_and_transpose_invariance(A, c, transpose):
+    # the property is about the measures, not float underflow: c * A must stay exact, so
+    # no nonzero entry may fall to the subnormal range (5e-324 * 0.5 == 0 changes the rank)
+    assume(bool(np.all((A == 0) | (np.abs(A) * min(c, 1.0) > 1e-290))))
     B = (A.T if transpose else A) * c
     r0, r1 = rank_measures(A), rank_measures(B)
     assert abs(int(r1["numerical_rank"]) - int(r0["numerical_rank"])) <= 0 or _near_threshold(A)
