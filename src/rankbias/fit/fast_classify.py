@@ -37,7 +37,8 @@ from torch import nn
 
 from rankbias.train import lr_factor
 
-__all__ = ["DeviceImages", "FastTrainSettings", "GroupResult", "augment_uint8", "train_group"]
+__all__ = ["DeviceImages", "FastTrainSettings", "GroupResult", "augment_uint8", "channels_last_is_safe",
+           "train_group"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class FastTrainSettings:
     hflip: bool = True
     bf16: bool = False
     channels_last: bool = False
+    """channels_last for the one-after-another form, on CUDA only (:func:`channels_last_is_safe`)."""
     eval_batch_size: int = 1000
 
 
@@ -112,6 +114,20 @@ def augment_uint8(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -
 # ------------------------------------------------------------ the two model forms
 
 
+def channels_last_is_safe(device: torch.device | str) -> bool:
+    """Whether :func:`train_group` may run convs in channels_last on ``device`` (CUDA only).
+
+    On the CPU, torch 2.14.1's oneDNN kernel for the backward of a strided 1x1 conv in
+    channels_last with few input channels (< 8, e.g. ResNet's projection shortcut at width
+    4) writes outside its buffers: glibc aborts the process ("corrupted size vs. prev_size")
+    with one thread, and with two the weight gradient comes back wrong by ~100 %
+    (tests/test_gpu.py::test_cpu_float32_training_is_exact_and_does_not_crash). channels_last
+    only pays off on CUDA's tensor cores, so the CPU keeps torch's default layout.
+    """
+    return torch.device(device).type == "cuda"
+
+
+
 class _Stacked:
     """M models of one architecture as stacked parameters, run with vmap."""
 
@@ -154,8 +170,8 @@ class _Single:
 
     def __init__(self, model: nn.Module, channels_last: bool):
         self.model = model
-        self.channels_last = channels_last
-        if channels_last:
+        self.channels_last = channels_last and channels_last_is_safe(next(model.parameters()).device)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.per_model_ndim = {k: p.dim() for k, p in model.named_parameters()}
 
