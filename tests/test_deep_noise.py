@@ -18,6 +18,7 @@ from rankbias.experiments.registry import build_config
 from rankbias.framework.config import ConfigError
 from rankbias.models import build_model
 from rankbias.runner import run_experiment
+from rankbias.verdicts import STATUSES
 
 CI = nd.CI
 
@@ -66,9 +67,9 @@ def test_ci_run_gives_every_row(ci_run):
     pairs = {(t["model"], t["noise"]) for t in summary["layer_tables"]}
     assert pairs == {(m, n) for m in cfg.models for n in cfg.noise_models}
     for v in summary["layer_verdicts"]:
-        assert v["status"] in ("holds", "does not hold", "not testable")
+        assert v["status"] in STATUSES
         assert {"paper", "measured", "criterion", "reason"} <= set(v["verdict"])
-    assert summary["verdict"]["status"] in ("holds", "does not hold", "not testable")
+    assert summary["verdict"]["status"] in STATUSES
     assert {"paper", "measured"} <= set(summary["verdict"])
     if idmod.available():
         assert {"id_twonn", "id_mle", "clean_id_twonn"} <= set(summary["per_data"][0])
@@ -173,6 +174,9 @@ def test_overall_verdict_counts_the_testable_layers():
     assert bad["status"] == "does not hold" and bad["weights"]["holds"] == 1
     assert bad["embeddings_noisy"]["holds"] == 1
     assert nds.overall_verdict([v("not testable")])["status"] == "not testable"
+    # an inconclusive layer keeps "holds" from being said, but refutes nothing
+    assert nds.overall_verdict([v("holds"), v("inconclusive")])["status"] == "inconclusive"
+    assert nds.overall_verdict([v("inconclusive"), v("does not hold")])["status"] == "does not hold"
 
 
 def test_without_scikit_dimension_the_id_columns_are_skipped_with_a_note(monkeypatch, tmp_path):

@@ -195,8 +195,9 @@ def test_divergence_marks_one_model_and_spares_the_others():
 # ----------------------------------------------------------------- experiments
 
 # 16 patches put the data's rank growth at sigma_p = 0.5 past 10x (10.4x) while the test
-# accuracy stays within 1 pp of the clean one (0.998 vs 1.0)
-CI_CONFIG = {"sigmas": [0.0, 0.5], "seeds": [0, 1], "patches": 16, "n_test": 500, "steps": 300,
+# accuracy stays within 1 pp of the clean one (0.998 vs 1.0); three seeds, because with two
+# the non-inferiority band's t-interval (1 dof) cannot show 1 pp on 500 test images
+CI_CONFIG = {"sigmas": [0.0, 0.5], "seeds": [0, 1, 2], "patches": 16, "n_test": 500, "steps": 300,
              "log_every": 50}
 
 
@@ -213,8 +214,12 @@ def test_noise_robustness_relative_verdict_on_ci_config(tmp_path):
     clean, noisy = s["per_sigma"]
     assert noisy["test_acc_mean"] >= clean["test_acc_mean"] - 0.01
     assert v["sigma"] == 0.5 and v["max_data_growth"] >= 10
+    assert v["n_learned"] == 3 and v["accuracy_band"]["0.5"]["lower"] > -0.01 and v["ratio_hi"] <= 0.25
+    # the filters against the clean rank 2K, in the table and in the verdict
+    assert noisy["filter_stable_rank_over_clean_rank"] == pytest.approx(noisy["filter_stable_rank_mean"] / 4)
+    assert v["filter_stable_rank_over_clean_rank"] == pytest.approx(noisy["filter_stable_rank_over_clean_rank"])
     assert noisy["data_patch_stable_rank"] / clean["data_patch_stable_rank"] > 9.5
-    assert v["ratio_mean"] == pytest.approx(sum(v["ratio_per_seed"]) / 2) and v["ratio_mean"] <= 0.25
+    assert v["ratio_mean"] == pytest.approx(sum(v["ratio_per_seed"]) / 3) and v["ratio_mean"] <= 0.25
     growth = noisy["filter_stable_rank_mean"] / clean["filter_stable_rank_mean"]
     assert v["model_growth"] == pytest.approx(growth, rel=0.1)
     # the former absolute test is kept beside it, deciding nothing: against 2K = 4 rather

@@ -7,6 +7,7 @@ import torch
 
 from rankbias import run_experiment
 from rankbias.experiments import overparam_classification as opc
+from rankbias.experiments._statements import CLAIMED_GAIN_PP
 from rankbias.framework.config import ConfigError
 from rankbias.models import build_model
 from rankbias.verdicts import paired_gain_verdict
@@ -39,8 +40,9 @@ def test_ci_sized_run_summary_and_verdict(tmp_path):
                  for k in (0, 1)]
         assert rows[("cnn", 2, "factors")][f"train_acc_diff{tag}_mean"] == pytest.approx(sum(train) / 2)
     v = s["verdict"]
-    want = paired_gain_verdict(s["paired_test_acc_diffs_pp"]["default"], unit=" pp")
+    want = paired_gain_verdict(s["paired_test_acc_diffs_pp"]["default"], unit=" pp", effect=CLAIMED_GAIN_PP)
     assert v["status"] == want["status"] and v["intervals"] == want["intervals"]
+    assert v["effect"] == CLAIMED_GAIN_PP and "improving generalization" in v["statement"]
     assert v["paper"] and v["measured"].startswith("vs the 'default'-init baseline: cnn/depth=2: test")
     assert set(v["other_baseline"]) == {"same as factors"}
     # the two baselines really differ at init (the factors' init has the ReLU gain)

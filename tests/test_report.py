@@ -4,9 +4,11 @@ no horizontal scrolling at 1280 px."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,7 +65,8 @@ def sections(html: str) -> dict[str, str]:
 
 
 def test_status_words_keep_not_testable_apart_from_does_not_hold():
-    assert status_word(verdict("not testable", "c", "r")) == "not testable on this data"
+    assert status_word(verdict("not testable", "c", "r")) == "not testable"
+    assert status_word(verdict("inconclusive", "c", "r")) == "inconclusive"
     assert status_word(verdict("does not hold", "c", "r")) == "does not hold"
     assert status_word({"holds": True}) == "holds" and status_word({"holds": False}) == "does not hold"
     assert status_word({"holds": None}) == "no verdict" and status_word(None) == "no verdict"
@@ -96,7 +99,7 @@ def test_html_order_collapsed_tables_and_fallbacks(tmp_path):
     # paper vs measured first, then the figure, then everything else collapsed
     i_pvm, i_fig, i_det = new.index("class='pvm'"), new.index("<img"), new.index("<details")
     assert i_pvm < i_fig < i_det
-    assert "&gt;= 10x (Fig. 2)" in new and "3.1x" in new and ">not testable on this data<" in new
+    assert "&gt;= 10x (Fig. 2)" in new and "3.1x" in new and ">not testable<" in new
     assert f"<b>Claim.</b> {CLAIM}" in new and "<b>Claim.</b>" not in sections(html)["exp-old"]
     assert "does not hold" not in new
     assert "column_39" in new[i_det:] and "column_39" not in new[:i_det]  # the wide table is collapsed
@@ -106,16 +109,50 @@ def test_html_order_collapsed_tables_and_fallbacks(tmp_path):
     assert "The old claim text." in old and ">does not hold<" in old and "median" in old
     assert "RuntimeError: boom" in sec["exp-failed"] and ">failed<" in sec["exp-failed"]
     assert "not selected (--only)" in sec["exp-not-run"]
-    assert "1 not testable on this data" in html and "1 does not hold" in html
+    assert "1 not testable" in html and "1 does not hold" in html
     md = (tmp_path / "report.md").read_text()
-    assert "## exp-new: not testable on this data" in md and "| data stable rank growth | >= 10x (Fig. 2) | 3.1x |" in md
+    assert "## exp-new: not testable" in md and "| data stable rank growth | >= 10x (Fig. 2) | 3.1x |" in md
     assert md.index("| data stable rank growth") < md.index("![wide_figure]") < md.index("<details>")
+
+
+def test_four_outcomes_each_with_its_badge_and_the_papers_statement(tmp_path):
+    statuses = ("holds", "does not hold", "inconclusive", "not testable")
+    runs = []
+    for i, st in enumerate(statuses):
+        v = verdict(st, f"test {i}", f"reason {i}", statement=f'"the paper says {i}" (source {i})',
+                    paper=f"paper {i}", measured=f"measured {i}")
+        runs.append({"name": f"exp-{i}", "description": "", "claim": CLAIM, "status": "done", "verdict": st,
+                     "summary": {"verdict": v}, "run_dir": None, "config": {}, "wall_time_s": 1.0})
+    write_reproduce_report(tmp_path, runs, ENV)
+    html = (tmp_path / "report" / "index.html").read_text()
+    sec = sections(html)
+    colours = {}
+    for i, st in enumerate(statuses):
+        badge = re.search(rf'<h2>exp-{i} <span class="badge" style="background:(#[0-9a-f]+)">([^<]+)</span>',
+                          sec[f"exp-{i}"])
+        assert badge and badge.group(2) == st
+        colours[st] = badge.group(1)
+        # the claim's table: the paper's words first, then ours, the test, the outcome
+        rows = re.findall(r"<tr[^>]*><td>([^<]*)</td>", sec[f"exp-{i}"])
+        assert rows == ["statement", "claim", "test", "result"]
+        assert f"&quot;the paper says {i}&quot; (source {i})" in sec[f"exp-{i}"]
+    assert len(set(colours.values())) == 4  # one colour per outcome
+    # the legend names the four outcomes, before the first claim
+    legend = html[html.index("class='legend'"):html.index("<section")]
+    assert all(f">{st}</span>" in legend for st in statuses)
+    md = (tmp_path / "report.md").read_text()
+    assert all(f"| {st} | " in md for st in statuses)
+    assert md.index("| inconclusive | the interval holds both") < md.index("## exp-0")
+    assert "1 holds, 1 does not hold, 1 inconclusive, 1 not testable" in md
+    assert '| exp-2 | inconclusive | "the paper says 2" (source 2) |' in md
 
 
 CHROMIUM = next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)),
                 None)
 
 
+# `make test` installs Chromium where it is missing; under CI a skip here is a failure
+@pytest.mark.ci_required
 @pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (apt-get install chromium)")
 def test_no_horizontal_scrolling_at_1280_px(tmp_path):
     write_reproduce_report(tmp_path, entries(tmp_path), ENV)
@@ -133,3 +170,26 @@ def test_no_horizontal_scrolling_at_1280_px(tmp_path):
     assert m, r.stderr[-2000:]
     scroll, inner = map(int, m.groups())
     assert inner == 1280 and scroll <= inner
+
+
+def test_a_ci_required_test_that_skips_fails_under_ci(tmp_path):
+    (tmp_path / "test_probe.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.ci_required\n@pytest.mark.skipif(True, reason='no tool here')\n"
+        "def test_needs_a_tool():\n    pass\n\n"
+        "@pytest.mark.skipif(True, reason='optional')\ndef test_optional():\n    pass\n"
+    )
+
+    def run(ci: str) -> subprocess.CompletedProcess:
+        # this suite's conftest as a plugin, on a probe file outside the suite
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "CI": ci}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+                               "-p", "conftest", "test_probe.py"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    r = run("true")
+    # the skip happens at setup, so pytest counts the failure as an error; the other skip stays
+    assert r.returncode == 1 and "1 skipped, 1 error" in r.stdout, r.stdout[-2000:]
+    assert "skipped under CI=true, but this test must run in CI: no tool here" in r.stdout
+    r = run("")
+    assert r.returncode == 0 and "2 skipped" in r.stdout, r.stdout[-2000:]

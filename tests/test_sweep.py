@@ -248,8 +248,8 @@ def test_sweep_figure_per_swept_key(tmp_path):
                      overrides=TINY, out_dir=tmp_path / "pool", workers=2, progress=False)
     assert pool.ok and (tmp_path / "pool" / "results.csv").read_bytes() == res.results_csv.read_bytes()
     with pytest.raises(ConfigError, match="not columns of results.csv; accepted: .*verdict.holds"):
-        run_sweep("depth-rank-init", {"n": [6, 9]}, overrides=TINY, out_dir=tmp_path, progress=False,
-                  metrics=["nope"])
+        run_sweep("depth-rank-init", {"n": [6, 9], "init": ["normal", "uniform"]}, "0-1", overrides=TINY,
+                  out_dir=tmp_path, progress=False, metrics=["nope"])  # the same sweep: resumed, no compute
 
 
 def test_ray_backend_missing_says_how_to_install(monkeypatch, tmp_path, capsys):

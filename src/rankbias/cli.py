@@ -48,8 +48,9 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        holds = verdict.get("holds")
-        print(f"{args.name}: verdict holds={holds}" if verdict else f"{args.name}: done")
+        from rankbias.verdicts import status_of  # holds=None is both inconclusive and not testable
+
+        print(f"{args.name}: verdict {status_of(verdict)}" if verdict else f"{args.name}: done")
     return 0
 
 
@@ -58,18 +59,24 @@ def cmd_measure(args) -> int:
     from rankbias.measures import MEASURES
     from rankbias.report import markdown_table
 
+    # Exit status: 0 when at least one tensor was measured (those it could not read are
+    # rows with an `error`, and counted on stderr); 1 when none was (docs/analysis.md).
     rows = measure_tensors(args.path, conv_reading=args.conv_reading, trust_pickle=args.trust_pickle)
     if not rows:
         print(f"{args.path}: no tensor with 2 or more dimensions", file=sys.stderr)
         return 1
+    n_bad = sum("error" in r for r in rows)
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    columns = ["name", "shape", "matrix", *MEASURES] + (["error"] if any("error" in r for r in rows) else [])
-    print(markdown_table(rows, columns), end="")
-    if args.conv_reading == "taps" and any(" x " in r["matrix"] for r in rows):
-        print("\n(taps: measures of a conv weight are means over its kernel positions)")
-    return 0
+    else:
+        columns = ["name", "shape", "matrix", *MEASURES] + (["error"] if n_bad else [])
+        print(markdown_table(rows, columns), end="")
+        if args.conv_reading == "taps" and any(" x " in r["matrix"] for r in rows):
+            print("\n(taps: measures of a conv weight are means over its kernel positions)")
+    if n_bad:
+        print(f"rankbias: {n_bad} of {len(rows)} tensors not measured (see the error column)",
+              file=sys.stderr)
+    return 1 if n_bad == len(rows) else 0
 
 
 def cmd_sweep(args) -> int:
@@ -80,6 +87,7 @@ def cmd_sweep(args) -> int:
         out_dir=args.out, backend=args.backend, workers=args.workers, address=args.address,
         cpus_per_point=args.cpus_per_point, gpus_per_point=args.gpus_per_point, metrics=args.metric,
         batch_seeds=args.batch_seeds, ray_ship_code=args.ray_ship_code, skip_invalid=args.skip_invalid,
+        force=args.force,
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items()))
     print(f"{args.name}: {len(res.rows)} runs ({counts}); results: {res.results_csv}")
@@ -161,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (repeatable); lists as 0,0.5,1 or JSON")
     sp.add_argument("--out", default=None, help="run directory (default runs/NAME/PRESET-HASH)")
-    sp.add_argument("--force", action="store_true", help="rerun even if the run is complete")
+    sp.add_argument("--force", action="store_true",
+                    help="rerun even if the run is complete, or into an --out of another config "
+                         "(parts saved under another config are never reused)")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--show-config", action="store_true", help="list the config fields and presets, run nothing")
     sp.set_defaults(func=cmd_run)
@@ -203,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--skip-invalid", action="store_true",
                     help="run the valid points and record invalid ones (default: refuse the sweep before any compute)")
     sp.add_argument("--out", default=None, help="sweep directory (default runs/sweeps/NAME-HASH)")
+    sp.add_argument("--force", action="store_true",
+                    help="take over an --out that holds another sweep (its sweep.json and results.csv "
+                         "are replaced; shared points are reused)")
     sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("reproduce", help="run every experiment and write the combined report")

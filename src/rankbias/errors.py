@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
-__all__ = ["LoadError", "RankbiasError", "UnsupportedError"]
+__all__ = ["InvalidParameterError", "LoadError", "RankbiasError", "UnsupportedError"]
 
 
 class RankbiasError(Exception):
     """Base class of every error rankbias raises on purpose."""
+
+
+class InvalidParameterError(RankbiasError, ValueError):
+    """An argument whose value is not accepted (a measure name, a device, a config value):
+    the one type for every bad argument, as scikit-learn's ``InvalidParameterError``. The
+    message names the argument, the value and what is accepted."""
 
 
 class LoadError(RankbiasError, ValueError):

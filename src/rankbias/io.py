@@ -92,8 +92,14 @@ def _flatten(obj, prefix: str, out: dict[str, torch.Tensor]) -> None:
         obj = obj.state_dict()
     if isinstance(obj, torch.Tensor):
         out[prefix or "tensor"] = obj
-    elif isinstance(obj, np.ndarray) and obj.dtype != object:
-        out[prefix or "array"] = torch.from_numpy(obj)
+    elif isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
+        # text, dates and objects are not tensors (skipped like any other non-tensor
+        # entry); a numeric array torch cannot wrap as is is converted, never the file lost
+        if not obj.dtype.isnative:
+            obj = obj.astype(obj.dtype.newbyteorder("="))
+        if obj.dtype.kind == "f" and obj.dtype.itemsize > 8:  # long double
+            obj = obj.astype(np.float64)
+        out[prefix or "array"] = torch.from_numpy(np.ascontiguousarray(obj))
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)

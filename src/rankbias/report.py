@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "VERDICT_KEYS",
+    "OUTCOMES",
     "fmt",
     "markdown_table",
     "paper_vs_measured",
@@ -22,7 +23,7 @@ __all__ = [
     "write_run_report",
 ]
 
-VERDICT_KEYS = ("status", "holds", "criterion", "reason", "paper", "measured")
+VERDICT_KEYS = ("status", "holds", "criterion", "reason", "statement", "paper", "measured")
 """The keys of a verdict dict (see :mod:`rankbias.verdicts`) that are not its numbers."""
 
 
@@ -54,18 +55,28 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 
 def status_word(verdict: Mapping[str, Any] | None) -> str:
-    """"holds", "does not hold", "not testable on this data" or "no verdict".
+    """The verdict's outcome: "holds", "does not hold", "inconclusive", "not testable"
+    (:data:`rankbias.verdicts.STATUSES`) or "no verdict".
 
-    "not testable" (the data cannot show the claim, e.g. its rank cannot grow
-    enough) is not a failure of the claim, and is never shown as one.
+    "not testable" (the setting cannot show the claim: a model at chance, data whose
+    rank cannot grow enough) and "inconclusive" (the seeds cannot tell "no effect"
+    from the claimed effect) are not failures of the claim, and are never shown as one.
     """
-    verdict = verdict or {}
-    status = verdict.get("status")
-    if status == "not testable":
-        return "not testable on this data"
-    if status in ("holds", "does not hold"):
-        return status
-    return {True: "holds", False: "does not hold"}.get(verdict.get("holds"), "no verdict")
+    from rankbias.verdicts import status_of
+
+    return status_of(verdict)
+
+
+OUTCOMES = {
+    "holds": "the data support the paper's statement at the stated confidence",
+    "does not hold": "the data contradict it: an effect of the wrong sign, or an interval that excludes "
+                     "the smallest effect the statement means",
+    "inconclusive": "the interval holds both \"no effect\" and the claimed effect: more seeds or test images "
+                    "would decide",
+    "not testable": "the setting cannot show the statement (a model at chance, data whose rank does not "
+                    "grow, fewer than two seeds)",
+}
+"""What each outcome means, as the reproduction report's legend says it."""
 
 
 def verdict_line(verdict: Mapping[str, Any]) -> str:
@@ -87,12 +98,15 @@ def paper_vs_measured(verdict: Mapping[str, Any] | None, claim: str = "") -> lis
 
     ``paper`` and ``measured`` are the verdict's keys of those names: two mappings
     give a row per quantity (in the paper's order, then ours), anything else one
-    row. Then the test (``criterion``) and its result (the status and ``reason``).
-    A verdict without them falls back to the claim text against the verdict.
+    row. They follow the paper's own words that the verdict tests (``statement``,
+    quoted), and precede the test (``criterion``) and its outcome (the status and
+    ``reason``). A verdict without them falls back to the claim text against the verdict.
     """
     verdict = verdict or {}
     paper, measured = verdict.get("paper"), verdict.get("measured")
     rows: list[dict[str, str]] = []
+    if verdict.get("statement"):
+        rows.append({"": "statement", "paper": str(verdict["statement"]), "measured": ""})
     if isinstance(paper, Mapping) and isinstance(measured, Mapping):
         for k in dict.fromkeys([*paper, *measured]):
             rows.append({"": str(k), "paper": _cell_text(paper.get(k, "")) if k in paper else "",
@@ -138,11 +152,12 @@ def write_run_report(
 
 
 # ------------------------------------------------ the combined report (reproduce)
-_VERDICT_STYLE = {
+_VERDICT_STYLE = {  # one colour per outcome; failed and not run are no outcome
     "holds": "#1a7f37",
     "does not hold": "#b42318",
-    "failed": "#b42318",
-    "not testable on this data": "#9a6700",
+    "inconclusive": "#0969da",
+    "not testable": "#9a6700",
+    "failed": "#6e1a14",
     "not run": "#6b7280",
     "no verdict": "#6b7280",
 }
@@ -206,7 +221,7 @@ def _entry_word(e: Mapping[str, Any]) -> str:
     """The entry's verdict as the report shows it."""
     if e.get("status") == "done":
         return status_word((e.get("summary") or {}).get("verdict"))
-    return "not testable on this data" if e["verdict"] == "not testable" else e["verdict"]
+    return e["verdict"]
 
 
 def _entry_parts(e: Mapping[str, Any]) -> tuple[list[dict], dict[str, Any], list[tuple[str, list[dict]]]]:
@@ -230,9 +245,10 @@ def _claim_not_in(pvm: Sequence[Mapping[str, str]], e: Mapping[str, Any]) -> boo
 def write_reproduce_report(out_dir, entries: Sequence[Mapping[str, Any]], env: Mapping[str, Any]) -> None:
     """``out_dir/report.md`` and the self-contained ``out_dir/report/index.html`` of a reproduction.
 
-    One section per experiment, led by its "paper vs measured" table (the paper's
-    statement or figure value beside ours, the test and its result: holds, does
-    not hold, not testable on this data, failed or not run), then its figures
+    A legend of the four outcomes, then one section per experiment, led by its
+    "paper vs measured" table (the paper's words it tests, the paper's statement or
+    figure value beside ours, the test and its outcome: holds, does not hold,
+    inconclusive, not testable, or failed / not run), then its figures
     (embedded as base64 PNG in the HTML), then the numbers behind the verdict,
     the ``per_<key>`` tables and the config, collapsed; then the environment with
     the wall time of each experiment and the total.
@@ -248,7 +264,9 @@ def _overview_rows(entries) -> list[dict]:
     rows = []
     for e in entries:
         note = (e.get("reason") or (e.get("error") or "").strip().split("\n")[0]).replace("|", "/")
-        rows.append({"experiment": e["name"], "verdict": _entry_word(e), "preset": e.get("preset") or "",
+        statement = ((e.get("summary") or {}).get("verdict") or {}).get("statement") or ""
+        rows.append({"experiment": e["name"], "verdict": _entry_word(e), "paper's statement": statement,
+                     "preset": e.get("preset") or "",
                      "wall time": _seconds(e.get("wall_time_s")) + (" (cached)" if e.get("cached") else ""),
                      "note": note})
     return rows
@@ -261,10 +279,16 @@ def _headline(entries, env) -> str:
             f"Total wall time {_seconds(env.get('total_wall_time_s'))}.")
 
 
+def _legend_rows() -> list[dict[str, str]]:
+    return [{"outcome": k, "meaning": v} for k, v in OUTCOMES.items()]
+
+
 def _reproduce_markdown(out_dir, entries, env) -> str:
     lines = ["# rankbias: reproduction report", "", _headline(entries, env), "",
              "The same report with the figures embedded: [report/index.html](report/index.html).", "",
-             markdown_table(_overview_rows(entries)), ""]
+             markdown_table(_overview_rows(entries)), "",
+             "Each claim is decided by a test stated before the run, with four outcomes:", "",
+             markdown_table(_legend_rows()), ""]
     for e in entries:
         pvm, numbers, tables = _entry_parts(e)
         lines += [f"## {e['name']}: {_entry_word(e)}", "", e.get("description", ""), ""]
@@ -366,6 +390,8 @@ def _reproduce_html(entries, env) -> str:
         "<h1>rankbias: reproduction report</h1>",
         f"<p>{esc(_headline(entries, env)).replace('`', '')}</p>",
         _html_table(_overview_rows(entries)),
+        "<p>Each claim is decided by a test stated before the run, with four outcomes:</p><ul class='legend'>"
+        + "".join(f"<li>{_badge(k)} {esc(v)}</li>" for k, v in OUTCOMES.items()) + "</ul>",
     ]
     for e in entries:
         name, word = esc(e["name"]), _entry_word(e)

@@ -21,7 +21,7 @@ from typing import Any
 from rankbias.experiments.registry import build_config, get_experiment
 from rankbias.framework.config import Config, ConfigError, check_device_available
 from rankbias.framework.paths import runs_root
-from rankbias.framework.runs import RunDir, config_hash
+from rankbias.framework.runs import RunDir, config_hash, dir_lock
 
 __all__ = ["default_out_dir", "environment", "run_experiment", "torch_threads"]
 
@@ -71,7 +71,11 @@ def run_experiment(
     ``out_dir`` (default ``$RANKBIAS_RUNS/NAME/PRESET-HASH``, ``RANKBIAS_RUNS``
     defaulting to ``runs``). A directory that already holds a completed run of
     the same config returns its summary without recomputing (``force=True``
-    reruns); one that holds a different config is an error. ``threads`` sets
+    reruns); one that holds a different config, or a ``config.json`` that no
+    longer matches its hash, is an error (``force=True`` reruns into it). Parts
+    saved by an earlier run are reused only under their config's hash
+    (:meth:`RunDir.part`), so a forced run of another config recomputes them. A
+    directory being written by another process is refused. ``threads`` sets
     torch's thread count for the run (default: the config's ``num_threads`` if
     it has one, else unchanged); it is not part of the config, since it does not
     change the result.
@@ -81,29 +85,37 @@ def run_experiment(
         check_device_available(config.device)
     record = {"experiment": name, "config": config.to_dict()}
     chash = config_hash(record)
-    run = RunDir(out_dir if out_dir is not None else default_out_dir(name, preset, chash))
-    if not force:
-        done = run.completed_summary(record)
-        if done is not None:
-            return done
-        if run.exists("config.json"):
-            old = run.read_json("config.json")
-            if old.get("hash") != chash:
-                raise ConfigError(
-                    f"{run.path} holds a run of a different config (hash {old.get('hash')} != "
-                    f"{chash}); choose another output directory or pass force=True / --force"
-                )
-    run.write_json(
-        "config.json", {"experiment": name, "preset": preset, "hash": chash, "config": config.to_dict()}
-    )
-    with torch_threads(threads if threads is not None else _config_threads(config)):
-        t0 = time.perf_counter()
-        summary = get_experiment(name).run(config, run)
-        env = environment(time.perf_counter() - t0)
-    summary = {"experiment": name, **summary}
-    run.write_json("environment.json", env)
-    run.write_json("summary.json", summary)  # last: marks the run complete
-    return run.read_json("summary.json")
+    run = RunDir(out_dir if out_dir is not None else default_out_dir(name, preset, chash), config_hash=chash)
+    with dir_lock(run.path, "run"):
+        if not force:
+            done = _reusable(run, record, chash)
+            if done is not None:
+                return done
+        run.clear_result()
+        run.write_json("config.json", {"experiment": name, "preset": preset, "hash": chash,
+                                       "config": config.to_dict()})
+        with torch_threads(threads if threads is not None else _config_threads(config)):
+            t0 = time.perf_counter()
+            summary = get_experiment(name).run(config, run)
+            env = environment(time.perf_counter() - t0)
+        # the keys that make it a complete run of this config (SUMMARY_KEYS)
+        summary = {"experiment": name, "config_hash": chash, **summary}
+        run.write_json("environment.json", env)
+        run.write_json("summary.json", summary)  # last: marks the run complete
+        return run.read_json("summary.json")
+
+
+def _reusable(run: RunDir, record: Mapping[str, Any], chash: str) -> dict | None:
+    """The summary of a completed run of ``record`` in ``run``; None when there is none yet.
+    A directory holding another config, or a config.json that no longer matches its
+    hash (LoadError), is refused: its files are not this run's to overwrite silently."""
+    stored = run.stored_config()
+    if stored is not None and stored["hash"] != chash:
+        raise ConfigError(
+            f"{run.path} holds a run of a different config (hash {stored['hash']} != "
+            f"{chash}); choose another output directory or pass force=True / --force"
+        )
+    return run.completed_summary(record)
 
 
 def environment(wall_time_s: float | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 data, and the data itself; and a tracker that records ranks during training.
 
 - :mod:`~rankbias.analysis.layers`: which layers are rows, how outputs are read;
+- :mod:`~rankbias.analysis.readings`: how each layer type's weights read as out x in;
 - :mod:`~rankbias.analysis.weights`: weights as matrices (conv readings);
 - :mod:`~rankbias.analysis.stream`: streaming embeddings through forward hooks;
 - :mod:`~rankbias.analysis.report`: :func:`rank_report`;
@@ -17,6 +18,7 @@ Loading models and inputs by name lives in :mod:`rankbias.io` (``build_arch``,
 from __future__ import annotations
 
 from rankbias.analysis.layers import DATA_ROW_NAME, WeightEntry, weight_entries, weight_layers
+from rankbias.analysis.readings import WeightReading, register_weight_reading
 from rankbias.analysis.render import (
     Analysis,
     analyze,
@@ -35,6 +37,7 @@ __all__ = [
     "RankTracker",
     "RankTrackerCallback",
     "WeightEntry",
+    "WeightReading",
     "analyze",
     "build_arch",
     "load_inputs",
@@ -42,6 +45,7 @@ __all__ = [
     "measure_tensors",
     "plot_rank_report",
     "rank_report",
+    "register_weight_reading",
     "summarize_report",
     "weight_entries",
     "weight_layers",

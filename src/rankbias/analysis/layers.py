@@ -1,8 +1,10 @@
 """Which layers a report or a tracker reads, and how their outputs become embedding rows.
 
-Weights. Every module with a 2-D+ ``weight`` is one entry, read through that
-attribute: Linear, ConvNd, ConvTransposeNd, Embedding, Bilinear, custom and
-parametrised modules. Two kinds of module are read differently:
+Weights. Which rows a module has and how each reads as an out x in matrix is
+the table of :mod:`rankbias.analysis.readings` (Linear, ConvNd and
+ConvTransposeNd, Bilinear, Embedding, recurrent layers, attention, GPT-2's
+Conv1D, ...; parametrised modules through their computed ``weight``). In
+particular:
 
 - an expanded layer of :mod:`rankbias.overparam` (``OverparamLinear``,
   ``OverparamConv2d``) is ONE entry, read through its collapsed ``weight``; its
@@ -12,7 +14,10 @@ parametrised modules. Two kinds of module are read differently:
   (or ``q/k/v_proj_weight`` when kdim/vdim differ): it is three entries
   ``<name>.q``, ``<name>.k``, ``<name>.v`` (with ``attention_heads=True`` one
   per head, ``<name>.q.h0``, ..., of head_dim x E each); its ``out_proj`` is
-  an ordinary Linear entry.
+  an ordinary Linear entry;
+- a recurrent layer is one entry per matrix, ``<name>.weight_ih_l0``, ...;
+- a module of a type without a reading whose ``weight`` has 2+ dimensions is
+  an entry whose weight is refused with a note (its layout is not known).
 
 Embeddings. :class:`Target` says where a row's embeddings come from: the
 output of its module (a weight layer's own output), the input or output of any
@@ -27,15 +32,20 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
+from rankbias.analysis.layouts import CHANNELS_FIRST, LAYOUTS
+from rankbias.analysis.readings import WeightReading, reading_of
+from rankbias.analysis.readings import qkv_projection as qkv_projection  # stream.py's import
 from rankbias.framework.config import ConfigError
-from rankbias.overparam import OverparamConv2d, expanded_modules
+from rankbias.overparam import expanded_modules
 
 ConvReading = Literal["flatten", "taps", "pooled"]
 CONV_READINGS = ("flatten", "taps", "pooled")
@@ -46,8 +56,6 @@ LayerSelector = str | type | Sequence[str | type] | Callable[[str, nn.Module], b
 DATA_ROW_NAME = "<input>"
 ROOT_NAME = "<root>"
 
-_CONV_TYPES = (nn.modules.conv._ConvNd, OverparamConv2d)
-_QKV = ("q", "k", "v")
 
 
 def _weight_of(module: nn.Module) -> torch.Tensor | None:
@@ -79,12 +87,14 @@ def _named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @dataclass(frozen=True)
 class WeightEntry:
-    """One weight row: ``name``, the module that holds it, and which part of it."""
+    """One weight row: ``name``, the module that holds it, and which part of it
+    (``"q"``/``"k"``/``"v"`` of an attention module, ``"weight_ih_l0"`` of a
+    recurrent one; None: the module's ``weight``)."""
 
     name: str
     module_name: str
     module: nn.Module
-    part: str | None = None  # "q", "k", "v" of an attention module
+    part: str | None = None
     head: int | None = None
 
     @property
@@ -94,42 +104,68 @@ class WeightEntry:
             return kind
         return f"{kind}[{self.part}]" if self.head is None else f"{kind}[{self.part}, head {self.head}]"
 
-    def weight(self) -> torch.Tensor | None:
-        if self.part is None:
-            return _weight_of(self.module)
-        w, _ = qkv_projection(self.module, self.part, self.head)
-        return w
+    @property
+    def reading(self) -> WeightReading | None:
+        return reading_of(self.module)
+
+    def stored(self) -> torch.Tensor | None:
+        """The row's tensor as its module stores it."""
+        r = self.reading
+        return _weight_of(self.module) if r is None else r.stored_of(self.module, self.part, self.head)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...] | None:
+        w = self.stored()
+        return None if w is None or is_lazy(w) else tuple(w.shape)
+
+    def weight(self) -> torch.Tensor | str:
+        """The row's matrix, out x in (a conv kernel: (out, in/groups, *k)), or why it is not read."""
+        w, r = self.stored(), self.reading
+        if w is None:
+            return "the module holds no weight now"
+        if is_lazy(w):
+            return "uninitialised lazy weight: run one forward pass before measuring it"
+        if r is None:
+            return (f"layout of {type(self.module).__name__}.weight {tuple(w.shape)} is not known "
+                    "(which dimension is out, which is in); state it with "
+                    "rankbias.analysis.register_weight_reading(type, 'out_in' | 'in_out' | 'conv')")
+        return r.orient(self.module, w)
 
 
-def qkv_projection(mha: nn.MultiheadAttention, part: str, head: int | None = None):
-    """(weight (d, E_in), bias (d,) or None) of the Q, K or V projection of ``mha``
-    (of one head: d = head_dim, else d = embed_dim)."""
-    i = _QKV.index(part)
-    E = mha.embed_dim
-    if mha._qkv_same_embed_dim:
-        w = mha.in_proj_weight[i * E:(i + 1) * E]  # (E, E)
-    else:
-        w = getattr(mha, f"{part}_proj_weight")  # (E, kdim or vdim)
-    b = mha.in_proj_bias[i * E:(i + 1) * E] if mha.in_proj_bias is not None else None
-    if head is not None:
-        hd = mha.head_dim
-        w = w[head * hd:(head + 1) * hd]
-        b = b[head * hd:(head + 1) * hd] if b is not None else None
-    return w, b
+def _row_name(module_name: str, part: str | None, head: int | None) -> str:
+    if part is None:
+        return module_name
+    return f"{module_name}.{part}" if head is None else f"{module_name}.{part}.h{head}"
 
 
 def _all_entries(model: nn.Module, attention_heads: bool) -> list[WeightEntry]:
     out: list[WeightEntry] = []
     for n, m in _named_modules(model):
-        if isinstance(m, nn.MultiheadAttention):
-            heads = range(m.num_heads) if attention_heads else [None]
-            for part in _QKV:
-                for h in heads:
-                    suffix = part if h is None else f"{part}.h{h}"
-                    out.append(WeightEntry(f"{n}.{suffix}", n, m, part, h))
-        elif _weight_of(m) is not None:
-            out.append(WeightEntry(n, n, m))
+        r = reading_of(m)
+        if r is None:
+            if _weight_of(m) is not None:
+                out.append(WeightEntry(n, n, m))  # refused with a note by weight()
+            continue
+        out += [WeightEntry(_row_name(n, p, h), n, m, p, h) for p, h in r.parts(m, attention_heads)]
     return out
+
+
+def _warn_if_empty(model: nn.Module, found: Sequence[WeightEntry]) -> None:
+    """A model that holds 2-D+ parameters but has no weight row is never read silently."""
+    if found:
+        return
+    held = [f"{pn if n == ROOT_NAME else f'{n}.{pn}'} {tuple(p.shape)}"
+            for n, m in _named_modules(model) for pn, p in m.named_parameters(recurse=False)
+            if not is_lazy(p) and p.ndim >= 2]
+    if held:
+        shown = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "")
+        warnings.warn(
+            f"the model has no weight rows, but {len(held)} parameter(s) with 2+ dimensions "
+            f"({shown}): their layer types have no reading as a matrix, or state that they are "
+            "none; a custom type's layout is stated with rankbias.analysis.register_weight_reading "
+            "(see docs/analysis.md, Weight readings)",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _unmatched_error(what: str, noun: str, unmatched: Sequence[str], names: Sequence[str]) -> ConfigError:
@@ -156,6 +192,7 @@ def weight_entries(
     _check_model(model)
     found = _all_entries(model, attention_heads)
     if layers is None:
+        _warn_if_empty(model, found)
         return found
     if callable(layers) and not isinstance(layers, type):
         return [e for e in found if layers(e.name, e.module)]
@@ -192,8 +229,9 @@ class Target:
 
     ``kind``: "output" / "input" of ``module``, "qkv" (``part``/``head`` of an
     attention module, computed from its inputs); ``module`` is the module whose
-    forward call is observed, ``reader`` the module whose kind decides how an
-    output is read (a conv's per position or per sample).
+    forward call is observed, ``reader`` the weight layer whose output the row
+    is; ``layout``: the layout the user stated (``"name@channels_first"``),
+    else it is found during the forward pass (:mod:`rankbias.analysis.layouts`).
     """
 
     row: str
@@ -202,6 +240,8 @@ class Target:
     part: str | None = None
     head: int | None = None
     reader: nn.Module | None = None
+    layout: str | None = None
+    note: str | None = None  # why this row has no embedding (nothing is hooked)
 
 
 def weight_targets(model: nn.Module, entries: Sequence[WeightEntry]) -> list[Target]:
@@ -212,7 +252,10 @@ def weight_targets(model: nn.Module, entries: Sequence[WeightEntry]) -> list[Tar
             parents[id(m.out_proj)] = m
     out = []
     for e in entries:
-        if e.part is not None:
+        note = e.reading.output_note if e.reading is not None else None
+        if note is not None:
+            out.append(Target(e.name, e.module, "output", e.part, e.head, note=note))
+        elif e.part is not None:
             out.append(Target(e.name, e.module, "qkv", e.part, e.head, e.module))
         elif id(e.module) in parents:
             out.append(Target(e.name, parents[id(e.module)], "output", reader=e.module))
@@ -222,8 +265,10 @@ def weight_targets(model: nn.Module, entries: Sequence[WeightEntry]) -> list[Tar
 
 
 def embedding_targets(model: nn.Module, specs: str | Sequence[str] | None) -> list[Target]:
-    """Targets of ``embeddings=["NAME_OR_GLOB[:input|:output]", ...]`` (default
-    ``:output``; ``<root>`` is the model itself); row names ``"<module>:<where>"``."""
+    """Targets of ``embeddings=["NAME_OR_GLOB[:input|:output][@LAYOUT]", ...]``
+    (default ``:output``; ``<root>`` is the model itself; LAYOUT one of
+    :data:`~rankbias.analysis.layouts.LAYOUTS`, for a tensor whose layout the
+    forward pass cannot tell); row names ``"<module>:<where>"``."""
     _check_model(model)
     if specs is None:
         return []
@@ -234,7 +279,8 @@ def embedding_targets(model: nn.Module, specs: str | Sequence[str] | None) -> li
     unmatched = []
     for spec in specs:
         if not isinstance(spec, str) or not spec:
-            raise ConfigError(f"embeddings: expected 'NAME[:input|:output]' strings, got {spec!r}")
+            raise ConfigError(f"embeddings: expected 'NAME[:input|:output][@LAYOUT]' strings, got {spec!r}")
+        spec, layout = _spec_layout(spec)
         pattern, sep, where = spec.rpartition(":")
         if not sep or where not in ("input", "output"):
             pattern, where = spec, "output"
@@ -243,26 +289,35 @@ def embedding_targets(model: nn.Module, specs: str | Sequence[str] | None) -> li
             unmatched.append(pattern)
         for n, m in hits:
             row = f"{n}:{where}"
-            if all(t.row != row for t in out):
-                out.append(Target(row, m, where, reader=m if where == "output" else None))
+            same = [t for t in out if t.row == row]
+            if same and same[0].layout != layout:
+                raise ConfigError(f"embeddings: {row!r} is asked with two layouts, "
+                                  f"{same[0].layout!r} and {layout!r}")
+            if not same:
+                out.append(Target(row, m, where, reader=m if where == "output" else None, layout=layout))
     if unmatched:
         raise _unmatched_error("modules", "module", unmatched, names)
     return out
 
 
-def embedding_rows(out: torch.Tensor, reader: nn.Module | None, reading: EmbeddingReading) -> torch.Tensor:
-    """An output as an embedding matrix, one row per sample: a conv output
+def _spec_layout(spec: str) -> tuple[str, str | None]:
+    name, sep, layout = spec.rpartition("@")
+    if not sep:
+        return spec, None
+    if layout not in LAYOUTS or not name:
+        raise ConfigError(f"embeddings: {spec!r}: the layout after '@' must be one of {list(LAYOUTS)} "
+                          "(channels_first: (N, C, ...); channels_last: (N, ..., C); sequence_first: (T, N, C))")
+    return name, layout
+
+
+def embedding_rows(out: torch.Tensor, layout: str | None, reading: EmbeddingReading) -> torch.Tensor:
+    """A batch-first output as an embedding matrix: a channels-first output
     (N, C, *spatial) per position ((N * prod(spatial)) x C) or per sample
     (N x (C * prod(spatial))); any other (..., d) as prod(...) x d."""
-    is_conv = isinstance(reader, _CONV_TYPES) and out.ndim >= 3
-    if is_conv and reading == "position":
-        return out.movedim(1, -1).reshape(-1, out.shape[1])  # (N * prod(spatial), C)
-    if is_conv and reading == "sample":
+    if layout == CHANNELS_FIRST and out.ndim >= 3:
+        if reading == "position":
+            return out.movedim(1, -1).reshape(-1, out.shape[1])  # (N * prod(spatial), C)
         return out.reshape(out.shape[0], -1)  # (N, C * prod(spatial))
     if out.ndim == 1:
         return out.reshape(-1, 1)
     return out.reshape(-1, out.shape[-1])  # (..., d) -> (prod(...), d)
-
-
-def is_conv(module: nn.Module | None) -> bool:
-    return isinstance(module, _CONV_TYPES)

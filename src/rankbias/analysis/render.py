@@ -156,7 +156,8 @@ def analyze(
         data: None, a spec of :func:`rankbias.io.load_inputs` (``digits``,
             ``random:3x32x32``, a .pt/.npy file; ``data_root``, ``limit``,
             ``train`` go with it), or inputs as :func:`rank_report` takes them.
-        out: the report directory (default ``runs/analyze/<model>``).
+        out: the report directory (default ``runs/analyze/<model>``); created, and checked to
+            be writable, before the model is loaded or anything computed.
         trust_pickle: unpickle model/input files in full (runs code stored in
             them: only for files you trust); otherwise such files are refused.
         device: torch device; checked before anything is loaded or computed.
@@ -169,14 +170,15 @@ def analyze(
     from rankbias.analysis.report import rank_report
     from rankbias.framework.config import check_device_available
     from rankbias.framework.paths import runs_root
+    from rankbias.framework.runs import RunDir, check_writable
     from rankbias.io import load_inputs, load_model
 
     if device is not None:
         check_device_available(str(device))
-    if isinstance(model, nn.Module):
-        name = type(model).__name__
-    else:
-        name = str(model)
+    name = type(model).__name__ if isinstance(model, nn.Module) else str(model)
+    # an --out that cannot be written fails here, not after the whole analysis
+    run = RunDir(check_writable(out if out is not None else runs_root() / "analyze" / _slug(name)))
+    if not isinstance(model, nn.Module):
         model = load_model(name, arch=arch, weights=weights, trust_pickle=trust_pickle)
     if isinstance(data, str | os.PathLike):
         spec = str(data)
@@ -191,9 +193,6 @@ def analyze(
         on = ""
     df = rank_report(model, data, device=device, progress=progress, **report_kwargs)
     title = name + on
-    from rankbias.framework.runs import RunDir
-
-    run = RunDir(out if out is not None else runs_root() / "analyze" / _slug(name))
     files = write_report(df, run, title)
     n_params = sum(p.numel() for p in model.parameters())
     return Analysis(df, Path(str(files[0].parent)), files, title, n_params, summarize_report(df))

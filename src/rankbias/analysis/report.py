@@ -33,6 +33,7 @@ from rankbias.analysis.layers import (
 )
 from rankbias.analysis.stream import EmbeddingStream, stream_embeddings
 from rankbias.analysis.weights import check_conv_reading, measure_weights, normalized, read_shape
+from rankbias.errors import UnsupportedError
 from rankbias.framework.config import ConfigError, check_device_available
 from rankbias.measures import _check_measure_names
 
@@ -47,6 +48,19 @@ def _check_positive(name: str, value, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _check_has_values(model: nn.Module) -> None:
+    # A meta tensor has a shape but no values: neither its weights nor a forward pass can
+    # be measured, and model.to(device) cannot copy it out.
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise UnsupportedError(
+            f"model: {len(meta)} parameter(s)/buffer(s) on the meta device hold no values "
+            f"({', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''}); accepted: a model with "
+            "values: load them first (model.load_state_dict(state, assign=True), or "
+            "model.to_empty(device='cpu') then model.load_state_dict(state))"
+        )
 
 
 def rank_report(
@@ -91,14 +105,21 @@ def rank_report(
         device: where the forward passes and spectra run; the model is moved
             there (``model.to(device)``). Default: the device of its parameters.
         embeddings: more rows, of any module's input or output:
-            ``"NAME_OR_GLOB[:input|:output]"`` (default output; ``"<root>"`` is
-            the model), e.g. ``"fc:input"`` (penultimate features),
-            ``"layer4"``, ``"encoder.layers.*"``. Rows are named ``"fc:input"``.
-        token_index: keep only this token of every (N, T, d) output (e.g. 0,
-            the CLS token); default: every token is a sample.
+            ``"NAME_OR_GLOB[:input|:output][@LAYOUT]"`` (default output;
+            ``"<root>"`` is the model), e.g. ``"fc:input"`` (penultimate
+            features), ``"layer4"``, ``"encoder.layers.*"``. Rows are named
+            ``"fc:input"``. Each tensor is read by its layout, found during the
+            forward pass (see :mod:`rankbias.analysis.layouts`); a 3-D+ tensor
+            whose layout cannot be told gets an error unless LAYOUT states it:
+            ``channels_first`` (N, C, ...), ``channels_last`` (N, ..., C) or
+            ``sequence_first`` (T, N, C).
+        token_index: keep only this token of every token output ((N, T, d),
+            or (T, N, d) of a ``batch_first=False`` layer) (e.g. 0, the CLS
+            token); default: every token is a sample.
         attention_heads: one Q, K, V row per attention head.
-        embedding_reading: conv outputs per "position" ((N*H*W) x C) or per
-            "sample" (N x C*H*W).
+        embedding_reading: channels-first outputs (N, C, *spatial): of a conv
+            or of anything after one (a block, an activation, a pool) per
+            "position" ((N*H*W) x C) or per "sample" (N x C*H*W).
         embedding_measures: measures of the embedding kernels; default ``measures``.
         centered: subtract the mean embedding before the kernel (default: raw,
             the kernel K = Z Z^T).
@@ -135,6 +156,7 @@ def rank_report(
     if device is not None:
         check_device_available(str(device))  # before any compute
     entries = weight_entries(model, layers, attention_heads=attention_heads)
+    _check_has_values(model)
     extra = embedding_targets(model, embeddings)
     if extra and data is None:
         raise ConfigError("embeddings: measuring embeddings needs data (pass data=...)")
@@ -145,8 +167,8 @@ def rank_report(
     rows: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         items = [(e.name, e.weight()) for e in entries]
-    for e, (_, w) in zip(entries, items):
-        rows[e.name] = {"name": e.name, "type": e.type, "weight_shape": tuple(w.shape)}
+    for e in entries:  # the shape as stored; matrix_shape is the shape as read
+        rows[e.name] = {"name": e.name, "type": e.type, "weight_shape": e.weight_shape}
     with tqdm(total=len(items), desc="weights", unit="layer", disable=disable, leave=False) as bar:
         results = measure_weights(items, w_names, conv_reading, progress=bar.update)
     for name, row in rows.items():

@@ -8,11 +8,19 @@ of samples). A weight layer whose weight the forward pass uses functionally
 its own forward; a torch function mode sees those calls and streams their
 outputs instead, skipping the calls made by the layer's own forward.
 
-Batches are tensors (N, ...) or dicts of tensors (Hugging Face:
-``input_ids``, ``attention_mask``, ...), fed as ``model(**batch)``; with an
-``attention_mask`` (N, T), the padding tokens (mask 0) of every (N, T, ...)
-output are left out. ``token_index`` keeps one token (e.g. 0, the CLS token)
-of every (N, T, d) output instead.
+How each hooked tensor is read follows its layout, which a
+:class:`~rankbias.analysis.layouts.LayoutTracker` finds during the same
+forward pass (or the user states): channels-first outputs per position or per
+sample, sequence-first ones made batch-first, a 3-D+ tensor of unknown layout
+refused.
+
+Batches are tensors (N, ...) ((T, N, ...) for a model that is itself a
+``batch_first=False`` layer) or dicts of tensors (Hugging Face:
+``input_ids``, ``attention_mask``, ...), fed as ``model(**batch)``; the
+padding tokens (mask 0) of a token output (N, T, d) are left out where the
+mask is known to be that output's (:meth:`LayoutTracker.mask_for`).
+``token_index`` keeps one token (e.g. 0, the CLS token) of every token output
+instead.
 """
 
 from __future__ import annotations
@@ -30,8 +38,18 @@ from rankbias.analysis.layers import (
     EmbeddingReading,
     Target,
     embedding_rows,
-    is_conv,
     qkv_projection,
+)
+from rankbias.analysis.layouts import (
+    CHANNELS_FIRST,
+    CHANNELS_LAST,
+    FEATURES_LAST,
+    PACKED,
+    SEQUENCE_FIRST,
+    Known,
+    LayoutTracker,
+    batch_first,
+    output_tensor,
 )
 from rankbias.errors import LoadError
 from rankbias.measures import KernelSpectrum
@@ -47,16 +65,23 @@ Batch = torch.Tensor | dict[str, torch.Tensor]
 # ---------------------------------------------------------------- batches
 
 
-def _batch_len(batch: Batch) -> int:
+def _batch_len(batch: Batch, axis: int = 0) -> int:
     if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.ndim else 0
+        return batch.shape[axis] if batch.ndim > axis else 0
     return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim)
 
 
-def _take(batch: Batch, start: int, stop: int | None) -> Batch:
+def _take(batch: Batch, start: int, stop: int | None, axis: int = 0) -> Batch:
     if isinstance(batch, torch.Tensor):
-        return batch[start:stop]
+        return batch[(slice(None),) * axis + (slice(start, stop),)]
     return {k: v[start:stop] if isinstance(v, torch.Tensor) and v.ndim else v for k, v in batch.items()}
+
+
+def data_axis(model: nn.Module) -> int:
+    """The samples' axis of a tensor batch: 1 for a model that is itself a
+    ``batch_first=False`` layer (an ``nn.LSTM``, ``nn.TransformerEncoder``),
+    whose input is (T, N, ...), else 0."""
+    return 1 if batch_first(model) is False else 0
 
 
 def _check_dict(data: Mapping) -> dict[str, torch.Tensor]:
@@ -70,16 +95,21 @@ def _check_dict(data: Mapping) -> dict[str, torch.Tensor]:
     return data
 
 
-def iter_batches(data, batch_size: int, max_samples: int | None) -> tuple[Iterator[Batch], int | None]:
-    """Input batches of a tensor, a dict of tensors, a Dataset or a DataLoader, and their number if known."""
+def iter_batches(data, batch_size: int, max_samples: int | None,
+                 axis: int = 0) -> tuple[Iterator[Batch], int | None]:
+    """Input batches of a tensor, a dict of tensors, a Dataset or a DataLoader, and their
+    number if known; a tensor's samples are along ``axis`` (see :func:`data_axis`)."""
     from torch.utils.data import DataLoader, Dataset
 
     if isinstance(data, torch.Tensor | Mapping):
-        if isinstance(data, torch.Tensor) and (data.ndim < 1 or data.shape[0] == 0):
-            raise LoadError(f"data: expected a non-empty tensor (N, ...), got shape {tuple(data.shape)}")
+        if isinstance(data, torch.Tensor) and (data.ndim <= axis or data.shape[axis] == 0):
+            want = "(N, ...)" if axis == 0 else "(T, N, ...) (the model is sequence-first)"
+            raise LoadError(f"data: expected a non-empty tensor {want}, got shape {tuple(data.shape)}")
         x = data if isinstance(data, torch.Tensor) else _check_dict(data)
-        n = _batch_len(x) if max_samples is None else min(max_samples, _batch_len(x))
-        return (_take(x, i, min(i + batch_size, n)) for i in range(0, n, batch_size)), math.ceil(n / batch_size)
+        total = _batch_len(x, axis)
+        n = total if max_samples is None else min(max_samples, total)
+        batches = (_take(x, i, min(i + batch_size, n), axis) for i in range(0, n, batch_size))
+        return batches, math.ceil(n / batch_size)
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
     if isinstance(data, DataLoader):
@@ -87,14 +117,14 @@ def iter_batches(data, batch_size: int, max_samples: int | None) -> tuple[Iterat
             n = len(data)
         except TypeError:
             n = None
-        return _inputs_of(data, max_samples), n
+        return _inputs_of(data, max_samples, axis), n
     raise TypeError(
         "data: expected a torch.Tensor (N, ...), a dict of tensors (e.g. a tokenizer's output), "
         f"a torch Dataset or a DataLoader, got {type(data).__name__}"
     )
 
 
-def _inputs_of(loader, max_samples: int | None) -> Iterator[Batch]:
+def _inputs_of(loader, max_samples: int | None, axis: int = 0) -> Iterator[Batch]:
     seen = 0
     for batch in loader:
         if isinstance(batch, list | tuple):
@@ -107,23 +137,13 @@ def _inputs_of(loader, max_samples: int | None) -> Iterator[Batch]:
                 f"element is the input tensor, got {type(batch).__name__}"
             )
         if max_samples is not None:
-            batch = _take(batch, 0, max_samples - seen)
-        if _batch_len(batch) == 0:
+            batch = _take(batch, 0, max_samples - seen, axis)
+        if _batch_len(batch, axis) == 0:
             return
-        seen += _batch_len(batch)
+        seen += _batch_len(batch, axis)
         yield batch
         if max_samples is not None and seen >= max_samples:
             return
-
-
-def _first_tensor(obj) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    values = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, list | tuple) else ()
-    for o in values:
-        if isinstance(o, torch.Tensor):
-            return o
-    return None
 
 
 # ---------------------------------------------------------------- streams
@@ -174,43 +194,87 @@ class EmbeddingStream:
                 return
 
 
-class _Feeder:
-    """Turns a hooked tensor into embedding rows: batch-first, one token or the
-    non-padding tokens, then the reading of its module."""
+class _Unreadable(Exception):
+    """A hooked tensor that cannot be read as asked; the message is the row's error."""
 
-    def __init__(self, reading: EmbeddingReading, token_index: int | None):
+
+class _Feeder:
+    """Turns a hooked tensor into embedding rows by its layout: made batch-first,
+    one token or the non-padding tokens kept, then read per position or sample."""
+
+    def __init__(self, reading: EmbeddingReading, token_index: int | None, tracker: LayoutTracker):
         self.reading = reading
         self.token_index = token_index
-        self.mask: torch.Tensor | None = None  # (N, T) bool of the current batch
+        self.tracker = tracker
 
-    def __call__(self, stream: EmbeddingStream, t: torch.Tensor | None, target: Target, what: str) -> None:
-        if t is None:
-            stream.error = stream.error or f"{what} has no tensor"
+    def __call__(self, stream: EmbeddingStream, t: torch.Tensor | None, info: Known,
+                 target: Target, what: str) -> None:
+        if stream.error is not None:
             return
-        t = t.detach()
-        if isinstance(target.module, nn.MultiheadAttention) and not target.module.batch_first and t.ndim == 3:
-            t = t.transpose(0, 1)  # (L, N, E) -> (N, L, E)
-        tokens = t.ndim == 3 and not is_conv(target.reader)
-        if tokens and self.token_index is not None:
+        if t is None:
+            stream.error = f"{what} has no tensor"
+            return
+        layout = target.layout or info.layout
+        try:
+            t = self._batch_first(t.detach(), layout, info.scope, target, what)
+        except _Unreadable as e:
+            stream.error = str(e)
+            return
+        stream.add(t, lambda c: embedding_rows(c, CHANNELS_LAST if layout == SEQUENCE_FIRST else layout,
+                                               self.reading))
+
+    def _batch_first(self, t: torch.Tensor, layout: str | None, scope, target: Target, what: str) -> torch.Tensor:
+        name, shape = target.row.split(":")[0], tuple(t.shape)
+        if layout is None and t.ndim >= 3:
+            raise _Unreadable(
+                f"the layout of the {what}, shape {shape}, cannot be told (no convention of its module "
+                "type, no agreeing evidence inside it); state it: embeddings=['"
+                f"{name}@channels_first'] for (N, C, ...), '@channels_last' for (N, ..., C) or "
+                "'@sequence_first' for (T, N, C)")
+        if layout == SEQUENCE_FIRST:
+            if t.ndim != 3:
+                raise _Unreadable(f"sequence_first needs a 3-D (T, N, C) tensor, the {what} has shape {shape}")
+            t = t.transpose(0, 1)  # (T, N, d) -> (N, T, d)
+        if layout == PACKED and self.token_index is not None:
+            raise _Unreadable(
+                f"the {what} is a PackedSequence, whose data holds every token of every sequence "
+                "(no padding): token_index cannot pick one token per sequence; read it without "
+                "token_index, or the output of pad_packed_sequence")
+        if t.ndim != 3 or layout not in (CHANNELS_LAST, SEQUENCE_FIRST, FEATURES_LAST):
+            return t  # channels-first: token_index and masks are about tokens
+        if self.token_index is not None:
+            self._batch_axis_known(layout, name, shape, "token_index")
             try:
-                t = t[:, self.token_index]  # (N, d)
+                return t[:, self.token_index]  # (N, d)
             except IndexError:
-                stream.error = f"token_index={self.token_index} is out of range for output of shape {tuple(t.shape)}"
-                return
-        elif self.mask is not None and t.ndim >= 3 and not is_conv(target.reader) \
-                and tuple(t.shape[:2]) == tuple(self.mask.shape):
-            t = t[self.mask]  # (tokens, ..., d): padding left out
-        stream.add(t, lambda c: embedding_rows(c, target.reader, self.reading))
+                raise _Unreadable(f"token_index={self.token_index} is out of range for output of shape "
+                                  f"{tuple(t.shape)}") from None
+        mask, error = self.tracker.mask_for(scope, tuple(t.shape[:2]))
+        if error is not None:
+            raise _Unreadable(error)
+        if mask is None:
+            return t
+        self._batch_axis_known(layout, name, shape, "the padding mask")
+        return t[mask]  # (tokens, d): padding left out
+
+    @staticmethod
+    def _batch_axis_known(layout: str, name: str, shape: tuple, what: str) -> None:
+        if layout == FEATURES_LAST:
+            raise _Unreadable(
+                f"{what} needs the batch axis of this {shape} output, and the model has "
+                "batch_first=False layers, so (N, T, d) and (T, N, d) cannot be told apart here; "
+                f"state it: embeddings=['{name}@channels_last'] or ['{name}@sequence_first']")
 
 
 class _FunctionalUses(TorchFunctionMode):
     """Streams the outputs of F.linear / F.convNd calls made with a tracked
     weight outside its own module's forward."""
 
-    def __init__(self, tracked: dict[int, list[Callable[[torch.Tensor], None]]], active: set[int]):
+    def __init__(self, tracked: dict[int, list[Callable]], active: set[int], tracker: LayoutTracker):
         super().__init__()
         self.tracked = tracked
         self.active = active
+        self.tracker = tracker
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -219,8 +283,11 @@ class _FunctionalUses(TorchFunctionMode):
             w = args[1] if len(args) > 1 else kwargs.get("weight")
             key = id(w)
             if key in self.tracked and key not in self.active:
+                x = args[0] if args else kwargs.get("input")
+                layout = self.tracker.linear_layout(x, out.ndim) if func is F.linear else CHANNELS_FIRST
+                info = Known(layout, self.tracker.info(None).scope)
                 for fn in self.tracked[key]:
-                    fn(out)
+                    fn(out, info)
         return out
 
 
@@ -264,22 +331,29 @@ def stream_embeddings(
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     streams: dict[str, EmbeddingStream] = {}
-    feed = _Feeder(reading, token_index)
+    axis = data_axis(model)
+    tracker = LayoutTracker(model, axis)
+    feed = _Feeder(reading, token_index, tracker)
     handles, current = [], []
-    tracked: dict[int, list[Callable[[torch.Tensor], None]]] = {}
+    tracked: dict[int, list[Callable]] = {}
     active: set[int] = set()
 
     def make_hook(target: Target, stream: EmbeddingStream):
         def hook(module, args, kwargs, output):
+            kind = type(module).__name__
             if target.kind == "output":
-                feed(stream, _first_tensor(output), target, f"output of type {type(output).__name__}")
+                feed(stream, *_read(tracker, output), target, f"output of {kind}")
             elif target.kind == "input":
-                t = _first_tensor(args)
-                feed(stream, t if t is not None else _first_tensor(kwargs), target, "input")
+                t, info = _read(tracker, args)
+                feed(stream, *(_read(tracker, kwargs) if t is None else (t, info)), target, f"input of {kind}")
             else:
                 w, b = qkv_projection(module, target.part, target.head)
                 x = _qkv_input(args, kwargs, target.part)
-                feed(stream, F.linear(x, w, b) if isinstance(x, torch.Tensor) else None, target, "input")
+                q = F.linear(x, w, b) if isinstance(x, torch.Tensor) else None
+                layout = SEQUENCE_FIRST if q is not None and q.ndim == 3 and not module.batch_first \
+                    else CHANNELS_LAST
+                info = Known(layout, tracker.info(output_tensor(output)[0]).scope)
+                feed(stream, q, info, target, f"{target.part} projection of {kind}")
 
         return hook
 
@@ -298,9 +372,13 @@ def stream_embeddings(
         return post
 
     # before any hook exists: a bad `data` must not leave hooks behind
-    batches, n_batches = iter_batches(data, batch_size, max_samples)
+    batches, n_batches = iter_batches(data, batch_size, max_samples, axis)
+    handles += tracker.attach()
     for t in targets:
         streams[t.row] = s = EmbeddingStream(max_dim, centered)
+        if t.note is not None:
+            s.error = t.note
+            continue
         handles.append(t.module.register_forward_hook(make_hook(t, s), with_kwargs=True))
         w = getattr(t.module, "weight", None) if t.kind == "output" and t.reader is t.module else None
         own = id(w) if isinstance(w, nn.Parameter) else None
@@ -308,25 +386,21 @@ def stream_embeddings(
         if own is not None:
             handles.append(t.module.register_forward_hook(make_post(own)))
             tracked.setdefault(own, []).append(
-                (lambda s_, t_: lambda out: feed(s_, out, t_, "output"))(s, t))
+                (lambda s_, t_: lambda out, info: feed(s_, out, info, t_, "output"))(s, t))
     was_training = model.training
     model.eval()
     p = next((q for q in model.parameters() if q.is_floating_point()), None)
     in_dtype = p.dtype if p is not None else torch.get_default_dtype()
     takes_ids = any(isinstance(m, nn.Embedding | nn.EmbeddingBag) for m in model.modules())
     try:
-        with torch.no_grad(), _FunctionalUses(tracked, active):
+        with torch.no_grad(), _FunctionalUses(tracked, active, tracker):
             for x in tqdm(batches, total=n_batches, desc="embeddings", unit="batch",
                           disable=disable, leave=False):
                 x = _to_device(x, device, in_dtype, takes_ids)
-                if isinstance(x, torch.Tensor):
-                    feed.mask = None
-                    if include_data:  # the inputs' own rank; token-id dicts have none
-                        data_stream = streams.setdefault(DATA_ROW_NAME, EmbeddingStream(max_dim, centered))
-                        data_stream.add(x, lambda c: c.reshape(c.shape[0], -1))
-                else:
-                    m = x.get("attention_mask")
-                    feed.mask = m.bool() if isinstance(m, torch.Tensor) and m.ndim == 2 else None
+                tracker.new_batch(x)
+                if isinstance(x, torch.Tensor) and include_data:  # token-id dicts have no rank of their own
+                    data_stream = streams.setdefault(DATA_ROW_NAME, EmbeddingStream(max_dim, centered))
+                    data_stream.add(x.movedim(axis, 0), lambda c: c.reshape(c.shape[0], -1))
                 current.clear()
                 active.clear()
                 try:
@@ -347,6 +421,13 @@ def stream_embeddings(
             h.remove()
         model.train(was_training)
     return streams
+
+
+def _read(tracker: LayoutTracker, obj) -> tuple[torch.Tensor | None, Known]:
+    """The tensor a hook reads from ``obj`` and what the tracker knows of it."""
+    t, packed = output_tensor(obj)
+    info = tracker.info(t)
+    return t, Known(PACKED, info.scope) if packed else info
 
 
 def _describe(module: nn.Module) -> str:

@@ -34,6 +34,7 @@ from rankbias.measures import (
     rank_measures_many,
     singular_values,
 )
+from rankbias.measures._checks import _unreadable
 
 
 def check_conv_reading(reading) -> ConvReading:
@@ -43,14 +44,24 @@ def check_conv_reading(reading) -> ConvReading:
 
 
 def weight_matrices(
-    items: Sequence[tuple[str, torch.Tensor]], reading: ConvReading, batched: bool = False
+    items: Sequence[tuple[str, torch.Tensor | str]], reading: ConvReading, batched: bool = False
 ) -> dict[str, torch.Tensor | str]:
     """name -> matrix (m, n), or taps (T, m, n) (``taps``/``pooled``), with a
-    leading model dimension when ``batched``; or an error message."""
+    leading model dimension when ``batched``; or an error message.
+
+    ``items``: weights already out x in (a conv kernel (out, in/groups, *k): see
+    :mod:`rankbias.analysis.readings`), or the message of a weight not read."""
     out: dict[str, torch.Tensor | str] = {}
     as_read = "flatten" if reading == "flatten" else "taps"
     for name, w in items:
+        if isinstance(w, str):  # a row whose weight is not read, and why
+            out[name] = w
+            continue
         w = w.detach()
+        reason = _unreadable(w)  # before any op on the values: those raise on these tensors
+        if reason:
+            out[name] = reason
+            continue
         if w.dtype.is_floating_point and not bool(torch.isfinite(w).all()):
             n_bad = int((~torch.isfinite(w)).sum())
             out[name] = f"weight contains {n_bad} NaN/Inf value(s) of {w.numel()}"
@@ -117,7 +128,7 @@ def pooled_measures(taps: torch.Tensor, names: Sequence[str]) -> dict[str, torch
 
 
 def measure_weights(
-    items: Sequence[tuple[str, torch.Tensor]],
+    items: Sequence[tuple[str, torch.Tensor | str]],
     names: Sequence[str],
     reading: ConvReading,
     *,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
 import shutil
 import sys
 import tarfile
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rankbias.errors import InvalidParameterError, LoadError
 from rankbias.framework.paths import cache_dir, data_root
 
 __all__ = [
@@ -147,7 +149,7 @@ def load_image_dataset(
     """The train or test split of dataset ``name`` (see the module docstring)."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+        raise InvalidParameterError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
     root_p = data_root(root)
     if key == "digits":
         return _digits(train)
@@ -188,8 +190,18 @@ def _torchvision_grey(key: str, train: bool, root: Path, download: bool) -> Imag
 def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
     from torchvision import datasets
 
-    if (root / "cifar-10-batches-py").exists() or download:
-        ds = datasets.CIFAR10(str(root), train=train, download=download)
+    batches = root / "cifar-10-batches-py"
+    if batches.exists() or download:
+        try:
+            ds = datasets.CIFAR10(str(root), train=train, download=download)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+            # torchvision's md5 check, or unpickling a batch that passed it, failed
+            raise LoadError(
+                f"dataset 'cifar10': {batches.resolve()} is incomplete or corrupt "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); accepted: torchvision's "
+                "CIFAR-10 python batches (data_batch_1..5, test_batch, batches.meta): replace "
+                "the folder with a fresh copy, or load with download=True where there is internet"
+            ) from e
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).to(torch.float32).div_(255)
         return ImageData(x.contiguous(), torch.tensor(ds.targets), list(ds.classes), "cifar10")
     split = "train" if train else "test"

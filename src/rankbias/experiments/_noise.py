@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rankbias.experiments._statements import PAPER1_NOISE
 from rankbias.framework.config import Config
 from rankbias.verdicts import mean_std, relative_rank_verdict
 
@@ -157,6 +158,8 @@ def per_sigma_table(fit, cfg: NoiseSweepConfig, data: Mapping[str, np.ndarray],
         row: dict[str, Any] = {"sigma": float(sigma)}
         for key in ("filter_stable_rank", "filter_effective_rank"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(col(key))
+        # the filters against the clean rank (2K in the patch model): 1 means "the intrinsic rank"
+        row["filter_stable_rank_over_clean_rank"] = row["filter_stable_rank_mean"] / clean_rank
         row["class_block_stable_rank_mean"] = mean_std(col("pos_stable_rank") + col("neg_stable_rank"))[0]
         for key, arr in data.items():
             row[key], row[f"{key}_std"] = mean_std(list(np.asarray(arr)[:, j]))
@@ -170,22 +173,31 @@ def per_sigma_table(fit, cfg: NoiseSweepConfig, data: Mapping[str, np.ndarray],
     return rows
 
 
-def claim_verdict(fit, cfg: NoiseSweepConfig, data_patch_stable_rank: np.ndarray) -> dict[str, Any]:
-    """The verdict: :func:`rankbias.verdicts.relative_rank_verdict` on the test accuracy,
-    the data's patch-matrix stable rank and the filters' stable rank, all (seeds, S),
-    with the "paper" and "measured" entries of the report's comparison table."""
+def claim_verdict(fit, cfg: NoiseSweepConfig, data_patch_stable_rank: np.ndarray, *, n_test: int,
+                  clean_rank: float) -> dict[str, Any]:
+    """The verdict: :func:`rankbias.verdicts.relative_rank_verdict` on the test accuracy (of
+    ``n_test`` images per seed, two classes), the data's patch-matrix stable rank and the
+    filters' stable rank, all (seeds, S), with the paper's ``statement``, the "paper" and
+    "measured" entries of the report's comparison table, and the filters' stable rank over
+    ``clean_rank`` (2K in the patch model) at the deciding noise level."""
     n_seeds, S = len(cfg.seeds), len(cfg.sigmas)
+    filters = per_seed(fit, "filter_stable_rank", n_seeds, S)
     v = relative_rank_verdict(
-        cfg.sigmas, per_seed(fit, "test_acc", n_seeds, S), data_patch_stable_rank,
-        per_seed(fit, "filter_stable_rank", n_seeds, S), clean_index=cfg.clean_index,
+        cfg.sigmas, per_seed(fit, "test_acc", n_seeds, S), data_patch_stable_rank, filters,
+        n_test=n_test, n_classes=2, clean_index=cfg.clean_index,
     )
+    if "sigma" in v:
+        with np.errstate(invalid="ignore"):
+            v["filter_stable_rank_over_clean_rank"] = float(
+                np.nanmean(filters[:, list(cfg.sigmas).index(v["sigma"])]) / clean_rank)
     if "ratio_mean" in v:
         measured = (f"data's patch stable rank x{v['max_data_growth']:.3g} at sigma={v['sigma']:g}, "
-                    f"filters' x{v['model_growth']:.3g}: log ratio {v['ratio_mean']:.3f} "
-                    f"± {v['ratio_std']:.3f} over {n_seeds} seeds")
+                    f"filters' x{v['model_growth']:.3g} (stable rank / clean rank "
+                    f"{v['filter_stable_rank_over_clean_rank']:.3g}): log ratio {v['ratio_mean']:.3f} "
+                    f"[{v['ratio_lo']:.3f}, {v['ratio_hi']:.3f}] over {v['n_seeds_used']} seeds")
     else:
         measured = f"{v['status']} on this data: {v['reason']}"
-    return {**v, "paper": PAPER_CLAIM, "measured": measured}
+    return {**v, "statement": PAPER1_NOISE, "paper": PAPER_CLAIM, "measured": measured}
 
 
 def absolute_test(per_sigma: Sequence[Mapping[str, Any]], clean_rank: float) -> dict[str, Any]:
@@ -233,7 +245,7 @@ def history_rows(fit, cfg: NoiseSweepConfig) -> list[dict[str, Any]]:
 
 
 def write_outputs(run, cfg: NoiseSweepConfig, fit, data_ranks: Mapping[str, np.ndarray],
-                  clean_rank: float, *, title: str, claim: str, clean_label: str, sigma_label: str,
+                  clean_rank: float, *, n_test: int, title: str, claim: str, clean_label: str, sigma_label: str,
                   figure_title: str, name: str, columns: Sequence[str],
                   table_heading: str = "Per noise level (means over seeds)",
                   sections: Sequence[tuple[str, str]] = (), extra: Mapping[str, Any] | None = None,
@@ -246,7 +258,10 @@ def write_outputs(run, cfg: NoiseSweepConfig, fit, data_ranks: Mapping[str, np.n
     history = history_rows(fit, cfg)
     run.write_csv("metrics.csv", history)
     per_sigma = per_sigma_table(fit, cfg, data_ranks, clean_rank)
-    verdict = claim_verdict(fit, cfg, data_ranks["data_patch_stable_rank"])
+    verdict = claim_verdict(fit, cfg, data_ranks["data_patch_stable_rank"], n_test=n_test, clean_rank=clean_rank)
+    band = verdict.get("accuracy_band", {})
+    for r in per_sigma:  # the figures shade what the verdict's band leaves out
+        r["in_accuracy_band"] = r["sigma"] == 0 or band.get(str(float(r["sigma"])), {}).get("noninferior", False)
     clean_acc = per_sigma[cfg.clean_index]["test_acc_mean"]
     figs.plot_ranks_vs_sigma(
         per_sigma, run.figure_path("stable_rank_vs_sigma"), clean_rank=clean_rank, clean_label=clean_label,

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from rankbias.experiments._depth import DepthConfig
+from rankbias.experiments._statements import PAPER2_INIT
 from rankbias.experiments.registry import register
 from rankbias.framework.runs import RunDir
 from rankbias.measures import rank_measures
@@ -219,7 +220,7 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
         "holds" if linear_falls else "does not hold",
         "median entropy rank strictly decreasing in depth", linear_measured,
         median_by_depth={str(r["depth"]): r["median"] for r in per_depth},
-        paper=PAPER_LINEAR, measured=linear_measured)
+        statement=PAPER2_INIT, paper=PAPER_LINEAR, measured=linear_measured)
     plots.distributions_by_group(
         {f"L={d}": v for d, v in ranks.items()},
         run.figure_path("entropy_rank_by_depth"),
@@ -242,7 +243,7 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
             "median entropy rank strictly decreasing in depth, for the linear end-to-end map and "
             "for every activation's kernel", f"{linear_measured}; {kernel_measured}",
             median_by_depth=verdict_["median_by_depth"], linear_end_to_end_falls=linear_falls,
-            kernel_falls_by_activation=falls, paper=f"{PAPER_LINEAR}; {PAPER_MLP}",
+            kernel_falls_by_activation=falls, statement=PAPER2_INIT, paper=f"{PAPER_LINEAR}; {PAPER_MLP}",
             measured=f"linear: {linear_measured}; MLP kernels: {kernel_measured}")
         summary.update(verdict=verdict_, per_activation=per_activation,
                        max_kernel_entropy_rank=float(np.log(min(cfg.n_inputs, cfg.width))))

@@ -27,6 +27,7 @@ from rankbias.experiments._depth import (
     per_depth_rows,
     target_entropy_rank,
 )
+from rankbias.experiments._statements import PAPER2_OPTIMIZERS
 from rankbias.experiments.registry import register
 from rankbias.framework.runs import RunDir, config_hash
 from rankbias.verdicts import verdict
@@ -105,10 +106,11 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
     from rankbias.report import markdown_table, write_run_report
 
     per_optimizer, history_rows, h_target = [], [], None
-    # a part is reused (resume) only by a run of the same settings
+    # an optimizer's part is reused (resume) by a run of the same settings, whatever its
+    # list of optimizers
     chash = config_hash({k: v for k, v in cfg.to_dict().items() if k != "optimizers"})
     for name in tqdm(cfg.optimizers, desc="optimizers", disable=None, leave=False):
-        part = run.part(f"optimizer-{name}-{chash}")
+        part = run.part(f"optimizer-{name}", identity=chash)
         if part is None:
             layout, tasks, res = fit_sweep(cfg, [SweepGroup("low_rank", cfg.init, cfg.init_scale)],
                                            **_settings(cfg, name))
@@ -116,7 +118,7 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
             part = {"rows": rows, "target_entropy_rank": target_entropy_rank(tasks[0]),
                     "history": [{"optimizer": name, **r} for r in res.history],
                     "layout": layout}
-            run.save_part(f"optimizer-{name}-{chash}", part)
+            run.save_part(f"optimizer-{name}", part, identity=chash)
         h_target = part["target_entropy_rank"]
         history_rows += part["history"]
         rows = part["rows"]
@@ -140,7 +142,7 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
         f"entropy rank at L={cfg.depths[0]} -> L={cfg.depths[-1]}: {measured}",
         **{f"{p['optimizer']}": f"{p['rank_depth_1']:.3f} -> {p['rank_largest_depth']:.3f}"
            for p in per_optimizer},
-        target_entropy_rank=h_target,
+        target_entropy_rank=h_target, statement=PAPER2_OPTIMIZERS,
         paper="the low-rank bias of depth holds for SGD, momentum, Adam and L-BFGS alike",
         measured=measured)
     table = [{"optimizer": LABELS[p["optimizer"]],

@@ -31,6 +31,7 @@ from rankbias.experiments._depth import (
     per_depth_rows,
     target_entropy_rank,
 )
+from rankbias.experiments._statements import PAPER2_TRAINED
 from rankbias.experiments.registry import register
 from rankbias.framework.runs import RunDir
 from rankbias.verdicts import mean_std, verdict
@@ -158,7 +159,8 @@ def run(cfg: DepthRankTrainedConfig, run: RunDir) -> dict:
         **{f"{t}_holds": v["holds"] for t, v in verdicts.items()},
         **({"best_test_depth_low_rank": verdicts["low_rank"]["best_test_depth"]}
            if "low_rank" in verdicts else {}),
-        paper=PAPER, measured="; ".join(f"{t}: {v['measured']}" for t, v in verdicts.items()))
+        statement=PAPER2_TRAINED, paper=PAPER,
+        measured="; ".join(f"{t}: {v['measured']}" for t, v in verdicts.items()))
     summary["verdict"] = verdict_
     summary["per_depth"] = [{"target": p["target"], **r} for p in summary["per_target"] for r in p["per_depth"]]
     run.write_csv("metrics.csv", history_rows(res.history, layout, cfg.targets, cfg.seeds))

@@ -122,7 +122,7 @@ def run(cfg: NoiseRobustnessConfig, run: RunDir) -> dict:
     fit = _noise.train_sweep(cfg, X, y, Xt, yt)
     clean_rank = 2 * cfg.K
     return _noise.write_outputs(
-        run, cfg, fit, data_ranks, clean_rank,
+        run, cfg, fit, data_ranks, clean_rank, n_test=cfg.n_test,
         title="noise-robustness: filter rank vs data rank under background noise", claim=CLAIM,
         clean_label=f"2K = {clean_rank} (clean rank)", sigma_label="background noise σ_p (symlog scale)",
         figure_title=(f"Patch model: n={cfg.n_train}, P={cfg.patches}, d={cfg.dim}, K={cfg.K}, "
@@ -131,7 +131,8 @@ def run(cfg: NoiseRobustnessConfig, run: RunDir) -> dict:
         table_heading=("Per noise level (means over seeds; noise patch norm ≈ σ_p·√d = "
                        f"σ_p·{cfg.dim ** 0.5:.3g}, signal norm {cfg.signal_norm:g})"),
         columns=["sigma", "filter_stable_rank_mean", "filter_stable_rank_std", "filter_effective_rank_mean",
-                 "data_patch_stable_rank", "data_image_stable_rank", "clean_rank", "train_acc_mean",
+                 "filter_stable_rank_over_clean_rank", "data_patch_stable_rank", "data_image_stable_rank",
+                 "clean_rank", "train_acc_mean",
                  "test_acc_mean", "n_diverged"],
         extra={"clean_patch_numerical_rank": float(np.min(data_ranks["data_patch_numerical_rank_clean"]))},
     )

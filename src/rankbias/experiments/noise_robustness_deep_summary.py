@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from rankbias.experiments._statements import PAPER1_NOISE
 from rankbias.framework.runs import RunDir
-from rankbias.verdicts import mean_std, relative_rank_verdict, verdict
+from rankbias.verdicts import STATUSES, mean_std, relative_rank_verdict, verdict
 
 CLAIM = (
     "Background noise inflates the rank of the data by an order of magnitude, but the rank "
@@ -129,11 +130,13 @@ def summarize(cfg, run: RunDir, data_rows: list[dict], results: list[dict], info
                     vals.append(m), vstd.append(sd), ratios.append(rm), rstd.append(rsd)
                     if np.isnan(a).all():  # the penultimate row has no weight
                         continue
-                    v = relative_rank_verdict(sig, acc, dr, a, clean_index=clean,
+                    v = relative_rank_verdict(sig, acc, dr, a, n_test=info["n_test"],
+                                              n_classes=len(info["classes"]), clean_index=clean,
                                               accuracy_drop=cfg.accuracy_drop,
                                               data_factor=cfg.data_factor, max_ratio=cfg.max_ratio)
-                    v["paper"] = PAPER
-                    v["measured"] = (f"log ratio {v['ratio_mean']:.3f} ± {v['ratio_std']:.3f} at σ={v['sigma']:g}"
+                    v["statement"], v["paper"] = PAPER1_NOISE, PAPER
+                    v["measured"] = (f"log ratio {v['ratio_mean']:.3f} [{v['ratio_lo']:.3f}, {v['ratio_hi']:.3f}] "
+                                     f"at σ={v['sigma']:g}"
                                      if "ratio_mean" in v else v["reason"])
                     verdicts_m.append({"model": name, "noise": noise, "layer": layer, "measure": mkey,
                                        "status": v["status"], "verdict": v})
@@ -158,25 +161,29 @@ def summarize(cfg, run: RunDir, data_rows: list[dict], results: list[dict], info
 
 def overall_verdict(layer_verdicts: list[dict]) -> dict:
     """Over every (model, noise model, layer): the weight-stable-rank verdicts (the paper's
-    measure), the embeddings' counted beside them."""
+    measure) decide, the embeddings' are counted beside them. Does not hold when a layer's
+    does not; holds when every decided layer's holds and none is inconclusive;
+    inconclusive when some are; not testable when no layer is testable."""
     def count(measure: str) -> dict[str, int]:
-        c = {"holds": 0, "does not hold": 0, "not testable": 0}
+        c = dict.fromkeys(STATUSES, 0)
         for v in layer_verdicts:
             if v["measure"] == measure:
                 c[v["status"]] += 1
         return c
 
     w, e = count("weight_stable_rank"), count("emb_effective_rank_noisy")
-    criterion = ("every layer whose verdict is testable (the data's stable rank grows >= data_factor "
-                 "within the accuracy bound) has log(weight stable rank growth) / log(data growth) "
-                 "<= max_ratio")
-    tested = w["holds"] + w["does not hold"]
-    measured = (f"weight stable rank robust in {w['holds']} of {tested} testable layers; embedding kernel "
-                f"effective rank (noisy test images) in {e['holds']} of {e['holds'] + e['does not hold']}")
-    nums = {"weights": w, "embeddings_noisy": e, "paper": PAPER, "measured": measured}
+    criterion = ("every layer whose verdict is testable (a model above chance; the data's stable rank grows "
+                 ">= data_factor at the noise levels shown within the accuracy margin) has the t-interval "
+                 "of log(weight stable rank growth) / log(data growth) ending <= max_ratio")
+    tested = w["holds"] + w["does not hold"] + w["inconclusive"]
+    measured = (f"weight stable rank robust in {w['holds']} of {tested} testable layers"
+                f" ({w['inconclusive']} inconclusive); embedding kernel effective rank (noisy test images) in "
+                f"{e['holds']} of {e['holds'] + e['does not hold'] + e['inconclusive']}")
+    nums = {"weights": w, "embeddings_noisy": e, "statement": PAPER1_NOISE, "paper": PAPER,
+            "measured": measured}
     if tested == 0:
         return verdict("not testable", criterion, "no layer is testable: " + measured, **nums)
-    status = "holds" if w["does not hold"] == 0 else "does not hold"
+    status = ("does not hold" if w["does not hold"] else "inconclusive" if w["inconclusive"] else "holds")
     return verdict(status, criterion, measured, **nums)
 
 

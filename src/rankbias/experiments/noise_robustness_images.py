@@ -226,13 +226,14 @@ def run(cfg: NoiseImagesConfig, run: RunDir) -> dict:
     name = f"{info['dataset']} {info['classes'][0]} vs {info['classes'][1]}"
     where = f"canvas {info['canvas']}" if info["canvas"] else "noise on the background pixels"
     return _noise.write_outputs(
-        run, cfg, fit, data_ranks, clean_rank,
+        run, cfg, fit, data_ranks, clean_rank, n_test=info["n_test"],
         title=f"noise-robustness-images ({name}, {cfg.noise_model})", claim=CLAIM,
         clean_label=f"{clean_rank:.2f} (clean data)", sigma_label="background noise σ (pixel units, symlog scale)",
         figure_title=f"{name}\n{where}, {k}x{k} patches (d={c * k * k}), m={cfg.filters}",
         name=name, sections=[("Data", markdown_table([info]))], extra={"data": info},
         clean_data_key="data_patch_stable_rank_clean",
         columns=["sigma", "filter_stable_rank_mean", "filter_stable_rank_std", "filter_effective_rank_mean",
-                 "data_patch_stable_rank", "data_patch_stable_rank_clean", "data_image_stable_rank",
+                 "filter_stable_rank_over_clean_rank", "data_patch_stable_rank", "data_patch_stable_rank_clean",
+                 "data_image_stable_rank",
                  "train_acc_mean", "test_acc_mean", "n_diverged"],
     )

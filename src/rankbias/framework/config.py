@@ -20,7 +20,10 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
-from rankbias.errors import RankbiasError
+from rankbias.errors import InvalidParameterError
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "Config",
@@ -28,12 +31,14 @@ __all__ = [
     "check_device_available",
     "did_you_mean",
     "field_docs",
+    "parse_device",
     "parse_value",
 ]
 
 
-class ConfigError(RankbiasError, ValueError):
-    """A config key or value that is not accepted."""
+class ConfigError(InvalidParameterError):
+    """A config key or value that is not accepted (an :class:`InvalidParameterError`, so
+    ``except InvalidParameterError`` catches every bad argument, config or not)."""
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
@@ -179,15 +184,7 @@ class Config:
         # may build cuda configs on a CPU-only driver for GPU workers.
         device = getattr(self, "device", None)
         if isinstance(device, str):
-            import torch
-
-            try:
-                torch.device(device)
-            except RuntimeError:
-                raise ConfigError(
-                    f"device: got {device!r}; accepted: a torch device string such as 'cpu', "
-                    "'cuda' or 'cuda:1'"
-                ) from None
+            parse_device(device)
 
     # helpers for validate()
     def _require(self, cond: bool, name: str, accepted: str) -> None:
@@ -240,11 +237,25 @@ class Config:
         return self.from_dict({**self.to_dict(), **changes})
 
 
-def check_device_available(device: str) -> None:
-    """ConfigError unless ``device`` can run here (e.g. 'cuda' without a GPU)."""
+def parse_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with a ConfigError naming what is accepted for a string
+    torch cannot parse ('gpu0'), where torch raises a bare RuntimeError."""
     import torch
 
-    kind = torch.device(device).type
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"device: got {device!r}; accepted: a torch device string such as 'cpu', 'cuda' or 'cuda:1'"
+        ) from None
+
+
+def check_device_available(device: str) -> None:
+    """ConfigError unless ``device`` is a device string that can run here (not 'gpu0',
+    not 'cuda' without a GPU)."""
+    import torch
+
+    kind = parse_device(device).type
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"device: got {device!r}, but CUDA is not available on this machine; "

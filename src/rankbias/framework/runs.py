@@ -8,15 +8,27 @@ A run directory holds::
     figures/*.png    every figure
     report.md        a short human-readable report
     parts/           optional: finished pieces of a long run, for resuming
+    .lock            held (flock) by the process writing the directory
 
 Every write is atomic (a temporary file in the same directory, then
 ``os.replace``), so a run killed at any instant leaves either the old file or
-the new one, never half of one. A run whose ``summary.json`` exists for the same
-config hash is complete and is not recomputed.
+the new one, never half of one.
+
+Everything reused carries the identity of the config that produced it:
+
+* ``config.json`` holds the config and its hash; a file whose content no longer
+  hashes to it (edited, corrupt) is a :class:`~rankbias.errors.LoadError`;
+* a run is complete when ``summary.json`` is a JSON object with the keys of
+  :data:`SUMMARY_KEYS` (``experiment`` and ``config_hash`` equal to the run's),
+  beside a ``config.json`` of that hash;
+* a part is saved with an identity (by default the run's config hash; an
+  experiment may pass the hash of the settings the part depends on) and is
+  returned only to a reader asking for that identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -24,11 +36,28 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "config_hash", "to_jsonable"]
+from rankbias.errors import LoadError
+from rankbias.framework.config import ConfigError
+
+__all__ = [
+    "SUMMARY_KEYS",
+    "RunDir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_writable",
+    "config_hash",
+    "dir_lock",
+    "to_jsonable",
+]
+
+_WAY_OUT = "rerun with --force (force=True), remove the directory, or choose another output directory"
+
+SUMMARY_KEYS = ("experiment", "config_hash")
+"""The keys the runner writes into every summary; a summary without them is not a complete run."""
 
 
 def _umask() -> int:
@@ -87,11 +116,56 @@ def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-class RunDir:
-    """A run directory (created on first write)."""
+def check_writable(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` and a probe file in it (removed at once), so that an
+    output that cannot be written fails before any compute (an OSError naming it)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
-    def __init__(self, path: str | os.PathLike):
+
+@contextlib.contextmanager
+def dir_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold ``path/.lock`` (``flock``, exclusive) for the block: a second command writing the
+    same directory is refused at once (ConfigError), never interleaved with this one.
+
+    The kernel releases the lock when the holder dies (even by SIGKILL), so a
+    killed run never leaves its directory locked.
+    """
+    import fcntl
+
+    path = check_writable(path)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(
+                f"{path} is in use by another {holder.partition(' ')[2] or 'command'} "
+                f"(pid {holder.partition(' ')[0]}); wait for it to finish or choose another output "
+                "directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class RunDir:
+    """A run directory (created on first write).
+
+    ``config_hash``: the hash of the config being run here (set by the runner),
+    the default identity of the parts saved and read (:meth:`part`).
+    """
+
+    def __init__(self, path: str | os.PathLike, config_hash: str | None = None):
         self.path = Path(path)
+        self.config_hash = config_hash
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -134,28 +208,79 @@ class RunDir:
         return (self.path / name).exists()
 
     # ------------------------------------------------------ completion, resume
+    def stored_config(self) -> dict | None:
+        """``config.json`` checked against its own hash (None when there is none).
+
+        Raises LoadError when it cannot be read or its content no longer hashes to
+        the hash it stores: the directory's results then belong to no known config.
+        """
+        if not self.exists("config.json"):
+            return None
+        where = self.path / "config.json"
+        try:
+            stored = self.read_json("config.json")
+            record = {"experiment": stored["experiment"], "config": stored["config"]}
+            ok = stored["hash"] == config_hash(record)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise LoadError(f"{where} cannot be read as a run's config ({type(e).__name__}: {e}); "
+                            f"{_WAY_OUT}") from None
+        if not ok:
+            raise LoadError(
+                f"{where} does not match its hash {stored['hash']} (edited or corrupt): the results "
+                f"beside it belong to no known config; {_WAY_OUT}"
+            )
+        return stored
+
     def completed_summary(self, config_record: Mapping[str, Any]) -> dict | None:
-        """The summary of a finished run of exactly this config, else None."""
-        if not (self.exists("summary.json") and self.exists("config.json")):
-            return None
+        """The summary of a finished run of exactly this config, else None.
+
+        Finished means: ``config.json`` matches its hash and that hash is this
+        config's, and ``summary.json`` is an object whose :data:`SUMMARY_KEYS` name
+        the same experiment and hash.
+        """
+        chash = config_hash(config_record)
         try:
-            old = self.read_json("config.json")
-            if old.get("hash") != config_hash(config_record):
+            stored = self.stored_config()
+            if stored is None or stored["hash"] != chash or not self.exists("summary.json"):
                 return None
-            return self.read_json("summary.json")
-        except (OSError, json.JSONDecodeError):
+            summary = self.read_json("summary.json")
+        except (OSError, ValueError):  # LoadError is a ValueError: not complete
             return None
+        expected = {"experiment": config_record.get("experiment"), "config_hash": chash}
+        if not isinstance(summary, dict) or any(summary.get(k) != expected[k] for k in SUMMARY_KEYS):
+            return None
+        return summary
 
-    def part(self, key: str) -> dict | None:
-        """A finished piece of a long run (``parts/<key>.json``), for resuming."""
-        p = self.path / "parts" / f"{key}.json"
-        if not p.exists():
-            return None
+    def clear_result(self) -> None:
+        """Remove ``summary.json`` and ``environment.json`` (a run is starting: an old
+        summary must never stand for the new config if this run dies)."""
+        for name in ("summary.json", "environment.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+
+    def _identity(self, identity: str | None) -> str:
+        identity = identity if identity is not None else self.config_hash
+        if not identity:
+            raise ConfigError(
+                f"{self}: a part needs the identity of the config it belongs to; accepted: "
+                "RunDir(path, config_hash=...) (the runner sets it) or part(..., identity=...)"
+            )
+        return identity
+
+    def part(self, key: str, identity: str | None = None) -> Any | None:
+        """A finished piece of a long run (``parts/<key>.json``), for resuming; None unless
+        it was saved under ``identity`` (default: this run's config hash)."""
+        identity = self._identity(identity)
         try:
-            with open(p) as fh:
-                return json.load(fh)
+            with open(self.path / "parts" / f"{key}.json") as fh:
+                saved = json.load(fh)
         except (OSError, json.JSONDecodeError):
             return None
+        if not isinstance(saved, dict) or saved.get("identity") != identity or "part" not in saved:
+            return None
+        return saved["part"]
 
-    def save_part(self, key: str, obj: Any) -> Path:
-        return self.write_json(f"parts/{key}.json", obj)
+    def save_part(self, key: str, obj: Any, identity: str | None = None) -> Path:
+        """Save a part under ``identity`` (default: this run's config hash): the hash of
+        every setting the part depends on, so that no other config ever reads it."""
+        return self.write_json(f"parts/{key}.json", {"identity": self._identity(identity), "part": obj})

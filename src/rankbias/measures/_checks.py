@@ -1,7 +1,7 @@
 """Input validation and reading for the rank measures: tensors, dtypes, tolerances, methods.
 
-Every check raises ``ValueError`` (``TypeError`` for a non-array object) saying
-what was wrong and what is accepted.
+Every check raises :class:`~rankbias.errors.InvalidParameterError` (a ``ValueError``;
+``TypeError`` for a non-array object) saying what was wrong and what is accepted.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from rankbias.errors import InvalidParameterError
 
 Method = Literal["auto", "gram", "svd"]
 Tol = float | torch.Tensor | None
@@ -23,11 +25,11 @@ def _to_tensor(A, name: str = "A") -> torch.Tensor:
             try:
                 arr = np.asarray(A)
             except ValueError as e:  # ragged nested lists
-                raise ValueError(f"{name}: cannot read a ragged nested sequence as a matrix") from e
+                raise InvalidParameterError(f"{name}: cannot read a ragged nested sequence as a matrix") from e
             if np.iscomplexobj(arr):
-                raise ValueError(f"{name}: complex input is not supported; pass a real matrix")
+                raise InvalidParameterError(f"{name}: complex input is not supported; pass a real matrix")
             if arr.dtype.kind not in "biuf":
-                raise ValueError(
+                raise InvalidParameterError(
                     f"{name}: cannot read a numpy array of dtype {arr.dtype} as a matrix; "
                     "accepted: bool, integer or floating arrays"
                 )
@@ -43,17 +45,40 @@ def _to_tensor(A, name: str = "A") -> torch.Tensor:
                 f"{name}: expected a torch.Tensor or numpy array of shape (..., m, n), "
                 f"got {type(A).__name__}"
             )
+    reason = _unreadable(A)
+    if reason:
+        raise InvalidParameterError(f"{name}: {reason}")
     if A.is_complex():
-        raise ValueError(f"{name}: complex input is not supported; pass a real matrix")
+        raise InvalidParameterError(f"{name}: complex input is not supported; pass a real matrix")
     if A.ndim < 2:
-        raise ValueError(
+        raise InvalidParameterError(
             f"{name}: expected at least 2 dimensions (..., m, n), got shape {tuple(A.shape)}"
         )
     if A.numel() == 0:
-        raise ValueError(
+        raise InvalidParameterError(
             f"{name}: empty input of shape {tuple(A.shape)}; m, n and every batch size must be >= 1"
         )
     return A
+
+
+def _unreadable(A: torch.Tensor) -> str | None:
+    """Why the values of ``A`` cannot be read as a matrix (None when they can).
+
+    The measures read dense values. A sparse layout is refused rather than densified
+    (its dense form can need memory out of all proportion to the file); a quantized
+    tensor's integers are not its values; a meta tensor has no values at all.
+    """
+    if A.layout != torch.strided:
+        return (f"a {str(A.layout).removeprefix('torch.')} tensor is not read; accepted: "
+                "dense (strided) tensors; convert it with .to_dense()")
+    if A.is_quantized:
+        return (f"a quantized tensor ({str(A.dtype).removeprefix('torch.')}) is not read; "
+                "accepted: floating, integer or bool tensors; convert it with .dequantize()")
+    if A.is_meta:
+        return ("a tensor on the meta device has no values; accepted: a tensor with values "
+                "(load or materialize the weights first, e.g. module.to_empty(device='cpu') "
+                "and load_state_dict)")
+    return None
 
 
 def _compute_dtype(dtype) -> torch.dtype:
@@ -63,7 +88,7 @@ def _compute_dtype(dtype) -> torch.dtype:
         dtype = {"float32": torch.float32, "float64": torch.float64, "double": torch.float64,
                  "float": torch.float32}.get(dtype, dtype)
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(
+        raise InvalidParameterError(
             f"dtype must be torch.float32 or torch.float64 (or None = float64), got {dtype!r}"
         )
     return dtype
@@ -87,7 +112,7 @@ def _check_finite(A: torch.Tensor, name: str) -> None:
         bad = ~torch.isfinite(A.detach())
         if bool(bad.any()):
             n_nan = int(torch.isnan(A.detach()).sum())
-            raise ValueError(
+            raise InvalidParameterError(
                 f"{name}: contains {n_nan} NaN and {int(bad.sum()) - n_nan} Inf value(s) "
                 f"(shape {tuple(A.shape)}); rank measures need finite input"
             )
@@ -98,19 +123,19 @@ def _check_tol(t, name: str) -> None:
         return
     if isinstance(t, torch.Tensor):
         if t.is_complex():
-            raise ValueError(f"{name} must be real, got a complex tensor")
+            raise InvalidParameterError(f"{name} must be real, got a complex tensor")
         if bool(torch.isnan(t).any()):
-            raise ValueError(f"{name} must not be NaN")
+            raise InvalidParameterError(f"{name} must not be NaN")
     elif isinstance(t, int | float | np.floating | np.integer) and not isinstance(t, bool):
         if math.isnan(float(t)):
-            raise ValueError(f"{name} must not be NaN")
+            raise InvalidParameterError(f"{name} must not be NaN")
     else:
         raise TypeError(f"{name} must be a float, a tensor or None, got {type(t).__name__}")
 
 
 def _check_method(method) -> None:
     if method not in ("auto", "gram", "svd"):
-        raise ValueError(f"method must be 'auto', 'gram' or 'svd', got {method!r}")
+        raise InvalidParameterError(f"method must be 'auto', 'gram' or 'svd', got {method!r}")
 
 
 def as_matrix(weight, reading: Literal["flatten", "taps"] = "flatten") -> torch.Tensor:
@@ -124,7 +149,7 @@ def as_matrix(weight, reading: Literal["flatten", "taps"] = "flatten") -> torch.
     """
     W = _to_tensor(weight, "weight")
     if reading not in ("flatten", "taps"):
-        raise ValueError(f"reading must be 'flatten' or 'taps', got {reading!r}")
+        raise InvalidParameterError(f"reading must be 'flatten' or 'taps', got {reading!r}")
     if W.ndim == 2:
         return W
     if reading == "flatten":

@@ -27,6 +27,7 @@ from functools import cached_property
 
 import torch
 
+from rankbias.errors import InvalidParameterError
 from rankbias.measures._checks import Tol, _check_tol
 
 RANKME_EPS = 1e-7
@@ -267,9 +268,9 @@ def _check_measure_names(measures: Iterable[str] | None) -> tuple[str, ...]:
     names = tuple(measures)
     bad = [m for m in names if m not in SPECS]
     if bad:
-        raise ValueError(f"unknown measure(s) {bad}; accepted: {list(SPECS)}")
+        raise InvalidParameterError(f"measures: unknown measure(s) {bad}; accepted: {list(SPECS)}")
     if not names:
-        raise ValueError(f"measures is empty; accepted: any of {list(SPECS)}")
+        raise InvalidParameterError(f"measures is empty; accepted: any of {list(SPECS)}")
     return names
 
 

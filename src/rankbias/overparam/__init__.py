@@ -3,7 +3,8 @@ Conv1D) layers into products of linear maps, train, then collapse exactly.
 
 :mod:`rankbias.overparam.layers` holds the expanded layers, :mod:`rankbias.overparam.factorize`
 the exact factorisations (init="preserve"),
-:mod:`rankbias.overparam.model` the model-level functions and the cases they refuse.
+:mod:`rankbias.overparam.model` the model-level functions and the cases they refuse,
+:mod:`rankbias.overparam._computed` the read-only tensor an expanded layer's ``weight`` is.
 See docs/overparam.md.
 """
 

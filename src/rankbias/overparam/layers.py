@@ -36,11 +36,17 @@ Forward forms (``mode``):
   does); same function and gradients up to rounding.
 - ``"auto"`` (default): per call, count the multiply-adds of both forms for the actual
   input shape and run the cheaper one.
+
+``weight`` (and ``bias`` when more than one factor has one) is computed from the factors
+at every read: reading it is exact and differentiable, writing to it raises
+:class:`~rankbias.errors.UnsupportedError` (:mod:`rankbias.overparam._computed`). A
+layer's parameters and buffers other than weight/bias are carried under their own names.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -49,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankbias.errors import UnsupportedError
+from rankbias.overparam._computed import guard
 from rankbias.overparam.factorize import _chain, _init_factors
 
 __all__ = ["OverparamConv1D", "OverparamConv2d", "OverparamLinear"]
@@ -83,19 +91,73 @@ def _hidden(width: float, out: int, groups: int = 1) -> int:
 
 
 def _template(layer: nn.Module) -> nn.Module:
-    """A shallow copy of ``layer`` whose parameters are meta tensors: its class and
-    attributes, none of its memory. :meth:`_Expanded.fuse` fills it with the collapsed
-    weight, so a layer collapses to its own class (``nn.Linear``, a subclass without
-    its own forward, Hugging Face's ``Conv1D``), not to a look-alike."""
+    """A shallow copy of ``layer`` whose parameters and buffers are meta tensors: its class
+    and attributes, none of its memory. :meth:`_Expanded.fuse` fills every one of them (the
+    collapsed weight and bias, the carried state), so a layer collapses to its own class
+    (``nn.Linear``, a subclass without its own forward, Hugging Face's ``Conv1D``), not to a
+    look-alike."""
     t = copy.copy(layer)
-    for k, v in list(vars(t).items()):  # own hook/state dicts, not the original's
-        if isinstance(v, dict):
+    for k, v in list(vars(t).items()):  # own hook/state dicts and buffer-name sets, not the original's
+        if isinstance(v, dict | set):
             vars(t)[k] = type(v)(v)
     t._parameters = {
         k: None if v is None else nn.Parameter(torch.empty_like(v, device="meta"), v.requires_grad)
         for k, v in layer._parameters.items()
     }
+    t._buffers = {k: None if v is None else torch.empty_like(v, device="meta")
+                  for k, v in layer._buffers.items()}
     return t
+
+
+_KNOWN = ("weight", "bias")  # the state the factors replace
+
+
+@functools.cache
+def _reserved(cls: type) -> frozenset[str]:
+    """Every attribute name an expanded module of ``cls`` uses itself: a carried
+    parameter or buffer must not shadow one."""
+    shape = (1, 1, 1) if issubclass(cls, OverparamConv2d) else (1, 1)  # (in, out[, kernel])
+    proto = cls(*shape, depth=2, device="meta")
+    return frozenset(dir(proto)) | frozenset(vars(proto))
+
+
+def unsupported_state(layer: nn.Module, cls: type) -> list[str]:
+    """Why ``layer``'s state cannot be expanded as ``cls`` exactly (empty: it can).
+
+    The factors replace ``weight`` and ``bias``; every other parameter and buffer is
+    carried through expansion and collapse under its own name. Refused: a weight that is
+    not a parameter, a bias held as a buffer, submodules, a ``get_extra_state``
+    override, and a parameter or buffer whose name the expanded module uses itself."""
+    why = []
+    if not isinstance(layer._parameters.get("weight"), nn.Parameter):
+        why.append("its weight is not a registered parameter")
+    if "bias" in layer._buffers:
+        why.append("its bias is a buffer, not a parameter")
+    if layer._modules:
+        why.append(f"submodule(s) {sorted(layer._modules)}")
+    if type(layer).get_extra_state is not nn.Module.get_extra_state:
+        why.append("extra state (get_extra_state)")
+    extra = [n for n in (*layer._parameters, *layer._buffers) if n not in _KNOWN]
+    clash = sorted(n for n in extra if n in _reserved(cls))
+    if clash:
+        why.append(f"parameter/buffer name(s) {clash} clash with {cls.__name__}'s own attributes")
+    return why
+
+
+def _carry_state(new: _Expanded, layer: nn.Module) -> None:
+    """Register ``layer``'s parameters and buffers other than weight/bias on ``new`` (the
+    same objects, same names, same persistence), or refuse."""
+    why = unsupported_state(layer, type(new))
+    if why:
+        raise UnsupportedError(
+            f"cannot expand {type(layer).__name__}: {'; '.join(why)}. An expanded layer replaces "
+            "weight and bias by factors and carries every other parameter and buffer; put the "
+            "layer in `ignore`")
+    for name, p in layer._parameters.items():
+        if name not in _KNOWN:
+            new.register_parameter(name, p)
+    for name, b in layer._buffers.items():
+        new.register_buffer(name, b, persistent=name not in layer._non_persistent_buffers_set)
 
 
 class _Expanded(nn.Module):
@@ -113,6 +175,12 @@ class _Expanded(nn.Module):
         # the original layer's template, set by from_*(); not a submodule: no state
         object.__setattr__(self, "_plain", None)
 
+    def _attach(self, layer: nn.Module) -> None:
+        """Keep ``layer``'s class and attributes (as a template) and carry its state other
+        than weight/bias, or refuse (:func:`unsupported_state`)."""
+        _carry_state(self, layer)
+        object.__setattr__(self, "_plain", _template(layer))  # not a submodule: no state
+
     def _matrices(self) -> list[torch.Tensor]:
         """The factors as (groups, out_i/groups, in_i/groups) matrices, input side first."""
         raise NotImplementedError
@@ -120,10 +188,13 @@ class _Expanded(nn.Module):
     def _collapsed_matrix(self) -> torch.Tensor:
         return _chain(self._matrices())  # (G, out/G, fan_in/G)
 
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The collapsed bias, differentiable: every factor's bias mapped through the
-        factors after it, ``b = b_L + W_L (b_{L-1} + W_{L-1} (... b_1))``."""
+    def _layout(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The collapsed matrix (G, out/G, fan_in/G) in the original layer's weight layout."""
+        raise NotImplementedError
+
+    def _collapsed_bias(self) -> torch.Tensor | None:
+        """Every factor's bias mapped through the factors after it,
+        ``b = b_L + W_L (b_{L-1} + W_{L-1} (... b_1))``."""
         biases = [f.bias for f in self.factors]
         if all(b is None for b in biases):
             return None
@@ -137,20 +208,58 @@ class _Expanded(nn.Module):
                 b = bi if b is None else b + bi
         return b
 
+    def _guard(self, t: torch.Tensor | None, what: str) -> torch.Tensor | None:
+        # a computed tensor refuses writes; the factors' own parameters (depth 1, or the
+        # bias when only the last factor has one) take them, so they stay writable
+        return guard(t, f"{type(self).__name__}.{what}", tuple(self.factors.parameters()))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The collapsed weight in the original layer's layout, computed from the factors
+        at every read (differentiable). Writing to it is an error (it would change a copy);
+        change ``factors`` instead."""
+        return self._guard(self._layout(self._collapsed_matrix()), "weight")
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The collapsed bias (differentiable); the last factor's own bias when it is the
+        only one (then writes to it change the layer), else computed and read-only."""
+        return self._guard(self._collapsed_bias(), "bias")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _KNOWN:  # would shadow the collapsed property (or raise a bare KeyError)
+            raise UnsupportedError(
+                f"{type(self).__name__}.{name} is computed from the layer's factors and cannot be "
+                "assigned (tied weights cannot be expanded either); set the factors "
+                "(layer.factors[i].weight), or collapse the model (rankbias.collapse), assign "
+                "to the plain layer, and expand it again with init='preserve'")
+        super().__setattr__(name, value)
+
     def extra_repr(self) -> str:
         return f"depth={self.depth}, hidden={self.hidden}, mode={self.mode!r}"
 
     def fuse(self) -> nn.Module:
         """The plain layer this module collapses to: a new module of the original
-        layer's class, detached from the factors. This is timm's ``fuse()`` contract
-        (``timm.utils.reparameterize_model`` replaces a child by ``child.fuse()``)."""
-        w, b = self.weight.detach(), self.bias
+        layer's class, detached from the factors, holding copies of the carried parameters
+        and buffers. This is timm's ``fuse()`` contract (``timm.utils.reparameterize_model``
+        replaces a child by ``child.fuse()``)."""
+        w, b = self._layout(self._collapsed_matrix()).detach(), self._collapsed_bias()
         plain = copy.deepcopy(self._plain) if self._plain is not None else self._new_plain(b is not None)
         frozen_w = all(not f.weight.requires_grad for f in self.factors)
         plain.weight = nn.Parameter(w.clone(), requires_grad=not frozen_w)
         if b is not None:
             grads = [f.bias.requires_grad for f in self.factors if f.bias is not None]
             plain.bias = nn.Parameter(b.detach().clone(), requires_grad=any(grads))
+        for name, p in plain._parameters.items():
+            if name not in _KNOWN and p is not None:
+                mine = self._parameters[name]
+                plain._parameters[name] = nn.Parameter(mine.detach().clone(), mine.requires_grad)
+        for name, v in plain._buffers.items():
+            if v is not None:
+                plain._buffers[name] = self._buffers[name].detach().clone()
+        left = [n for n, t in (*plain.named_parameters(), *plain.named_buffers()) if t.is_meta]
+        if left and not w.is_meta:  # the template's state must all have been filled
+            raise RuntimeError(f"fuse: {type(plain).__name__} state {left} left on the meta device")
         plain.train(self.training)
         return plain
 
@@ -166,7 +275,7 @@ class _Expanded(nn.Module):
             for f in self.factors:
                 x = f(x)
             return x
-        return self._plain_forward(x, self._collapsed_matrix(), self.bias)
+        return self._plain_forward(x, self._collapsed_matrix(), self._collapsed_bias())
 
 
 class OverparamLinear(_Expanded):
@@ -200,9 +309,8 @@ class OverparamLinear(_Expanded):
     def _matrices(self):
         return [f.weight.unsqueeze(0) for f in self.factors]
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self._collapsed_matrix()[0]  # (out, in)
+    def _layout(self, matrix):
+        return matrix[0]  # (out, in)
 
     def _plain_forward(self, x, matrix, bias):
         return F.linear(x, matrix[0], bias)
@@ -232,7 +340,7 @@ class OverparamLinear(_Expanded):
         w = layer.weight
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, depth=depth,
                   width=width, mode=mode, factor_bias=factor_bias, device=w.device, dtype=w.dtype)
-        object.__setattr__(new, "_plain", _template(layer))  # not a submodule: no state
+        new._attach(layer)
         _init_factors(new, w.detach().unsqueeze(0), layer, init, generator, fan_mode="fan_in")
         return new
 
@@ -245,9 +353,8 @@ class OverparamConv1D(OverparamLinear):
     ``Conv1D``'s (in, out) layout, and :meth:`fuse` returns a ``Conv1D``.
     """
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self._collapsed_matrix()[0].T  # (in, out), Conv1D's layout
+    def _layout(self, matrix):
+        return matrix[0].T  # (in, out), Conv1D's layout
 
     @property
     def nx(self) -> int:
@@ -266,7 +373,7 @@ class OverparamConv1D(OverparamLinear):
         nx, nf = w.shape
         new = cls(nx, nf, layer.bias is not None, depth=depth, width=width, mode=mode,
                   factor_bias=factor_bias, device=w.device, dtype=w.dtype)
-        object.__setattr__(new, "_plain", _template(layer))  # not a submodule: no state
+        new._attach(layer)
         _init_factors(new, w.detach().T.unsqueeze(0), layer, init, generator, fan_mode="fan_in")
         return new
 
@@ -323,16 +430,13 @@ class OverparamConv2d(_Expanded):
             mats.append(w.reshape(G, w.shape[0] // G, -1))
         return mats
 
-    @property
-    def weight(self) -> torch.Tensor:
+    def _layout(self, matrix):
         _, cin, kh, kw = self.factors[0].weight.shape
-        return self._collapsed_matrix().reshape(self.out_channels, cin, kh, kw)
+        return matrix.reshape(self.out_channels, cin, kh, kw)
 
     def _plain_forward(self, x, matrix, bias):
         # nn.Conv2d's own padding logic (padding modes, "same"), applied to the collapsed kernel
-        _, cin, kh, kw = self.factors[0].weight.shape
-        weight = matrix.reshape(self.out_channels, cin, kh, kw)
-        return self.factors[0]._conv_forward(x, weight, bias)
+        return self.factors[0]._conv_forward(x, self._layout(matrix), bias)
 
     def flops(self, shape: Sequence[int]) -> tuple[int, int]:
         """Multiply-adds of the (sequential, kernel) forward for an input of ``shape`` (N, C, H, W)."""
@@ -369,7 +473,7 @@ class OverparamConv2d(_Expanded):
                   layer.padding, layer.dilation, layer.groups, layer.bias is not None,
                   layer.padding_mode, depth=depth, width=width, mode=mode,
                   factor_bias=factor_bias, device=w.device, dtype=w.dtype)
-        object.__setattr__(new, "_plain", _template(layer))  # not a submodule: no state
+        new._attach(layer)
         G = layer.groups
         W = w.detach().reshape(G, layer.out_channels // G, -1)  # (G, out/G, in/G*kh*kw)
         _init_factors(new, W, layer, init, generator, fan_mode="fan_out")

@@ -19,14 +19,28 @@ Rules (each tested in tests/test_overparam_models.py):
 - A frozen layer (weight ``requires_grad=False``): left as it is (one warning), since
   expanding changes only how a layer trains; a frozen bias alone stays frozen.
 - Hugging Face ``Conv1D`` (GPT-2): expanded as a linear map (weight (in, out)).
+- State beyond weight and bias (a subclass's extra parameters and buffers): carried
+  under the same names through expansion and collapse; submodules, a
+  ``get_extra_state`` override, a bias held as a buffer, or a name the expanded module
+  uses itself: refused (:func:`~rankbias.overparam.layers.unsupported_state`).
+- A selected layer also referenced outside the module tree (a plain list/tuple/set/dict
+  attribute, an unregistered attribute, a bound method of it): refused by
+  :func:`overparameterize` and :func:`collapse`, naming the attribute; that reference
+  would keep running the old layer. Closures, globals and attributes of non-module
+  objects cannot be searched (docs/overparam.md).
 - Nothing expanded: a warning.
+
+Writes to an expanded layer's computed ``weight`` (or folded ``bias``) are errors, see
+:mod:`rankbias.overparam._computed`.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import difflib
 import sys
+import types
 import warnings
 from collections.abc import Iterable
 from typing import Literal
@@ -45,6 +59,7 @@ from rankbias.overparam.layers import (
     _check_depth_width,
     _check_mode,
     _Expanded,
+    unsupported_state,
 )
 
 __all__ = ["collapse", "expanded_modules", "overparameterize", "set_forward_mode"]
@@ -136,7 +151,9 @@ def overparameterize(
 
     Raises:
         UnsupportedError: a selected layer shares a parameter with another module (tied
-            weights), is parametrised, or has hooks (put it in ``ignore``).
+            weights), is parametrised, has hooks, holds state that cannot be carried
+            (submodules, ``get_extra_state``), or is also referenced outside the module
+            tree (a list/dict attribute); put it in ``ignore``.
 
     Returns the expanded model; :func:`collapse` turns it back into the original
     architecture. Layers with their own forward and frozen layers are left as they are,
@@ -225,7 +242,29 @@ def _select(model: nn.Module, layers: str, ignore: tuple[str, ...]):
     return targets, own_forward, frozen
 
 
+def _expanded_class(m: nn.Module) -> type[_Expanded]:
+    if isinstance(m, nn.Conv2d):
+        return OverparamConv2d
+    return OverparamLinear if isinstance(m, nn.Linear) else OverparamConv1D
+
+
 def _refuse_unsafe(model: nn.Module, targets, aliases) -> None:
+    """Refuse, before anything is copied or replaced, every selected layer whose
+    expansion would change what the model computes."""
+    _refuse_shared(model, targets, aliases)
+    state = [f"{names[0] or '<model>'} ({'; '.join(why)})" for m, names in targets
+             if (why := unsupported_state(m, _expanded_class(m)))]
+    if state:
+        raise UnsupportedError(
+            f"overparameterize: layer(s) {_list(state)} hold state an expanded layer cannot "
+            "carry exactly. An expandable layer holds a weight parameter, a bias parameter (or "
+            "none), and any other parameters and buffers (carried under their own names); put "
+            "the layer(s) in `ignore`")
+    _refuse_outside_refs(model, {id(m): names[0] or "<model>" for m, names in targets},
+                         "overparameterize", "expanded")
+
+
+def _refuse_shared(model: nn.Module, targets, aliases) -> None:
     owners: dict[int, list[str]] = {}
     for m in model.modules():
         for pname, p in m._parameters.items():
@@ -236,7 +275,7 @@ def _refuse_unsafe(model: nn.Module, targets, aliases) -> None:
         name = all_names[0] or "<model>"
         if torch.nn.utils.parametrize.is_parametrized(m):
             param.append(name)
-        elif _hooked(m) or "weight" not in m._parameters:
+        elif _hooked(m):
             hooked.append(name)
         for p in m._parameters.values():
             if p is not None and len(owners[id(p)]) > 1:
@@ -259,6 +298,52 @@ def _refuse_unsafe(model: nn.Module, targets, aliases) -> None:
             "put them in `ignore`, or remove the hooks first")
 
 
+_REF_DEPTH = 3  # containers inside containers searched for a layer (self.x = [[fc], {"k": fc}])
+_TREE = ("_parameters", "_buffers", "_modules")  # the module tree itself: replaced everywhere
+
+
+def _outside_refs(model: nn.Module, wanted: dict[int, str]) -> list[str]:
+    """``"<module>.<attr>[key]... (-> layer)"`` for each reference to a module of ``wanted``
+    (id -> name) that a module of ``model`` holds outside the module tree: a plain attribute
+    set without registration, a list/tuple/set/dict (to depth ``_REF_DEPTH``), or a bound
+    method of the layer. Closures, globals and other objects' attributes are not searched."""
+    found: list[str] = []
+    for owner_name, owner in model.named_modules():
+        if id(owner) in wanted:  # the layer's own attributes leave the model with it
+            continue
+        for attr, v in vars(owner).items():
+            if attr not in _TREE:
+                _scan(v, f"{owner_name or '<model>'}.{attr}", wanted, found, _REF_DEPTH)
+    return found
+
+
+def _scan(v, path: str, wanted: dict[int, str], found: list[str], depth: int) -> None:
+    target = v.__self__ if isinstance(v, types.MethodType) else v
+    if id(target) in wanted:
+        found.append(f"{path} (-> {wanted[id(target)]})")
+        return
+    if depth == 0 or isinstance(v, str | bytes | torch.Tensor):
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _scan(k, f"{path} key {k!r}", wanted, found, depth - 1)
+            _scan(x, f"{path}[{k!r}]", wanted, found, depth - 1)
+    elif isinstance(v, list | tuple | set | frozenset | collections.deque):
+        for i, x in enumerate(v):
+            _scan(x, f"{path}[{i}]" if not isinstance(v, set | frozenset) else f"{path} (a set)",
+                  wanted, found, depth - 1)
+
+
+def _refuse_outside_refs(model: nn.Module, wanted: dict[int, str], fn: str, what: str) -> None:
+    refs = _outside_refs(model, wanted)
+    if refs:
+        other = "put the layer(s) in `ignore`" if fn == "overparameterize" else "drop the reference first"
+        raise UnsupportedError(
+            f"{fn}: {_list(refs)} refer(s) to a layer outside the module tree; it would still "
+            f"run the layer as it was, not the {what} one. Hold such layers in nn.ModuleList / "
+            f"nn.ModuleDict (registered submodules are replaced under every name), or {other}")
+
+
 def expanded_modules(model: nn.Module) -> list[tuple[str, _Expanded]]:
     """The (name, module) pairs of every expanded layer in ``model`` (each module once)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _Expanded)]
@@ -278,12 +363,20 @@ def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
     every name it had.
 
     The result has the original architecture: its state_dict loads with
-    ``strict=True`` into a fresh instance of it. ``timm.utils.reparameterize_model``
-    gives the same result through :meth:`~rankbias.overparam.layers._Expanded.fuse`.
+    ``strict=True`` into a fresh instance of it (carried parameters and buffers
+    included). ``timm.utils.reparameterize_model`` gives the same result through
+    :meth:`~rankbias.overparam.layers._Expanded.fuse`.
+
+    Raises:
+        UnsupportedError: an expanded layer is also referenced outside the module tree
+            (it would keep running the expanded layer).
     """
+    aliases = _aliases(model)
+    expanded = {id(m): aliases[id(m)][0] or "<model>" for _, m in expanded_modules(model)}
+    _refuse_outside_refs(model, expanded, "collapse", "collapsed")
     if not inplace:
         model = copy.deepcopy(model)
-    aliases = _aliases(model)
+        aliases = _aliases(model)
     for m in [m for m in model.modules() if isinstance(m, _Expanded)]:
         new = m.fuse()
         for name in aliases[id(m)]:

@@ -13,7 +13,11 @@ hashes), so
   rerunning the same command after Ctrl-C or SIGKILL redoes only the points that
   had not finished, and the aggregate is the same as an uninterrupted sweep's
   (a seed fully determines a run);
-* sweeps that share points (a grid extended by one value) share their work;
+* one directory holds one sweep (``DIR/sweep.json``): a sweep of another spec
+  into it is refused unless ``force=True`` (it then takes the directory over and
+  reuses the points both share: a grid extended by one value runs only the new
+  ones), and a sweep holds ``DIR/.lock`` while it runs, so a second one into
+  the same directory is refused instead of interleaving ``results.csv``;
 * a point that raises is recorded (``status.json`` with ``status: failed`` and
   the error, ``traceback.txt``) and the others go on; a failed point is retried
   by the next invocation;
@@ -57,14 +61,16 @@ configs), :mod:`~rankbias.sweep.backends` (where points run) and
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from rankbias.errors import LoadError
 from rankbias.framework.config import ConfigError
 from rankbias.framework.paths import runs_root
-from rankbias.framework.runs import RunDir, config_hash
+from rankbias.framework.runs import RunDir, config_hash, dir_lock, to_jsonable
 from rankbias.reproduce import (  # kept here too: rankbias.sweep was their home
     ReproduceResult,
     reproduce,
@@ -135,6 +141,7 @@ def run_sweep(
     batch_seeds: bool = False,
     ray_ship_code: bool = False,
     skip_invalid: bool = False,
+    force: bool = False,
     progress: bool | None = None,
 ) -> SweepResult:
     """Run experiment ``name`` at every grid point and seed; resumable (see the module doc).
@@ -159,6 +166,9 @@ def run_sweep(
             point (it batches them) instead of one run per seed.
         skip_invalid: run the valid points and record the invalid ones (status
             ``invalid``) instead of refusing the whole sweep before any compute.
+        force: let this sweep take over a directory that holds another sweep (another
+            grid, seeds, preset or overrides): its ``sweep.json`` and ``results.csv``
+            are replaced; without it that is refused (one sweep per directory).
         progress: show a bar (None: only on a terminal).
     """
     if backend not in ("local", "ray"):
@@ -179,10 +189,77 @@ def run_sweep(
     spec = {"experiment": name, "preset": preset, "overrides": dict(overrides or {}),
             "grid": parse_grid(grid or {}), "seeds": parse_seeds(seeds), "batch_seeds": batch_seeds}
     out = Path(out_dir) if out_dir is not None else _default_sweep_dir(name, spec)
-    sweep_dir = RunDir(out)
-    sweep_dir.write_json("sweep.json", {**spec, "points": len(points)})
-    root = out / "points"
+    # held for the whole sweep: two sweeps writing one results.csv would mix or lose rows
+    with dir_lock(out, "sweep"):
+        sweep_dir = RunDir(out)
+        _claim_sweep_dir(sweep_dir, {**spec, "points": len(points)}, force)
+        root = out / "points"
+        results, todo = _scan_points(name, points, root)
 
+        from tqdm.auto import tqdm
+
+        timing: list[dict[str, Any]] = []
+        bar = tqdm(total=len(results) + len(todo), initial=len(results), desc=f"sweep {name}", unit="point",
+                   disable=None if progress is None else not progress, dynamic_ncols=True)
+        try:
+            if backend == "ray":
+                stream = ray_points(name, preset, todo, root, address=address,
+                                    workers=workers if workers > 1 else None, cpus_per_point=cpus_per_point,
+                                    gpus_per_point=gpus_per_point, ship_code=ray_ship_code)
+            elif workers > 1 and len(todo) > 1:
+                n_proc = min(workers, len(todo))
+                # share the cores instead of oversubscribing them (torch would take all of them in each process)
+                threads = max(1, (os.cpu_count() or 1) // n_proc)
+                stream = pool_points(name, preset, todo, root, n_proc, threads)
+            else:
+                stream = local_points(name, preset, todo, root)
+            for p, res in stream:
+                _record_point(name, root, p, res, bar)
+                results[p.key] = res
+                timing.append({"point": p.key, "status": res["status"], "wall_time_s": res.get("wall_time_s")})
+        finally:
+            bar.close()
+            # also on Ctrl-C: what finished is aggregated, the rest is marked pending
+            rows = aggregate(name, points, root, results, has_seed, seeds_batched=seeds is not None and batch_seeds)
+            sweep_dir.write_csv("results.csv", rows)
+            if timing:
+                sweep_dir.write_csv("timing.csv", timing)
+
+        figures = plot_sweep_results(rows, grid_keys, out / "figures", experiment=name, metrics=metrics)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return SweepResult(out, rows, figures, counts)
+
+
+def _claim_sweep_dir(sweep_dir: RunDir, spec: Mapping[str, Any], force: bool) -> None:
+    """Make ``sweep_dir`` this sweep's (write its ``sweep.json``). One directory holds one
+    sweep: a directory of another spec is refused unless ``force``, since its
+    ``results.csv`` would be replaced by rows of another grid."""
+    new = to_jsonable(spec)
+    if not force and sweep_dir.exists("sweep.json"):
+        try:
+            old = sweep_dir.read_json("sweep.json")
+        except (OSError, ValueError) as e:
+            raise LoadError(f"{sweep_dir.path / 'sweep.json'} cannot be read ({e}); pass --force "
+                            "(force=True) to start this sweep there, or choose another --out") from None
+        if not isinstance(old, dict) or old != new:
+            diff = [k for k in new if not isinstance(old, dict) or old.get(k) != new[k]]
+            raise ConfigError(
+                f"{sweep_dir.path} holds another sweep (it differs in {', '.join(diff)}: "
+                f"{', '.join(f'{k}={_short(old, k)}' for k in diff)}); one directory holds one sweep: "
+                "choose another --out, or pass --force (force=True) to replace its sweep.json and "
+                "results.csv with this sweep's (points both share are reused)"
+            )
+    sweep_dir.write_json("sweep.json", new)
+
+
+def _short(old: Any, key: str) -> str:
+    return json.dumps(old.get(key) if isinstance(old, dict) else None)[:80]
+
+
+def _scan_points(name: str, points: Sequence[SweepPoint], root: Path) -> tuple[dict[str, dict], list[SweepPoint]]:
+    """(the complete points' results, the points to run once each); invalid ones recorded."""
     results: dict[str, dict] = {}
     todo: list[SweepPoint] = []
     queued: set[str] = set()
@@ -199,48 +276,17 @@ def run_sweep(
         else:
             todo.append(p)
             queued.add(p.key)
+    return results, todo
 
-    from tqdm.auto import tqdm
 
-    n_unique = len(results) + len(todo)
-    timing: list[dict[str, Any]] = []
-    bar = tqdm(total=n_unique, initial=len(results), desc=f"sweep {name}", unit="point",
-               disable=None if progress is None else not progress, dynamic_ncols=True)
-    try:
-        if backend == "ray":
-            stream = ray_points(name, preset, todo, root, address=address, workers=workers if workers > 1 else None,
-                                cpus_per_point=cpus_per_point, gpus_per_point=gpus_per_point,
-                                ship_code=ray_ship_code)
-        elif workers > 1 and len(todo) > 1:
-            n_proc = min(workers, len(todo))
-            # share the cores instead of oversubscribing them (torch would take all of them in each process)
-            threads = max(1, (os.cpu_count() or 1) // n_proc)
-            stream = pool_points(name, preset, todo, root, n_proc, threads)
-        else:
-            stream = local_points(name, preset, todo, root)
-        for p, res in stream:
-            run = RunDir(root / p.key)
-            if res.get("traceback"):
-                run.write_text("traceback.txt", res["traceback"])
-            elif (run.path / "traceback.txt").exists():
-                (run.path / "traceback.txt").unlink()  # an earlier failure, now fixed
-            run.write_json("status.json", status_record(p, name, res))
-            results[p.key] = res
-            timing.append({"point": p.key, "status": res["status"], "wall_time_s": res.get("wall_time_s")})
-            bar.update(1)
-            if res["status"] == "failed":
-                bar.write(f"sweep {name}: point {p.key} {p.settings} seed={p.seed} failed: "
-                          f"{first_line(res['error'])} (see {run.path / 'traceback.txt'})")
-    finally:
-        bar.close()
-        # also on Ctrl-C: what finished is aggregated, the rest is marked pending
-        rows = aggregate(name, points, root, results, has_seed, seeds_batched=seeds is not None and batch_seeds)
-        sweep_dir.write_csv("results.csv", rows)
-        if timing:
-            sweep_dir.write_csv("timing.csv", timing)
-
-    figures = plot_sweep_results(rows, grid_keys, out / "figures", experiment=name, metrics=metrics)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return SweepResult(out, rows, figures, counts)
+def _record_point(name: str, root: Path, p: SweepPoint, res: Mapping[str, Any], bar: Any) -> None:
+    run = RunDir(root / p.key)
+    if res.get("traceback"):
+        run.write_text("traceback.txt", res["traceback"])
+    elif (run.path / "traceback.txt").exists():
+        (run.path / "traceback.txt").unlink()  # an earlier failure, now fixed
+    run.write_json("status.json", status_record(p, name, res))
+    bar.update(1)
+    if res["status"] == "failed":
+        bar.write(f"sweep {name}: point {p.key} {p.settings} seed={p.seed} failed: "
+                  f"{first_line(res['error'])} (see {run.path / 'traceback.txt'})")

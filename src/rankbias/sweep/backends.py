@@ -64,8 +64,9 @@ def _ray_execute_point(name: str, preset: str, overrides: dict, threads: int | N
     with tempfile.TemporaryDirectory(prefix="rankbias-point-") as tmp:
         res = execute_point(name, preset, overrides, tmp, threads)
         root = Path(tmp)
-        res["files"] = {
-            p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        res["files"] = {  # the scratch directory's lock file is no result
+            p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".lock"
         }
     return res
 

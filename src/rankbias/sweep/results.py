@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rankbias.framework.config import ConfigError
-from rankbias.framework.runs import RunDir, to_jsonable
+from rankbias.framework.runs import SUMMARY_KEYS, RunDir, to_jsonable
 from rankbias.sweep.grid import SweepPoint
 
 __all__ = ["SweepResult", "aggregate", "default_metrics", "flatten_summary", "plot_sweep_results"]
@@ -33,7 +33,7 @@ def flatten_summary(summary: Mapping[str, Any], prefix: str = "", max_list: int 
     """
     out: dict[str, Any] = {}
     for k, v in summary.items():
-        if not prefix and k == "experiment":
+        if not prefix and k in SUMMARY_KEYS:  # the run's identity, not a result (``point`` is the hash)
             continue
         name = f"{prefix}{k}"
         if isinstance(v, Mapping):
