@@ -56,8 +56,10 @@ def bench_init(draws: int, loop_draws: int) -> list[dict]:
 
 
 def bench_trained(steps: int, seeds: int) -> list[dict]:
+    # a fixed step count at one rate: the bench times steps, not the stopping rule or the grid
     cfg = DepthRankTrainedConfig.from_dict({"steps": steps, "seeds": list(range(seeds)),
-                                            "targets": ["low_rank"], "log_every": steps})
+                                            "targets": ["low_rank"], "log_every": steps,
+                                            "plateau_tol": None, "lr_factors": [1.0]})
     n_nets = len(cfg.depths) * seeds
     groups = [SweepGroup("low_rank", cfg.init, cfg.init_scale)]
     kw = dict(optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size)

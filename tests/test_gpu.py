@@ -13,6 +13,7 @@ import torch
 
 from rankbias.data import packed
 from rankbias.errors import LoadError, UnsupportedError
+from rankbias.fit import fast_classify
 from rankbias.fit.fast_classify import DeviceImages, FastTrainSettings, augment_uint8, train_group
 from rankbias.framework.config import ConfigError
 from rankbias.models import build_model
@@ -149,6 +150,94 @@ def test_augment_is_a_padded_window_or_its_mirror():
     assert torch.equal(augment_uint8(x, 0, False, g), x)
 
 
+def _per_step_batches(images, seed, B, steps, pad, epochs):
+    """The augmented batches of ``seed`` as the trainer drew them before the draws moved to the
+    start of the epoch: per epoch a permutation, then per step B row offsets, B column offsets
+    and B flips from the seed's CPU generator, each image cropped and mirrored one by one."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = images.shape[-2:]
+    out = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(images), generator=g)
+        for i in range(steps):
+            off = torch.randint(0, 2 * pad + 1, (2, B), generator=g)
+            flip = torch.rand(B, generator=g) < 0.5
+            xp = torch.nn.functional.pad(images[perm[i * B:(i + 1) * B]], (pad,) * 4)
+            crops = [xp[k, :, off[0, k]:off[0, k] + H, off[1, k]:off[1, k] + W] for k in range(B)]
+            out.append(torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip)]))
+    return out
+
+
+def test_epoch_draws_give_the_per_step_batches(monkeypatch):
+    """The trainer draws an epoch's augmentation at its start (one copy to the device): every
+    batch it trains on is the one the per-step draws gave, for each seed, batched or not,
+    and whether the seed trains alone or with others."""
+    seen = []
+    real = fast_classify.apply_augmentation
+    monkeypatch.setattr(fast_classify, "apply_augmentation", lambda *a: seen.append(real(*a)) or seen[-1])
+    train, B, steps = _data(48), 16, 3
+    s = FastTrainSettings(epochs=2, batch_size=B, lr=0.05, crop_padding=2, hflip=True)
+    want = {sd: _per_step_batches(train.images, sd, B, steps, 2, 2) for sd in (3, 7)}
+    train_group(_tiny(1, [3, 7]), [3, 7], train, _data(8, 1), s, batch_seeds=True, progress=False)
+    assert len(seen) == 2 * steps and all(x.shape[0] == 2 * B for x in seen)
+    for k, sd in enumerate((3, 7)):
+        assert all(torch.equal(x[k * B:(k + 1) * B], w) for x, w in zip(seen, want[sd])), sd
+    seen.clear()
+    train_group(_tiny(1, [3, 7]), [3, 7], train, _data(8, 1), s, batch_seeds=False, progress=False)
+    # one after another: per epoch, seed 3's steps, then seed 7's
+    got = {3: seen[0:3] + seen[6:9], 7: seen[3:6] + seen[9:12]}
+    assert all(torch.equal(a, b) for sd in (3, 7) for a, b in zip(got[sd], want[sd]))
+    seen.clear()
+    train_group(_tiny(1, [7]), [7], train, _data(8, 1), s, batch_seeds=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(seen, want[7]))
+
+
+def _count_host_calls(monkeypatch) -> dict:
+    """Counts the calls that make the host wait for the device or copy to it: ``.item()``,
+    ``.tolist()``, ``.cpu()``, ``.numpy()``, a scalar read (``float(t)``, ``int(t)``,
+    ``bool(t)``) and ``.to()`` with a device."""
+    counts = {"n": 0}
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def f(self, *a, **k):
+            if name != "to" or "device" in k or any(isinstance(v, str | torch.device) for v in a):
+                counts["n"] += 1
+            return real(self, *a, **k)
+        return f
+
+    for name in ("item", "tolist", "cpu", "numpy", "to", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    return counts
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_training_steps_do_not_wait_on_the_host(monkeypatch, batched):
+    """Host round trips per run do not grow with the steps of an epoch: the draws travel once
+    per epoch, and the losses and accuracies are read once per epoch."""
+    s = FastTrainSettings(epochs=1, batch_size=8, lr=0.05, crop_padding=2, hflip=True)
+    per_run = []
+    for n in (16, 48):  # 2 and 6 steps
+        models = _tiny(2, [0, 1], torch.float32)
+        with monkeypatch.context() as m:
+            counts = _count_host_calls(m)
+            train_group(models, [0, 1], _data(n), _data(8, 1), s, batch_seeds=batched, progress=False)
+        per_run.append(counts["n"])
+    assert per_run[0] == per_run[1] and per_run[0] > 0, per_run
+
+
+def test_the_plan_may_shrink_at_any_epoch_within_the_warm_up():
+    s = FastTrainSettings(epochs=5, batch_size=16, lr=0.05, warmup_epochs=2.0)
+    res = train_group(_tiny(1, [0], torch.float32), [0], _data(32), _data(8, 1), s, progress=False,
+                      on_epoch=lambda info: 3 if info["epoch"] == 2 else None)
+    assert res.epochs_done == res.epochs_planned == 3 and not res.stopped
+    for bad in ({"epoch": 3, "new": 4}, {"epoch": 2, "new": 1}):  # after the warm-up; below the done
+        with pytest.raises(ValueError, match="within the warm-up"):
+            train_group(_tiny(1, [0], torch.float32), [0], _data(32), _data(8, 1), s, progress=False,
+                        on_epoch=lambda info, b=bad: b["new"] if info["epoch"] == b["epoch"] else None)
+
+
 def _tiny(depth, seeds, dtype=torch.float64):
     out = []
     for s in seeds:
@@ -265,7 +354,26 @@ def test_config_is_validated():
     with pytest.raises(ConfigError, match="depths"):
         build_config("overparam-cifar", {"depths": [2, 4]}, "smoke")
     cfg = build_config("overparam-cifar", {}, "gpu")
-    assert list(cfg.depths) == [1, 2, 4] and len(cfg.seeds) >= 3 and cfg.resnet_blocks == 3
+    assert list(cfg.depths) == [1, 4] and len(cfg.seeds) >= 6 and cfg.resnet_blocks == 3
+    # the budget, not a small cap, sets the epochs; a baseline that did not fit is not tested
+    assert cfg.fit_epochs_to_budget and cfg.epochs >= 100 and cfg.fit_threshold is not None
+
+
+def test_fit_epochs_uses_the_measured_epoch_and_the_budget_left():
+    import time
+
+    from rankbias.experiments.overparam_cifar import fit_epochs
+    from rankbias.experiments.registry import build_config
+
+    cfg = build_config("overparam-cifar", {}, "gpu")
+    chosen = {"epochs": cfg.epochs}
+    # epoch 2 of the first of 2 depth groups took 1 s; 100 s are left: (100 / 1.15 + 2) // 2 = 44
+    got = fit_epochs(cfg, chosen, {"epoch": 2, "epoch_time_s": 1.0}, 2, time.perf_counter() + 100, False)
+    assert got == chosen["epochs"] == 44
+    # a budget beyond the paper's schedule stops at cfg.epochs; a spent one keeps the epochs done
+    assert fit_epochs(cfg, {"epochs": 200}, {"epoch": 2, "epoch_time_s": 1.0}, 2,
+                      time.perf_counter() + 1e6, False) == 200
+    assert fit_epochs(cfg, {"epochs": 200}, {"epoch": 2, "epoch_time_s": 1.0}, 2, time.perf_counter(), False) == 2
 
 
 def test_budget_stop_keeps_finished_depths(tmp_path):
@@ -287,7 +395,13 @@ def test_budget_stop_keeps_finished_depths(tmp_path):
     cfg = build_config("overparam-cifar", {**base, "depths": [1, 2, 4], "budget_minutes": 1e-6}, "smoke")
     again = run(cfg, RunDir(tmp_path / "r"))
     rows = {r["depth"]: r for r in again["per_depth"]}
-    assert rows[4]["status"] == "stopped" and rows[4]["epochs"] == 1
+    assert rows[4]["status"] == "stopped" and rows[4]["epochs"] == 1 and rows[4]["epochs_planned"] == 2
+    # named as cut in the verdict's measured line and in the GPU plan's note, not left out
+    assert "depth4: stopped, not in the test (budget: stopped after epoch 1 of 2)" in again["verdict"]["measured"]
+    from rankbias.gpu_reproduce import cut_note
+
+    assert cut_note(again) == "budget: depth4 cut after epoch 1 of 2"
+    assert cut_note(first) is None
     for d in (1, 2):
         assert rows[d]["status"] == "ok"
         assert rows[d]["test_acc_mean"] == first["per_depth"][d - 1]["test_acc_mean"]
@@ -317,6 +431,38 @@ def test_gpu_path_imports_only_the_core_dependencies(fake_root, tmp_path):
     assert "BAD []" in res.stdout
 
 
+@pytest.mark.parametrize("preset", ["gpu", "gpu-smoke"])
+def test_plan_shares(preset):
+    from rankbias.gpu_reproduce import plan
+
+    steps = plan(preset, data=None, mat_root="/data", has={"mnist", "cifar10"})
+    shares = {st.label: st.share for st in steps}
+    assert all(0 < v <= 1 for v in shares.values()) and sum(shares.values()) <= 1 + 1e-9, shares
+    assert max(shares, key=shares.get) == "paper2-overparam-cifar", shares
+    assert [st.label for st in steps if st.stops_itself] == ["paper2-overparam-cifar"]
+
+
+def test_the_cifar10_step_does_not_inherit_the_mnist_lr():
+    """The plan's CIFAR-10 step uses the paper preset (sized for MNIST, lr 1, which collapsed
+    CIFAR to a constant predictor in the CPU check of docs/gpu.md): its lr is set."""
+    from rankbias.experiments.registry import build_config
+    from rankbias.gpu_reproduce import CIFAR_LR, plan
+
+    step = next(st for st in plan("gpu", data=None, mat_root="/data", has={"cifar10"})
+                if st.label == "paper1-cifar10")
+    assert build_config(step.experiment, {}, step.preset).lr == 1.0
+    assert build_config(step.experiment, step.overrides, step.preset).lr == CIFAR_LR < 1.0
+
+
+def test_a_plan_over_its_budget_is_refused():
+    from rankbias.gpu_reproduce import Step, check_shares
+
+    with pytest.raises(UnsupportedError, match="sum to <= 1"):
+        check_shares([Step("a", "e", "p", {}, 0.6), Step("b", "e", "p", {}, 0.5)])
+    with pytest.raises(UnsupportedError, match=r"each be in \(0, 1\]"):
+        check_shares([Step("a", "e", "p", {}, 0.0)])
+
+
 def test_reproduce_gpu_smoke_end_to_end(fake_root, tmp_path, cache):
     from rankbias.sweep import reproduce
 
@@ -331,6 +477,16 @@ def test_reproduce_gpu_smoke_end_to_end(fake_root, tmp_path, cache):
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "report" / "index.html").exists()
     p2 = next(e for e in rec["entries"] if e["name"] == "paper2-overparam-cifar")
     assert p2["config"]["dataset"] == "cifar10" and p2["config"]["packed_dir"] == str(data)
+    # every step got at least its share of the 300 s (time the earlier ones left comes on top;
+    # paper 2 keeps back the report's reserve), and reproduce.json records both
+    from rankbias.gpu_reproduce import REPORT_RESERVE_S
+
+    recorded = json.loads((tmp_path / "out" / "reproduce.json").read_text())["experiments"]
+    for e, r in zip(rec["entries"], recorded):
+        reserve = REPORT_RESERVE_S if e is p2 else 0.0
+        assert e["budget_s"] >= e["share"] * 300 - reserve - 1, e
+        assert (r["share"], r["budget_s"]) == (e["share"], e["budget_s"])
+    assert p2["config"]["budget_minutes"] == pytest.approx(p2["budget_s"] / 60, abs=0.01)
     # a spent budget: the plan still writes its report, every step "not run"
     res = reproduce("gpu-smoke", tmp_path / "out2", budget_minutes=1e-3)
     assert {e["status"] for e in res.entries} == {"not run"} and res.report_md.exists()

@@ -480,3 +480,25 @@ def test_reproduce_preset_table_says_what_runs(tmp_path, toy_experiments, monkey
     assert plan_for("quick", "anything") == Plan("quick") and plan_for("paper", "x") == REPRODUCE_PRESETS["paper"][ALL]
     # a name that is no entry means each experiment's own preset of that name
     assert plan_for("mnist", "noise-robustness-images") == Plan("mnist")
+
+
+def test_every_reproduction_plan_builds_a_valid_config():
+    """A plan whose overrides an experiment's config refuses would only show as a failed
+    step of `make demo`: every named plan of every preset must validate, and the demo's
+    depth experiments stay capped (they train to a plateau only when run on their own)."""
+    from rankbias.experiments.registry import build_config, experiments
+    from rankbias.reproduce import ALL, DEPTH_DEMO, REPRODUCE_PRESETS
+
+    names = set(experiments())
+    for preset, plans in REPRODUCE_PRESETS.items():
+        for name, plan in plans.items():
+            if name == ALL:
+                continue
+            assert name in names, f"{preset}: no experiment {name!r}"
+            cfg = build_config(name, dict(plan.overrides), plan.preset)
+            for k, v in plan.overrides.items():
+                got = getattr(cfg, k)
+                assert (list(got) if isinstance(got, tuple) else got) == v, (preset, name, k)
+    for name in ("depth-rank-trained", "depth-rank-optimizers", "depth-rank-init-sensitivity"):
+        cfg = build_config(name, dict(REPRODUCE_PRESETS["quick"][name].overrides), "quick")
+        assert cfg.steps == DEPTH_DEMO["steps"] <= 2000 and list(cfg.lr_factors) == [1.0]

@@ -27,7 +27,7 @@ from typing import Any
 from rankbias.framework.config import ConfigError, check_device_available, did_you_mean
 from rankbias.framework.runs import RunDir, config_hash
 
-__all__ = ["ALL", "REPRODUCE_PRESETS", "Plan", "ReproduceResult", "plan_for", "reproduce"]
+__all__ = ["ALL", "DEPTH_DEMO", "REPRODUCE_PRESETS", "Plan", "ReproduceResult", "plan_for", "reproduce"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +43,19 @@ class Plan:
 ALL = "*"
 """Key of a preset's plan for every experiment it does not name."""
 
+DEPTH_DEMO = {"steps": 2000, "lr_factors": [1.0]}
+"""The depth experiments in ``make demo``: at most 2,000 steps at one rate, so the demo takes
+minutes (trained to the plateau with a rate grid, their quick presets take 10-60 min on two
+cores). The plateau rule still applies and every network whose cap bound is reported."""
+
 REPRODUCE_PRESETS: dict[str, dict[str, Plan]] = {
-    "quick": {ALL: Plan("quick")},
+    "quick": {ALL: Plan("quick"),
+              **{name: Plan("quick", DEPTH_DEMO)
+                 for name in ("depth-rank-trained", "depth-rank-optimizers", "depth-rank-init-sensitivity")}},
     "paper": {ALL: Plan("paper")},
 }
 """Reproduction preset -> {experiment name or ALL: Plan}. An experiment with no plan
 (not named, and no ALL entry) or without the plan's preset is reported "not run"."""
-
-VERDICT_WORDS = {True: "holds", False: "does not hold", None: "no verdict"}
-
 
 def plan_for(preset: str, name: str, presets: Mapping[str, Mapping[str, Plan]] | None = None) -> Plan | None:
     """The plan of experiment ``name`` under reproduction preset ``preset`` (None: not run).
@@ -65,10 +69,9 @@ def plan_for(preset: str, name: str, presets: Mapping[str, Mapping[str, Plan]] |
 
 
 def _verdict_word(summary: Mapping[str, Any]) -> str:
-    verdict = summary.get("verdict") or {}
-    if verdict.get("status") in ("holds", "does not hold", "not testable"):
-        return verdict["status"]
-    return VERDICT_WORDS.get(verdict.get("holds"), "no verdict")
+    from rankbias.verdicts import status_of  # numpy: not at import time (module docstring)
+
+    return status_of(summary.get("verdict"))
 
 
 @dataclasses.dataclass

@@ -144,12 +144,15 @@ def train(
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     progress: bool | None = False,
     desc: str = "train",
+    stop: Callable[[TrainState], bool] | None = None,
 ) -> TrainResult:
     """Minimise ``loss_fn(step)`` (per-model losses (M,) or a scalar) for ``steps`` steps.
 
     ``params``: a module (its parameters are trained) or a list of leaf tensors.
     ``scheduler``: built from the optimiser, stepped once per step.
     ``progress``: a tqdm bar (None: only on a terminal).
+    ``stop``: asked after every step; training ends early when it returns True (e.g. once
+    every model has met a per-model stopping rule).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -225,7 +228,7 @@ def train(
         state.step, state.loss, state.alive = step, losses, alive.clone()
         if bar is not None:
             bar.update(1)
-        if not bool(alive.any()):
+        if not bool(alive.any()) or (stop is not None and stop(state)):
             break
         if step % log_every == 0 and step != steps:
             # losses above were measured before this step's update; re-measure

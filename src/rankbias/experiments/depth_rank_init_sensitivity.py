@@ -42,7 +42,10 @@ from rankbias.experiments._depth import (
     paper_preset,
     per_depth_rows,
     per_seed,
+    rank_against_steps,
     target_entropy_rank,
+    training_record,
+    training_table,
 )
 from rankbias.experiments._statements import PAPER2_RESILIENT
 from rankbias.experiments.registry import register
@@ -71,7 +74,7 @@ class DepthRankInitSensitivityConfig(DeepLinearTaskConfig):
     optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adam"] = "gd"
     """Optimiser (rankbias.train); all networks train as one batch."""
     lr: float = 0.01
-    """Learning rate."""
+    """Learning rate: the centre of the grid lr x lr_factors (chosen per init and depth)."""
     min_fall: float = 0.1
     """Smallest fall of the converged entropy rank (nats) from the first depth to the last that
     counts as the bias of depth (0.1: a 10% lower effective rank); a fall shown smaller is none."""
@@ -169,7 +172,14 @@ def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
                            {p["init"]: [r["entropy_rank"] for r in p["per_depth"]] for p in per_init},
                            cfg.depths, [p["init"] for p in per_init if p["distribution"] in IID],
                            min_fall=cfg.min_fall, confidence=cfg.confidence)
+    record = training_record(cfg, res, layout, labels, cfg.optimizer)
     run.write_csv("metrics.csv", history_rows(res.history, layout, labels, cfg.seeds, key="init"))
+    shown = [gi for gi, g in enumerate(groups) if g.init_scale == min(cfg.init_scales, key=lambda x: abs(x - 1))]
+    plots.rank_against_steps(
+        {labels[gi]: rank_against_steps(res.history, layout, gi, cfg.depths) for gi in shown},
+        run.figure_path("rank_against_steps"), hline=(h_target, f"target (rank {cfg.target_rank})"),
+        title=f"Rank-{cfg.target_rank} target, n={cfg.n}, {cfg.optimizer}, lr per depth, plateau "
+              f"{cfg.plateau_tol}/{cfg.plateau_window}, cap {cfg.steps}, {cfg.n_seeds} seeds")
     markers = {"normal": "o", "uniform": "s", "orthogonal": "^"}
     scales = sorted(cfg.init_scales)
     styles = {labels[gi]: {"color": f"C{cfg.inits.index(g.init)}", "marker": markers[g.init],
@@ -178,7 +188,8 @@ def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
               for gi, g in enumerate(groups)}
     plots.rank_by_depth_lines(
         {"at initialisation": {p["init"]: p["initial_entropy_rank"] for p in per_init},
-         f"after {cfg.steps} {cfg.optimizer} steps": {p["init"]: p["per_depth"] for p in per_init}},
+         f"after training ({cfg.optimizer}, plateau rule, cap {cfg.steps})":
+             {p["init"]: p["per_depth"] for p in per_init}},
         run.figure_path("entropy_rank_by_init"), styles=styles,
         hline=(h_target, f"target (rank {cfg.target_rank})"),
         title=f"Deep linear nets, rank-{cfg.target_rank} target, n={cfg.n}, init scale = gain of "
@@ -196,9 +207,11 @@ def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
         sections=[(f"Converged entropy rank (nats, mean ± std over {cfg.n_seeds} seeds; target's "
                    f"{h_target:.3f})", markdown_table(table)),
                   ("Spread across inits per depth (nats; reported, decides nothing)",
-                   markdown_table([{"depth": d, "spread": s} for d, s in v["spread_by_depth"].items()]))],
-        figures=["entropy_rank_by_init"], config=cfg.to_dict())
-    return {"per_init": per_init, "target_entropy_rank": h_target, "verdict": v}
+                   markdown_table([{"depth": d, "spread": s} for d, s in v["spread_by_depth"].items()])),
+                  (f"Training ({record['stopping']['rule']}): learning rate chosen per init and depth, "
+                   "steps taken per seed, seeds stopped by the cap", markdown_table(training_table(record)))],
+        figures=["entropy_rank_by_init", "rank_against_steps"], config=cfg.to_dict())
+    return {"per_init": per_init, "target_entropy_rank": h_target, "verdict": v, "training": record}
 
 
 def initial_rows(history, layout, n_groups: int, depths) -> list[list[dict]]:

@@ -20,12 +20,16 @@ import math
 from typing import Literal
 
 from rankbias.experiments._depth import (
+    FIRST_ORDER,
     DeepLinearFitConfig,
     SweepGroup,
     fit_sweep,
     paper_preset,
     per_depth_rows,
+    rank_against_steps,
     target_entropy_rank,
+    training_record,
+    training_table,
 )
 from rankbias.experiments._statements import PAPER2_OPTIMIZERS
 from rankbias.experiments.registry import register
@@ -51,15 +55,15 @@ class DepthRankOptimizersConfig(DeepLinearFitConfig):
     batch_size: int | None = 8
     """Mini-batch size of sgd, nesterov and adam (null: full batch); L-BFGS and random search use all pairs."""
     sgd_lr: float = 0.01
-    """SGD learning rate."""
+    """SGD learning rate (the centre of its grid sgd_lr x lr_factors)."""
     nesterov_lr: float = 0.002
-    """SGD + Nesterov learning rate."""
+    """SGD + Nesterov learning rate (the centre of its grid)."""
     adam_lr: float = 0.001
-    """Adam learning rate."""
+    """Adam learning rate (the centre of its grid)."""
     lbfgs_lr: float = 1.0
     """L-BFGS initial step (strong-Wolfe line search)."""
     lbfgs_steps: int = 50
-    """L-BFGS outer steps (each up to 20 function evaluations)."""
+    """L-BFGS outer steps (each up to 20 function evaluations); a fixed count, no stopping rule."""
     random_search_sigma: float = 0.01
     """Random search initial perturbation std per coordinate."""
     random_search_steps: int = 1000
@@ -117,14 +121,18 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
             rows = per_depth_rows(layout, res, 0, cfg.depths)
             part = {"rows": rows, "target_entropy_rank": target_entropy_rank(tasks[0]),
                     "history": [{"optimizer": name, **r} for r in res.history],
-                    "layout": layout}
+                    "layout": layout,
+                    "training": training_record(cfg, res, layout, [name], _settings(cfg, name)["optimizer"]),
+                    "rank_against_steps": {str(d): v for d, v in
+                                           rank_against_steps(res.history, layout, 0, cfg.depths).items()}}
             run.save_part(f"optimizer-{name}", part, identity=chash)
         h_target = part["target_entropy_rank"]
         history_rows += part["history"]
         rows = part["rows"]
         h1, hL = rows[0]["entropy_rank"], rows[-1]["entropy_rank"]
         per_optimizer.append({
-            "optimizer": name, "per_depth": rows,
+            "optimizer": name, "per_depth": rows, "training": part["training"],
+            "rank_against_steps": part["rank_against_steps"],
             "rank_depth_1": h1, "rank_largest_depth": hL,
             "holds": bool(math.isfinite(h1) and math.isfinite(hL) and hL < h1),
         })
@@ -163,12 +171,26 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
         ylabel="converged entropy rank of $W_L\\cdots W_1$ (nats)",
         title=f"Deep linear nets, rank-{cfg.target_rank} target, n={cfg.n}\n"
               f"(error bars: std over {cfg.n_seeds} seeds)")
+    dynamic = [p for p in per_optimizer if p["optimizer"] in FIRST_ORDER]
+    figures = ["entropy_rank_by_optimizer", "depth_rank_optimizers"]
+    if dynamic:
+        plots.rank_against_steps(
+            {LABELS[p["optimizer"]]: {int(d): v for d, v in p["rank_against_steps"].items()} for p in dynamic},
+            run.figure_path("rank_against_steps"), hline=(h_target, f"target (rank {cfg.target_rank})"),
+            title=f"Rank-{cfg.target_rank} target, n={cfg.n}, lr per depth, plateau "
+                  f"{cfg.plateau_tol}/{cfg.plateau_window}, cap {cfg.steps}, {cfg.n_seeds} seeds")
+        figures.append("rank_against_steps")
+    training = [{**r, "group": LABELS[p["optimizer"]]} for p in per_optimizer
+                for r in training_table(p["training"])]
     write_run_report(
         run, title="depth-rank-optimizers: converged entropy rank against depth, per optimiser",
         claim=CLAIM, verdict=verdict_,
         sections=[(f"Converged entropy rank (nats, mean ± std over {cfg.n_seeds} seeds; target's "
                    f"{h_target:.3f})", markdown_table(table)),
-                  ("Losses", markdown_table(losses))],
-        figures=["entropy_rank_by_optimizer", "depth_rank_optimizers"], config=cfg.to_dict())
+                  ("Losses", markdown_table(losses)),
+                  ("Training: learning rate chosen per depth (first-order optimisers: grid lr x "
+                   f"{cfg.lr_factors}), steps taken per seed, seeds stopped by the cap",
+                   markdown_table(training))],
+        figures=figures, config=cfg.to_dict())
     return {"per_optimizer": per_optimizer, "target_entropy_rank": h_target, "verdict": verdict_}
 

@@ -29,7 +29,10 @@ from rankbias.experiments._depth import (
     history_rows,
     paper_preset,
     per_depth_rows,
+    rank_against_steps,
     target_entropy_rank,
+    training_record,
+    training_table,
 )
 from rankbias.experiments._statements import PAPER2_TRAINED
 from rankbias.experiments.registry import register
@@ -54,7 +57,7 @@ class DepthRankTrainedConfig(DeepLinearFitConfig):
     optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adam", "lbfgs"] = "gd"
     """Optimiser (rankbias.train); lbfgs trains one network at a time."""
     lr: float = 0.01
-    """Learning rate (L-BFGS: initial step)."""
+    """Learning rate (L-BFGS: initial step); the centre of the grid lr x lr_factors."""
     log_every: int = 50
     """Steps between logged metrics and singular values (metrics.csv, the dynamics figure)."""
     top_k: int = 6
@@ -163,11 +166,20 @@ def run(cfg: DepthRankTrainedConfig, run: RunDir) -> dict:
         measured="; ".join(f"{t}: {v['measured']}" for t, v in verdicts.items()))
     summary["verdict"] = verdict_
     summary["per_depth"] = [{"target": p["target"], **r} for p in summary["per_target"] for r in p["per_depth"]]
+    summary["training"] = record = training_record(cfg, res, layout, cfg.targets, cfg.optimizer)
+    sections.append(("Training: learning rate chosen per depth, steps taken per seed, seeds stopped "
+                     f"by the cap ({record['stopping']['rule']})", markdown_table(training_table(record))))
     run.write_csv("metrics.csv", history_rows(res.history, layout, cfg.targets, cfg.seeds))
+    stopping = (f"plateau {cfg.plateau_tol:g}/{cfg.plateau_window}, cap {cfg.steps}"
+                if cfg.plateau_tol is not None else f"{cfg.steps} steps")
     plots.depth_sweep_lines(summary["per_target"], run.figure_path("depth_rank_trained"),
-                            title=f"Deep linear nets, n={cfg.n}, {cfg.optimizer} lr={cfg.lr:g}, "
-                                  f"{cfg.steps} steps, {cfg.n_seeds} seeds")
-    figures = ["depth_rank_trained"]
+                            title=f"Deep linear nets, n={cfg.n}, {cfg.optimizer}, lr per depth, "
+                                  f"{stopping}, {cfg.n_seeds} seeds")
+    plots.rank_against_steps(
+        {t: rank_against_steps(res.history, layout, ti, cfg.depths) for ti, t in enumerate(cfg.targets)},
+        run.figure_path("rank_against_steps"),
+        title=f"Deep linear nets, n={cfg.n}, {cfg.optimizer}, {stopping}, {cfg.n_seeds} seeds")
+    figures = ["depth_rank_trained", "rank_against_steps"]
     if cfg.top_k and cfg.optimizer != "lbfgs":
         for ti, target in enumerate(cfg.targets):
             name = f"singular_values_{target}"
@@ -176,7 +188,7 @@ def run(cfg: DepthRankTrainedConfig, run: RunDir) -> dict:
                 run.figure_path(name),
                 reference=target_singular_values(tasks[ti], cfg.top_k),
                 title=f"{target} target: top-{cfg.top_k} singular values of $W_L\\cdots W_1$ "
-                      f"during training (n={cfg.n}, {cfg.optimizer} lr={cfg.lr:g}; mean over "
+                      f"during training (n={cfg.n}, {cfg.optimizer}, lr per depth; mean over "
                       f"{cfg.n_seeds} seeds; dashed: the target's)")
             figures.append(name)
     write_run_report(run, title="depth-rank-trained: trained deep linear networks against depth",

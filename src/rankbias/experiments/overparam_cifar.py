@@ -44,7 +44,7 @@ from rankbias.framework.runs import RunDir, config_hash
 
 # fields that do not change what a finished depth's training computed
 _NOT_TRAINING = ("budget_minutes", "fit_epochs_to_budget", "batch_seeds", "num_threads", "depths",
-                 "eval_batch_size", "epochs")
+                 "eval_batch_size", "epochs", "fit_threshold", "ablate_weight_decay")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,9 @@ class OverparamCifarConfig(Config):
     """A seeded stratified sample of this many training images (null: all)."""
     test_limit: int | None = None
     """A seeded stratified sample of this many test images (null: all)."""
+    downsample: int = 1
+    """Average-pool every image by this factor (2: CIFAR-10 at 16x16, 4x less compute: the CPU
+    preset's concession; 1: the original size)."""
     model: Literal["resnet", "cnn"] = "resnet"
     """Architecture: "resnet" (CIFAR ResNet, 3 stages) or "cnn" (SmallCNN)."""
     resnet_blocks: int = 3
@@ -78,8 +81,9 @@ class OverparamCifarConfig(Config):
     epochs: int = 30
     """Training epochs (an upper bound when fit_epochs_to_budget)."""
     fit_epochs_to_budget: bool = False
-    """After the first epoch, lower the epochs so that every depth fits budget_minutes (the
-    result then depends on the machine's speed; the chosen epochs are in the summary)."""
+    """After the warm-up's last whole epoch (timed), lower the epochs so that every depth fits
+    budget_minutes (the result then depends on the machine's speed; the chosen epochs are in
+    the summary)."""
     batch_size: int = 512
     """Mini-batch size (the last partial batch of an epoch is dropped)."""
     lr: float = 0.2
@@ -108,7 +112,8 @@ class OverparamCifarConfig(Config):
     CUDA only; the batched form trains in float32: autocast does not reach convs under vmap).
     The final measurements of the collapsed models are always float32."""
     channels_last: bool = True
-    """channels_last memory format (the one-after-another path; vmap picks its own layout)."""
+    """channels_last memory format (the one-after-another path on CUDA; vmap picks its own layout, and
+    the CPU keeps the default one: fit.fast_classify.channels_last_is_safe)."""
     train_eval_limit: int | None = 10000
     """Training images (stratified sample) for the final train accuracy (null: all)."""
     eval_batch_size: int = 1000
@@ -119,10 +124,31 @@ class OverparamCifarConfig(Config):
     """torch device, e.g. "cpu" or "cuda"."""
     num_threads: int | None = None
     """CPU threads for torch during the run (null: leave torch's setting)."""
+    weight_decay_on: Literal["factors", "collapsed"] = "factors"
+    """Where weight decay acts on the expanded layers: on each factor (the paper's protocol; L2
+    on the factors is a low-rank penalty the baseline lacks), or on the collapsed weight
+    (wd/2 * ||W_collapsed||^2 per expanded layer, the baseline's own penalty)."""
+    ablate_weight_decay: bool = False
+    """Also train every depth > 1 with the other weight_decay_on, same seeds (the ablation's
+    paired interval is reported beside the verdict; the verdict uses weight_decay_on)."""
+    lr_grid: list[float] = dataclasses.field(default_factory=list)
+    """Learning rates to choose from per depth on a held-out split of the training set (never
+    the test set); empty: lr for every depth. Every arm chooses its own (an ablation arm trains
+    differently: without decay on the factors, a product of factors can diverge at its depth's lr)."""
+    lr_holdout: float = 0.2
+    """Fraction of the training set held out (stratified) to choose the learning rate."""
+    lr_grid_seeds: list[int] = dataclasses.field(default_factory=lambda: [1000])
+    """Seeds of the learning-rate search (not the paired seeds of the measured runs)."""
+    curve_test_limit: int | None = None
+    """A stratified sample of this many test images for the per-epoch curves (null: the
+    whole test set; the final measurement always uses the whole test set)."""
+    fit_threshold: float | None = None
+    """Stopping rule check: every baseline seed's final train accuracy (no augmentation) must
+    reach this, else the verdict is "not testable" (null: no check)."""
 
     def validate(self) -> None:
         validate_depths_seeds(self, ("model_width", "resnet_blocks", "epochs", "batch_size",
-                                     "eval_batch_size"))
+                                     "eval_batch_size", "downsample"))
         self._require(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
         for name in ("train_limit", "test_limit", "train_eval_limit"):
             v = getattr(self, name)
@@ -133,6 +159,13 @@ class OverparamCifarConfig(Config):
                                                          and self.warmup_epochs >= 1),
                       "fit_epochs_to_budget", "false, or true with budget_minutes set and warmup_epochs >= 1")
         self._require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an int >= 1 or null")
+        self._require(all(v > 0 and v == v for v in self.lr_grid), "lr_grid", "a list of numbers > 0")
+        self._require(0 < self.lr_holdout < 1, "lr_holdout", "a number in (0, 1)")
+        self._require(len(self.lr_grid_seeds) >= 1, "lr_grid_seeds", "a non-empty list of ints")
+        self._require(self.curve_test_limit is None or self.curve_test_limit >= 2, "curve_test_limit",
+                      "an int >= 2 or null")
+        self._require(self.fit_threshold is None or 0 < self.fit_threshold <= 1, "fit_threshold",
+                      "a number in (0, 1] or null")
 
 
 # ----------------------------------------------------------------------- data
@@ -149,6 +182,13 @@ def _split_uint8(cfg: OverparamCifarConfig, train: bool):
     return d.images.mul(255).round_().to(torch.uint8), d.labels, d.classes  # exact for 8-bit sources
 
 
+def _downsample(x: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 images average-pooled by ``k`` (rounded back to uint8)."""
+    if k == 1:
+        return x
+    return torch.nn.functional.avg_pool2d(x.float(), k).round_().to(torch.uint8)
+
+
 def load_data(cfg: OverparamCifarConfig):
     """Device-resident train / test / train-eval sets and the number of classes."""
     from rankbias.data.images import stratified_sample
@@ -163,6 +203,7 @@ def load_data(cfg: OverparamCifarConfig):
     if cfg.test_limit is not None:
         idx = stratified_sample(yte, cfg.test_limit, seed=0)
         xte, yte = xte[idx], yte[idx]
+    xtr, xte = _downsample(xtr, cfg.downsample), _downsample(xte, cfg.downsample)
     train = DeviceImages(xtr, ytr, dev)
     test = DeviceImages(xte, yte, dev, train.mean, train.std)
     ev = train
@@ -170,6 +211,103 @@ def load_data(cfg: OverparamCifarConfig):
         idx = stratified_sample(ytr, cfg.train_eval_limit, seed=1)
         ev = DeviceImages(xtr[idx], ytr[idx], dev, train.mean, train.std)
     return train, test, ev, len(classes)
+
+
+def curve_set(cfg: OverparamCifarConfig, test):
+    """The test images of the per-epoch curves: a stratified sample when curve_test_limit is
+    set (a full test pass every epoch would cost more than a small subset's training)."""
+    from rankbias.data.images import stratified_sample
+    from rankbias.fit.fast_classify import DeviceImages
+
+    if cfg.curve_test_limit is None or cfg.curve_test_limit >= len(test):
+        return test
+    idx = stratified_sample(test.labels.cpu(), cfg.curve_test_limit, seed=3).to(test.labels.device)
+    return DeviceImages(test.images[idx], test.labels[idx], test.images.device, test.mean, test.std)
+
+
+def holdout_split(cfg: OverparamCifarConfig, train):
+    """A stratified split of the training set into (fit, held-out) for choosing the lr."""
+    from rankbias.data.images import stratified_sample
+    from rankbias.fit.fast_classify import DeviceImages
+
+    held = stratified_sample(train.labels.cpu(), max(1, round(cfg.lr_holdout * len(train))), seed=2)
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[held] = False
+    dev = train.images.device
+    part = [(keep.to(dev)), (~keep).to(dev)]
+    return tuple(DeviceImages(train.images[m], train.labels[m], dev, train.mean, train.std) for m in part)
+
+
+def arms(cfg: OverparamCifarConfig) -> list[dict]:
+    """What is trained: every depth with weight_decay_on (labels "depth<d>"), and with
+    ablate_weight_decay every depth > 1 again with the other placement ("depth<d>-wd-<placement>")."""
+    out = [{"label": f"depth{d}", "depth": d, "wd_on": cfg.weight_decay_on} for d in cfg.depths]
+    if cfg.ablate_weight_decay:
+        other = "collapsed" if cfg.weight_decay_on == "factors" else "factors"
+        out += [{"label": f"depth{d}-wd-{other}", "depth": d, "wd_on": other} for d in cfg.depths if d > 1]
+    return out
+
+
+def _train_arm(cfg, depth, seeds, in_ch, n_classes, models, train, curve, settings, sel: dict,
+               batched, deadline, on_epoch, label: str, live: list):
+    """Train an arm at its chosen lr; if a seed diverges there (the search trains on 800 images,
+    the arm on all of them), retrain every seed at the next smaller rate of the grid that did not
+    diverge in the search, down to the smallest, and record each fallback in ``sel``."""
+    from rankbias.fit.fast_classify import train_group
+
+    lower = sorted((lr for lr in sel.get("grid", []) if lr < settings.lr
+                    and sel["heldout_acc"].get(str(lr)) is not None), reverse=True)
+    while True:
+        try:
+            return train_group(models, seeds, train, curve, settings, batch_seeds=batched,
+                               deadline=deadline, on_epoch=on_epoch, desc=label), settings
+        except FloatingPointError as e:
+            if not lower:
+                raise
+            sel.setdefault("fallbacks", []).append({"lr": settings.lr, "error": str(e)})
+            print(f"overparam-cifar: {label}: {e} at lr {settings.lr:g}; every seed again at lr "
+                  f"{lower[0]:g}", file=sys.stderr)
+            settings = dataclasses.replace(settings, lr=lower.pop(0))
+            models = [build(cfg, depth, s, in_ch, n_classes) for s in seeds]
+            live.clear()
+
+
+def select_lr(cfg: OverparamCifarConfig, arm: dict, train, settings, in_ch: int, n_classes: int,
+              run: RunDir, key: str) -> dict:
+    """The learning rate of ``arm`` (its depth and weight-decay placement): the lr_grid value
+    with the best mean held-out accuracy (after the full schedule on the rest of the training
+    set; ties: the first), or cfg.lr without a grid. A diverged value is never chosen. Saved as
+    a part, so a rerun reuses it."""
+    from rankbias.fit.fast_classify import train_group
+
+    if not cfg.lr_grid:
+        return {"grid": [], "heldout_acc": {}, "chosen": cfg.lr}
+    depth, label = arm["depth"], arm["label"]
+    settings = dataclasses.replace(settings, weight_decay_on=arm["wd_on"])
+    saved = run.part(f"lrgrid-{label}", identity=key)
+    if saved is not None:
+        return saved
+    fit, held = holdout_split(cfg, train)
+    t0, accs = time.perf_counter(), {}
+    for lr in cfg.lr_grid:
+        models = [build(cfg, depth, s, in_ch, n_classes) for s in cfg.lr_grid_seeds]
+        try:
+            res = train_group(models, list(cfg.lr_grid_seeds), fit, held, dataclasses.replace(settings, lr=lr),
+                              batch_seeds=cfg.batch_seeds != "no", progress=False, desc=f"lr {lr:g}")
+            accs[str(lr)] = sum(r["test_acc"] for r in res.history[-len(models):]) / len(models)
+        except FloatingPointError:  # diverged: not a candidate
+            accs[str(lr)] = None
+        acc = "diverged" if accs[str(lr)] is None else f"{accs[str(lr)]:.4f}"
+        print(f"overparam-cifar: {label}, lr {lr:g}: held-out accuracy {acc} "
+              f"({time.perf_counter() - t0:.0f} s so far)", file=sys.stderr)
+    ok = [lr for lr in cfg.lr_grid if accs[str(lr)] is not None]
+    if not ok:
+        raise FloatingPointError(f"{label}: every lr of the grid {cfg.lr_grid} diverged")
+    chosen = max(ok, key=lambda lr: accs[str(lr)])  # max keeps the first of equal values
+    sel = {"grid": list(cfg.lr_grid), "heldout_acc": accs, "chosen": chosen, "fit_n": len(fit),
+           "heldout_n": len(held), "seeds": list(cfg.lr_grid_seeds), "time_s": time.perf_counter() - t0}
+    run.save_part(f"lrgrid-{label}", sel, identity=key)
+    return sel
 
 
 # ---------------------------------------------------------------- models, cost
@@ -270,10 +408,21 @@ def _choose_batched(cfg, models, seeds, train, test, settings) -> bool:
         "smoke": {"dataset": "digits", "train_limit": 300, "test_limit": 200, "model_width": 4,
                   "resnet_blocks": 1, "epochs": 1, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1.0,
                   "batch_seeds": "yes", "train_eval_limit": 200, "num_threads": 1},
+        # epochs: the paper's schedule length as a ceiling only; the budget sets the number after
+        # the warm-up (fit_epochs_to_budget), and a baseline that did not fit its training set
+        # makes the verdict "not testable" (docs/gpu.md)
         "gpu": {"dataset": "cifar10", "model": "resnet", "resnet_blocks": 3, "model_width": 16,
-                "depths": [1, 2, 4], "seeds": [0, 1, 2], "epochs": 30, "fit_epochs_to_budget": True,
+                "depths": [1, 4], "seeds": [0, 1, 2, 3, 4, 5], "epochs": 200, "fit_epochs_to_budget": True,
                 "budget_minutes": 6.0, "batch_size": 512, "lr": 0.2, "warmup_epochs": 2.0,
-                "device": "cuda"},
+                "fit_threshold": 0.99, "device": "cuda"},
+        # issue 18: where the effect can show on 2 CPU cores in <= 45 min (docs/overparam.md)
+        "cpu": {"dataset": "cifar10", "model": "resnet", "resnet_blocks": 1, "model_width": 16,
+                "downsample": 2, "train_limit": 1000, "test_limit": None, "curve_test_limit": 1000,
+                "train_eval_limit": None, "depths": [1, 4], "seeds": [0, 1, 2, 3, 4, 5, 6, 7], "epochs": 60,
+                "batch_size": 100, "lr": 0.1, "lr_grid": [0.05, 0.1, 0.2, 0.4], "lr_grid_seeds": [1000, 1001],
+                "lr_holdout": 0.2, "warmup_epochs": 1.0, "crop_padding": 0, "hflip": False,
+                "weight_decay": 5e-4, "weight_decay_on": "factors", "ablate_weight_decay": True,
+                "fit_threshold": 0.99, "batch_seeds": "no", "num_threads": 1, "device": "cpu"},
         "paper": {"dataset": "cifar10", "depths": [1, 2, 3, 4], "seeds": [0, 1, 2, 3, 4],
                   "epochs": 200, "batch_size": 128, "lr": 0.1, "warmup_epochs": 1.0, "device": "cuda"},
     },
@@ -288,12 +437,38 @@ def run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
         torch.backends.cudnn.benchmark = bench
 
 
+def _fit_epoch(cfg: OverparamCifarConfig) -> int:
+    """The epoch after which the plan is fitted to the budget: the warm-up's last whole epoch
+    (the learning rate up to there does not depend on the total, and the later epochs run
+    without the first one's one-off costs, e.g. cuDNN's autotuning, so they time a typical one)."""
+    return max(1, int(cfg.warmup_epochs)) if cfg.fit_epochs_to_budget else 1
+
+
+def fit_epochs(cfg: OverparamCifarConfig, chosen: dict, info: dict, n_groups: int,
+               deadline: float | None, resumed: bool) -> int | None:
+    """The epochs of every depth group from the measured epoch and the budget left (15 %
+    margin; the epochs done count), at most ``cfg.epochs``; None: unchanged. Prints the
+    projection; with fit_epochs_to_budget sets ``chosen["epochs"]``."""
+    per, done = info["epoch_time_s"], info["epoch"]
+    print(f"overparam-cifar: epoch {done} took {per:.1f} s; projected total "
+          f"{per * chosen['epochs'] * n_groups:.0f} s for {n_groups} depth(s) x "
+          f"{chosen['epochs']} epochs", file=sys.stderr)
+    if not (cfg.fit_epochs_to_budget and deadline is not None and not resumed):
+        return None
+    left = deadline - time.perf_counter()
+    fit = int((left / (1.15 * per) + done) // n_groups)
+    chosen["epochs"] = max(done, min(chosen["epochs"], fit))
+    print(f"overparam-cifar: epochs set to {chosen['epochs']} to fit the budget", file=sys.stderr)
+    return chosen["epochs"]
+
+
 def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
-    from rankbias.fit.fast_classify import FastTrainSettings, train_group
+    from rankbias.fit.fast_classify import FastTrainSettings
 
     t_start = time.perf_counter()
     deadline = None if cfg.budget_minutes is None else t_start + 60 * cfg.budget_minutes
     train, test, train_eval, n_classes = load_data(cfg)
+    curve = curve_set(cfg, test)
     in_ch, shape = train.images.shape[1], tuple(train.images.shape[1:])
     settings = FastTrainSettings(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
@@ -305,69 +480,65 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
         channels_last=cfg.channels_last, eval_batch_size=cfg.eval_batch_size,
     )
     macs = forward_macs(build(cfg, 1, cfg.seeds[0], in_ch, n_classes), shape)
-    flops_epoch = 6 * macs * len(train) * len(cfg.seeds) * len(cfg.depths)  # fwd 2, bwd 4 FLOPs/MAC
+    flops_epoch = 6 * macs * len(train) * len(cfg.seeds) * len(arms(cfg))  # fwd 2, bwd 4 FLOPs/MAC
     print(f"overparam-cifar: {macs / 1e6:.3g} M multiply-adds per image forward; one epoch of all "
-          f"{len(cfg.seeds) * len(cfg.depths)} models = {flops_epoch / 1e12:.3g} TFLOP", file=sys.stderr)
+          f"{len(cfg.seeds) * len(arms(cfg))} models = {flops_epoch / 1e12:.3g} TFLOP", file=sys.stderr)
 
     records: dict[int, dict] = {}
     metrics: list[dict] = []
     chosen = {"epochs": cfg.epochs, "batched": None}
     group_times: list[float] = []
     todo = []
-    # a finished depth is reused only by a run of the same training settings
+    # a finished depth is reused only by a run of the same training settings (its identity):
+    # a new budget or another list of depths resumes it
     key = config_hash({k: v for k, v in cfg.to_dict().items() if k not in _NOT_TRAINING})
-    for depth in cfg.depths:
-        part = run.part(f"depth{depth}")
-        if part is not None and part.get("status") == "ok" and part.get("key") == key and (
+    for arm in arms(cfg):
+        part = run.part(arm["label"], identity=key)
+        if part is not None and part.get("status") == "ok" and (
                 part["epochs_planned"] == cfg.epochs
                 or (cfg.fit_epochs_to_budget and part["epochs_planned"] <= cfg.epochs)):
-            records[depth] = part
+            records[arm["label"]] = part
             metrics += part.get("history", [])
             chosen["epochs"] = part.get("epochs_planned", chosen["epochs"])
         else:
-            todo.append(depth)
+            todo.append(arm)
+    lr_sel: dict[str, dict] = {}
 
     def write_metrics(extra=()):
         run.write_csv("metrics.csv", [*metrics, *extra])
 
-    for gi, depth in enumerate(todo):
+    for gi, arm in enumerate(todo):
+        depth, label = arm["depth"], arm["label"]
         remaining = None if deadline is None else deadline - time.perf_counter()
         if remaining is not None and group_times and remaining < 0.9 * group_times[-1]:
-            records[depth] = {"depth": depth, "status": "not run",
+            records[label] = {"depth": depth, "label": label, "wd_on": arm["wd_on"], "status": "not run",
                               "reason": f"budget: {remaining:.0f} s left, a depth took {group_times[-1]:.0f} s"}
             continue
         t0 = time.perf_counter()
         live: list[dict] = []
 
-        def on_epoch(info, depth=depth, live=live, gi=gi):
-            live.extend({"depth": depth, **r} for r in info["rows"])
+        def on_epoch(info, depth=depth, live=live, gi=gi, label=label):
+            live.extend({"depth": depth, "arm": label, **r} for r in info["rows"])
             write_metrics(live)  # each finished epoch is on disk at once
-            if info["epoch"] != 1 or gi != 0:
+            if info["epoch"] != _fit_epoch(cfg) or gi != 0:
                 return None
-            per = info["epoch_time_s"]
-            n_groups = len(todo)
-            print(f"overparam-cifar: first epoch {per:.1f} s; projected total "
-                  f"{per * chosen['epochs'] * n_groups:.0f} s for {n_groups} depth(s) x "
-                  f"{chosen['epochs']} epochs", file=sys.stderr)
-            if cfg.fit_epochs_to_budget and deadline is not None and not records:
-                left = deadline - time.perf_counter()
-                fit = int((left / (1.15 * per) + 1) // n_groups)  # 15% margin; this epoch counts
-                chosen["epochs"] = max(1, min(chosen["epochs"], fit))
-                print(f"overparam-cifar: epochs set to {chosen['epochs']} to fit the budget",
-                      file=sys.stderr)
-                return chosen["epochs"]
-            return None
+            return fit_epochs(cfg, chosen, info, len(todo), deadline, bool(records))
 
         try:
+            if label not in lr_sel:
+                lr_sel[label] = select_lr(cfg, arm, train, dataclasses.replace(settings, epochs=chosen["epochs"]),
+                                          in_ch, n_classes, run, key)
+                t0 = time.perf_counter()  # a depth's time, for the budget, is without the search
+            arm_settings = dataclasses.replace(settings, epochs=chosen["epochs"], lr=lr_sel[label]["chosen"],
+                                               weight_decay_on=arm["wd_on"])
             seeds = list(cfg.seeds)
             models = [build(cfg, depth, s, in_ch, n_classes) for s in seeds]
             if chosen["batched"] is None:
-                chosen["batched"] = _choose_batched(cfg, models, seeds, train, test, settings)
+                chosen["batched"] = _choose_batched(cfg, models, seeds, train, test, arm_settings)
                 t0 = time.perf_counter()  # a depth's time, for the budget, is without the probe
-            res = train_group(models, seeds, train, test,
-                              dataclasses.replace(settings, epochs=chosen["epochs"]),
-                              batch_seeds=chosen["batched"], deadline=deadline,
-                              on_epoch=on_epoch, desc=f"depth {depth}")
+            res, arm_settings = _train_arm(cfg, depth, seeds, in_ch, n_classes, models, train, curve,
+                                           arm_settings, lr_sel[label], chosen["batched"], deadline,
+                                           on_epoch, label, live)
             if res.stopped:
                 rec = {"status": "stopped", "reason": f"budget: stopped after epoch {res.epochs_done} "
                        f"of {res.epochs_planned}", "epochs_done": res.epochs_done}
@@ -376,16 +547,16 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
                             for s, m in zip(seeds, res.models)]
                 rec = {"status": "ok", "per_seed": per_seed, "epochs_done": res.epochs_done}
             rec.update(epochs_planned=res.epochs_planned, epoch_times_s=res.epoch_times,
-                       batched=chosen["batched"])
+                       batched=chosen["batched"], lr=arm_settings.lr, lr_selection=lr_sel[label])
         except Exception as e:  # one failed depth must not lose the others
             rec = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                    "traceback": traceback.format_exc(limit=6)}
-        rec = {"depth": depth, "key": key, **rec, "train_time_s": time.perf_counter() - t0,
+        rec = {"depth": depth, "label": label, "wd_on": arm["wd_on"], "key": key, **rec, "train_time_s": time.perf_counter() - t0,
                "history": [r for r in live]}
         group_times.append(rec["train_time_s"])
         if rec["status"] == "ok":  # a failed or stopped depth is retried by a rerun
-            run.save_part(f"depth{depth}", rec)
-        records[depth] = rec
+            run.save_part(label, rec, identity=key)
+        records[label] = rec
         metrics += rec["history"]
         write_metrics()
     return summarise(cfg, run, records, chosen, macs, time.perf_counter() - t_start)

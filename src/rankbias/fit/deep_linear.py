@@ -12,6 +12,17 @@ computation (shallower networks padded with frozen identity factors, see
 networks of a batch). ``optimizer="random_search"`` uses the gradient-free
 :func:`rankbias.fit.random_search.random_search` instead, batched over networks.
 
+Stopping (:class:`StopRule`, one mechanism for both criteria): with ``plateau_tol``
+set, network m stops after the first step t >= ``plateau_window`` at which its
+full-batch training loss moved by at most ``plateau_tol`` relative over the last
+``plateau_window`` steps, |l(t - w) - l(t)| <= tol |l(t - w)| (:func:`plateau_step`);
+with ``target_train_loss`` set, after the first step at which l(t) <= the target.
+``steps`` is the cap; :class:`FitResult` reports each network's steps taken and
+whether the cap bound. A stopped network of a batch is frozen where it stopped
+(its parameters are restored after every optimiser step, so momentum or Adam state
+cannot move it) while the others train on; the batch ends when every network has
+stopped or diverged.
+
 Threads: nothing here sets torch's thread count; the caller (the experiment
 runner) owns it. Small n x n CPU matmuls gain nothing from intra-op threads.
 """
@@ -28,11 +39,11 @@ from rankbias.data.matrix_tasks import MatrixFitTask, TargetKind, make_task
 from rankbias.fit.random_search import random_search
 from rankbias.measures import rank_measures
 from rankbias.models.deep_linear import DeepLinear, end_to_end
-from rankbias.train import OPTIMIZERS, train
+from rankbias.train import OPTIMIZERS, make_optimizer, train
 
 # MatrixFitTask and make_task moved to rankbias.data.matrix_tasks; re-exported here
-__all__ = ["FIT_OPTIMIZERS", "FitResult", "MatrixFitTask", "TargetKind", "fit_deep_linear",
-           "make_task"]
+__all__ = ["FIT_OPTIMIZERS", "FitResult", "MatrixFitTask", "StopRule", "TargetKind",
+           "fit_deep_linear", "make_task", "plateau_step"]
 
 FIT_OPTIMIZERS = (*OPTIMIZERS, "random_search")
 
@@ -51,6 +62,77 @@ class FitResult:
     """Per network: "ok" or "diverged"."""
     history: list[dict]
     """Logged rows: step, model, loss (training objective), train_loss, test_loss, entropy_rank."""
+    steps_taken: list[int] = dataclasses.field(default_factory=list)
+    """Per network: optimiser steps after which its parameters are the returned ones."""
+    cap_bound: list[bool] = dataclasses.field(default_factory=list)
+    """Per network: True when a stopping rule was set, it never fired and the step cap ended
+    the training (False when the rule fired, or without a rule)."""
+    lr: list[float] = dataclasses.field(default_factory=list)
+    """Per network: the learning rate it was trained with."""
+    lr_selection: list[dict] = dataclasses.field(default_factory=list)
+    """When a learning-rate grid was searched (``rankbias.experiments._depth.fit_sweep``):
+    per (group, depth) the grid, the criterion's value per grid point and the choice."""
+
+
+def plateau_step(losses: Sequence[float], *, window: int, tol: float,
+                 target: float | None = None) -> int | None:
+    """The stopping rule on one loss curve (``losses[t]``: the full-batch training loss after
+    t steps): the first t >= ``window`` with |l(t - window) - l(t)| <= ``tol`` |l(t - window)|,
+    or the first t with l(t) <= ``target``; None when neither happens (the cap binds)."""
+    for t, cur in enumerate(losses):
+        if target is not None and cur <= target:
+            return t
+        if t >= window and abs(losses[t - window] - cur) <= tol * abs(losses[t - window]):
+            return t
+    return None
+
+
+class StopRule:
+    """Per-network stopping of a batch by :func:`plateau_step`'s rule, applied online.
+
+    ``check(losses, step)`` is handed the full-batch training losses after ``step``
+    updates (once per step); a network that meets the rule is snapshotted and
+    ``restore()`` (an optimiser post-step hook) puts it back after every later update:
+    the exact parameters it had when it stopped, whatever the optimiser's state.
+    """
+
+    def __init__(self, params: torch.Tensor, *, tol: float | None, window: int,
+                 target: float | None = None):
+        M = params.shape[0]
+        self.params, self.tol, self.window, self.target = params, tol, window, target
+        self.enabled = tol is not None or target is not None
+        self.ring = torch.full((window + 1, M), float("nan"), dtype=torch.float64)
+        self.active = torch.ones(M, dtype=torch.bool)
+        self.stopped_at: list[int | None] = [None] * M
+        self.snapshot = params.detach().clone()
+        self._last = -1
+
+    def check(self, losses: torch.Tensor, step: int) -> None:
+        if not self.enabled or step <= self._last:
+            return
+        self._last = step
+        cur = losses.detach().double().cpu()
+        self.ring[step % (self.window + 1)] = cur
+        hit = torch.zeros_like(self.active)
+        if self.target is not None:
+            hit |= cur <= self.target
+        if self.tol is not None and step >= self.window:
+            prev = self.ring[(step - self.window) % (self.window + 1)]
+            hit |= (prev - cur).abs() <= self.tol * prev.abs()
+        hit &= self.active
+        if bool(hit.any()):
+            idx = torch.nonzero(hit).flatten()
+            with torch.no_grad():
+                self.snapshot[idx.to(self.params.device)] = self.params.detach()[idx.to(self.params.device)]
+            for i in idx.tolist():
+                self.stopped_at[i] = step
+            self.active &= ~hit
+
+    @torch.no_grad()
+    def restore(self, *_args) -> None:
+        frozen = (~self.active).to(self.params.device)
+        if bool(frozen.any()):
+            self.params[frozen] = self.snapshot[frozen]
 
 
 def _mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -102,6 +184,9 @@ def fit_deep_linear(
     log_every: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool | None = False,
+    plateau_tol: float | None = None,
+    plateau_window: int = 500,
+    target_train_loss: float | None = None,
 ) -> FitResult:
     """Train M = len(depths) deep linear networks, network m of depth ``depths[m]``
     on ``tasks[task_index[m]]``, and measure them.
@@ -118,6 +203,8 @@ def fit_deep_linear(
     each factor gets init_scale^(1/L)). ``init`` and ``init_scale`` are one
     value for all networks or one per network. ``top_k``: also log the k largest
     singular values of every end-to-end map (``sv1`` ... ``svk`` in ``history``).
+    ``plateau_tol``, ``plateau_window``, ``target_train_loss``: the stopping rule of the
+    module docstring (first-order optimisers only; ``steps`` is then the cap).
     """
     if scale_of not in ("factor", "end_to_end"):
         raise ValueError(f"scale_of must be 'factor' or 'end_to_end', got {scale_of!r}")
@@ -128,6 +215,8 @@ def fit_deep_linear(
         raise ValueError(f"task_index has {len(task_index)} entries for {M} networks")
     if optimizer in ("lbfgs", "random_search") and batch_size is not None:
         raise ValueError(f"{optimizer} needs full-batch losses: set batch_size=None")
+    rule = dict(tol=plateau_tol, window=plateau_window, target=target_train_loss)
+    _check_rule(optimizer, **rule)
     t0 = tasks[0]
     n, n_train = t0.target.shape[0], t0.x_train.shape[0]
     if batch_size is not None and not 1 <= batch_size <= n_train:
@@ -155,7 +244,7 @@ def fit_deep_linear(
         history = _fit_random_search(net, xtr, ytr, xte, yte, steps=steps, sigma=lr,
                                      population=population, generator=generator,
                                      batched=batched, top_k=top_k)
-        status = ["ok"] * M
+        status, taken = ["ok"] * M, [steps] * M
     else:
         if not batched or optimizer == "lbfgs":
             groups = [[m] for m in range(M)]
@@ -163,19 +252,19 @@ def fit_deep_linear(
             groups = [[m for m in range(M) if depths[m] == d] for d in sorted(set(depths))]
         else:  # one batch, shallower networks padded with identities
             groups = [list(range(M))]
-        status, history = ["ok"] * M, []
+        status, history, taken = ["ok"] * M, [], [steps] * M
         factors = net.factors.detach()
         trained = []
         for group in groups:
             sub = DeepLinear.from_factors([list(factors[m, : depths[m]]) for m in group])
             gi = torch.as_tensor(group, device=xtr.device)
-            st, hist = _fit_gradient(
+            st, hist, tk = _fit_gradient(
                 sub, xtr[gi], ytr[gi], xte[gi], yte[gi],
                 None if batches is None else batches[:, gi], optimizer=optimizer, lr=lr,
                 steps=steps, momentum=momentum, log_every=log_every, top_k=top_k,
-                progress=progress if len(groups) == 1 else False)
+                progress=progress if len(groups) == 1 else False, rule=rule)
             for j, m in enumerate(group):
-                status[m] = st[j]
+                status[m], taken[m] = st[j], tk[j]
             history += [{**r, "model": group[r["model"]]} for r in hist]
             trained.append((group, sub.factors.detach()))
         with torch.no_grad():
@@ -193,24 +282,52 @@ def fit_deep_linear(
             trl[alive] = _mse(xtr @ We.mT, ytr)[alive].cpu().double()
             tel[alive] = _mse(xte @ We.mT, yte)[alive].cpu().double()
     status = ["ok" if bool(a) else "diverged" for a in alive]
-    return FitResult(We.detach(), trl, tel, h, status, history)
+    has_rule = plateau_tol is not None or target_train_loss is not None
+    bound = [has_rule and t >= steps and s == "ok" for t, s in zip(taken, status)]
+    return FitResult(We.detach(), trl, tel, h, status, history, taken, bound, [float(lr)] * M)
+
+
+def _check_rule(optimizer: str, *, tol, window, target) -> None:
+    if tol is not None and not tol > 0:
+        raise ValueError(f"plateau_tol must be > 0 or None, got {tol}")
+    if window < 1:
+        raise ValueError(f"plateau_window must be >= 1, got {window}")
+    if target is not None and not target > 0:
+        raise ValueError(f"target_train_loss must be > 0 or None, got {target}")
+    if (tol is not None or target is not None) and optimizer in ("lbfgs", "random_search"):
+        # L-BFGS evaluates the loss at line-search points inside a step, and random search has
+        # its own loop: the rule reads one full-batch loss per first-order step
+        raise ValueError(f"a stopping rule (plateau_tol, target_train_loss) needs a first-order "
+                         f"optimizer ({', '.join(o for o in OPTIMIZERS if o != 'lbfgs')}); "
+                         f"{optimizer} takes a fixed number of steps")
 
 
 def _fit_gradient(net, xtr, ytr, xte, yte, batches, *, optimizer, lr, steps, momentum,
-                  log_every, top_k, progress):
+                  log_every, top_k, progress, rule):
     M = net.n_models
     rows = torch.arange(M, device=xtr.device)[:, None]
+    stop = StopRule(net.factors, **rule)
 
     def loss_fn(step: int) -> torch.Tensor:
         if batches is None or step >= steps:
-            return _mse(net(xtr), ytr)
+            full = _mse(net(xtr), ytr)  # (M,), after `step` updates
+            stop.check(full, step)
+            return full
+        if stop.enabled:  # the rule reads the full-batch loss, not a mini-batch's
+            with torch.no_grad():
+                stop.check(_mse(net(xtr), ytr), step)
         b = batches[step]  # (M, batch)
         return _mse(net(xtr[rows, b]), ytr[rows, b])
 
-    res = train(loss_fn, net, steps=steps, optimizer=optimizer, lr=lr, momentum=momentum,
-                log_every=log_every, callbacks=[_Probe(net, xtr, ytr, xte, yte, top_k)],
-                progress=progress, desc=f"{optimizer} x{M}")
-    return res.status, res.history
+    opt = make_optimizer(optimizer, [net.factors], lr, momentum=momentum)
+    if stop.enabled:
+        opt.register_step_post_hook(stop.restore)
+    res = train(loss_fn, net, steps=steps, optimizer=opt, log_every=log_every,
+                callbacks=[_Probe(net, xtr, ytr, xte, yte, top_k)], progress=progress,
+                desc=f"{optimizer} x{M}",
+                stop=(lambda s: not bool((stop.active & s.alive).any())) if stop.enabled else None)
+    taken = [res.steps if t is None else t for t in stop.stopped_at]
+    return res.status, res.history, taken
 
 
 def _fit_random_search(net, xtr, ytr, xte, yte, *, steps, sigma, population, generator,

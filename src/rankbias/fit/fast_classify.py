@@ -8,7 +8,9 @@ Built for paper 2's over-parameterisation at CIFAR scale on one GPU (docs/gpu.md
   images happens after the start;
 - the random draws (data order, crop offsets, flips) come from one CPU generator
   per seed, in a fixed order, so a seed determines its batches whatever the device
-  and whether it trains alone or batched with other seeds;
+  and whether it trains alone or batched with other seeds; a whole epoch's draws
+  are made at its start and copied to the device once, so no training step waits
+  on the host (no per-step copy, ``.item()`` or ``.tolist()``);
 - ``batch_seeds``: the seeds of a group train as one batched model
   (``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``: a conv over
   stacked weights becomes one grouped conv), or one after another. The models are
@@ -37,8 +39,8 @@ from torch import nn
 
 from rankbias.train import lr_factor
 
-__all__ = ["DeviceImages", "FastTrainSettings", "GroupResult", "augment_uint8", "channels_last_is_safe",
-           "train_group"]
+__all__ = ["DeviceImages", "FastTrainSettings", "GroupResult", "apply_augmentation", "augment_uint8",
+           "channels_last_is_safe", "collapsed_sq_norm", "draw_augmentation", "train_group"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,11 @@ class FastTrainSettings:
     channels_last: bool = False
     """channels_last for the one-after-another form, on CUDA only (:func:`channels_last_is_safe`)."""
     eval_batch_size: int = 1000
+    weight_decay_on: Literal["factors", "collapsed"] = "factors"
+    """Where weight decay acts on an expanded layer (:mod:`rankbias.overparam`): on each factor
+    (SGD's decay; for a product this is a low-rank penalty the baseline lacks), or on the
+    collapsed weight, as ``weight_decay / 2 * ||W_collapsed||^2`` added to each model's loss
+    (the baseline's penalty on the function's own weight). Plain layers decay either way."""
 
 
 class DeviceImages:
@@ -87,28 +94,56 @@ class DeviceImages:
         return ((x.to(dtype) / 255 - self.mean.to(dtype).view(c)) / self.std.to(dtype).view(c))
 
 
-def augment_uint8(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding by ``pad`` pixels and random horizontal flip.
+def draw_augmentation(steps: int, batch: int, pad: int, flip: bool, gen: torch.Generator,
+                      device: torch.device | str = "cpu") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The crop offsets and flips of ``steps`` batches of ``batch`` images, drawn at once.
 
-    x: uint8 (B, C, H, W) on any device; the draws (B offsets per axis, then B
-    flips) come from the CPU generator ``gen``, so they do not depend on the device.
+    Returns (offsets (steps, 2, batch) int64 or None without padding, flips (steps, batch)
+    bool or None without flips) on ``device``. The draws come from the CPU generator ``gen``
+    in the order of one :func:`augment_uint8` call per step (B offsets per axis, then B
+    flips), so a seed gives the same batches whatever the device, and the device gets them
+    in one copy per tensor instead of one per step (which would make it wait on the host).
     """
+    offs, flips = [], []
+    for _ in range(steps):
+        if pad > 0:
+            offs.append(torch.randint(0, 2 * pad + 1, (2, batch), generator=gen))
+        if flip:
+            flips.append(torch.rand(batch, generator=gen) < 0.5)
+    return (torch.stack(offs).to(device) if offs else None,
+            torch.stack(flips).to(device) if flips else None)
+
+
+def apply_augmentation(x: torch.Tensor, pad: int, offsets: torch.Tensor | None,
+                       flips: torch.Tensor | None) -> torch.Tensor:
+    """Crop ``x`` (uint8 (B, C, H, W)) after zero padding by ``pad`` pixels at ``offsets``
+    ((2, B): rows, columns, in [0, 2 pad]) and mirror the images where ``flips`` ((B,) bool)
+    is set; None skips that part. Everything stays on ``x``'s device (no host round trip)."""
     B, C, H, W = x.shape
     dev = x.device
-    if pad > 0:
-        off = torch.randint(0, 2 * pad + 1, (2, B), generator=gen).to(dev)
+    if offsets is not None and pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zeros = black pixels
-        rows = (off[0, :, None] + torch.arange(H, device=dev))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (off[1, :, None] + torch.arange(W, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+        rows = (offsets[0, :, None] + torch.arange(H, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (offsets[1, :, None] + torch.arange(W, device=dev))[:, None, None, :]  # (B, 1, 1, W)
         n = torch.arange(B, device=dev)[:, None, None, None]
         c = torch.arange(C, device=dev)[None, :, None, None]
         x = xp[n, c, rows, cols]
-    if flip:
-        m = (torch.rand(B, generator=gen) < 0.5).to(dev)
-        x = torch.where(m[:, None, None, None], x.flip(-1), x)
+    if flips is not None:
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
     return x
 
 
+def augment_uint8(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by ``pad`` pixels and random horizontal flip.
+
+    x: uint8 (B, C, H, W) on any device; the draws (B offsets per axis, then B flips)
+    come from the CPU generator ``gen``, so they do not depend on the device. One batch:
+    :func:`train_group` draws a whole epoch at once (:func:`draw_augmentation`), to the
+    same batches.
+    """
+    offsets, flips = draw_augmentation(1, x.shape[0], pad, flip, gen, x.device)
+    return apply_augmentation(x, pad, None if offsets is None else offsets[0],
+                              None if flips is None else flips[0])
 
 
 # ------------------------------------------------------------ the two model forms
@@ -126,6 +161,40 @@ def channels_last_is_safe(device: torch.device | str) -> bool:
     """
     return torch.device(device).type == "cuda"
 
+
+
+def _expanded_factor_weights(model: nn.Module) -> tuple[list[nn.Module], set[str]]:
+    """The expanded layers of ``model`` and the names of their factors' weights."""
+    from rankbias.overparam.layers import _Expanded
+
+    layers, names = [], set()
+    for name, m in model.named_modules():
+        if isinstance(m, _Expanded):
+            layers.append(m)
+            prefix = f"{name}." if name else ""
+            names |= {f"{prefix}factors.{k}" for k, p in m.factors.named_parameters() if p.dim() > 1}
+    return layers, names
+
+
+def collapsed_sq_norm(model: nn.Module) -> torch.Tensor:
+    """Sum over the expanded layers of ``||W_collapsed||^2``, differentiable in the factors
+    (0 for a model without expanded layers)."""
+    layers, _ = _expanded_factor_weights(model)
+    total = torch.zeros((), dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
+    for m in layers:
+        total = total + m.weight.square().sum()
+    return total
+
+
+class _CollapsedNorm(nn.Module):
+    """:func:`collapsed_sq_norm` as a module's forward, so functional_call and vmap reach it."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self) -> torch.Tensor:
+        return collapsed_sq_norm(self.net)
 
 
 class _Stacked:
@@ -153,6 +222,18 @@ class _Stacked:
             return functional_call(self.base, (p, b), (xi,))
 
         return vmap(f, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+
+    def collapsed_sq_norm(self) -> torch.Tensor:
+        """(M,): each model's :func:`collapsed_sq_norm`."""
+        from torch.func import functional_call, vmap
+
+        wrapper = _CollapsedNorm(self.base)
+
+        def f(p, b):
+            state = {f"net.{k}": v for k, v in {**p, **b}.items()}
+            return functional_call(wrapper, state, ())
+
+        return vmap(f)(self.params, self.buffers)
 
     def modules(self) -> list[nn.Module]:
         """The trained models, one per seed (copies of the templates with the stacked state)."""
@@ -187,15 +268,20 @@ class _Single:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)[None]  # (1, B, K)
 
+    def collapsed_sq_norm(self) -> torch.Tensor:
+        return collapsed_sq_norm(self.model)[None]
+
     def modules(self) -> list[nn.Module]:
         return [self.model.to(memory_format=torch.contiguous_format)]
 
 
-def _optimizer(form, s: FastTrainSettings) -> torch.optim.SGD:
-    # no decay on biases and norm scales/shifts (per-model 1-D parameters)
+def _optimizer(form, s: FastTrainSettings, template: nn.Module) -> torch.optim.SGD:
+    # no decay on biases and norm scales/shifts (per-model 1-D parameters), nor on the factors
+    # when the decay acts on the collapsed weight instead (a loss term: train_group)
+    factors = _expanded_factor_weights(template)[1] if s.weight_decay_on == "collapsed" else set()
     decay, no_decay = [], []
     for name, p in form.named_parameters():
-        (decay if form.per_model_ndim[name] > 1 else no_decay).append(p)
+        (decay if form.per_model_ndim[name] > 1 and name not in factors else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": s.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=s.lr, momentum=s.momentum,
@@ -221,6 +307,27 @@ class GroupResult:
     """True when the deadline stopped training before the planned epochs."""
     epoch_times: list[float]
     """Wall seconds of each finished epoch (evaluation included)."""
+
+
+def _epoch_draws(seeds: Sequence[int], gens: dict, N: int, steps: int, B: int, s: FastTrainSettings,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One epoch's random draws of ``seeds``, on the device in one copy per tensor: the data
+    order (M, N), the crop offsets (steps, 2, M B) and flips (steps, M B) (None when off).
+
+    Per seed, from its own CPU generator: the permutation, then each step's offsets and flips
+    (:func:`draw_augmentation`): the order of one :func:`augment_uint8` call per step, so a
+    seed's batches do not depend on the device, on the other seeds or on how the draws travel.
+    """
+    perms, offs, flips = [], [], []
+    for sd in seeds:
+        perms.append(torch.randperm(N, generator=gens[sd]))
+        o, f = draw_augmentation(steps, B, s.crop_padding, s.hflip, gens[sd])
+        offs.append(o)
+        flips.append(f)
+    # seed k's images are rows k B .. (k + 1) B - 1 of a step's (M B) batch
+    off = None if offs[0] is None else torch.cat(offs, dim=2).to(device)  # (steps, 2, M B)
+    flip = None if flips[0] is None else torch.cat(flips, dim=1).to(device)  # (steps, M B)
+    return torch.stack(perms).to(device), off, flip
 
 
 def _sync(device: torch.device) -> None:
@@ -264,9 +371,9 @@ def train_group(
     ``batch_seeds`` they train as one vmapped model, else one after another.
     After each epoch the models are evaluated on ``test`` and
     ``on_epoch(info)`` is called (info: epoch, epoch_time_s, elapsed_s, rows);
-    after the first epoch it may return a new (smaller) number of epochs: the
-    schedule after the warm-up depends on it, so the warm-up must span the first
-    epoch. ``deadline`` (a ``time.perf_counter()`` value): no epoch starts that
+    after an epoch that ends within the warm-up it may return a new (smaller, not
+    below the epochs done) number of epochs: the schedule after the warm-up depends
+    on it, the warm-up does not. ``deadline`` (a ``time.perf_counter()`` value): no epoch starts that
     the last epoch's duration predicts would end after it.
     """
     s = settings
@@ -295,7 +402,8 @@ def train_group(
     history: list[dict[str, Any]] = []
     times: list[float] = []
     gens = {sd: torch.Generator().manual_seed(int(sd)) for sd in seeds}
-    state = [(form, sds, _optimizer(form, s)) for form, sds in forms]
+    state = [(form, sds, _optimizer(form, s, models[0])) for form, sds in forms]
+    penalise = s.weight_decay_on == "collapsed" and s.weight_decay > 0
     t_start = time.perf_counter()
     epoch, stopped = 0, False
 
@@ -312,7 +420,7 @@ def train_group(
         for form, sds, opt in state:
             M = len(sds)
             form.train(True)
-            perms = [torch.randperm(N, generator=gens[sd]).to(device) for sd in sds]
+            idx, offsets, flips = _epoch_draws(sds, gens, N, per_epoch, B, s, device)
             loss_sum = torch.zeros(M, device=device)
             correct = torch.zeros(M, device=device)
             total = planned * per_epoch
@@ -320,16 +428,21 @@ def train_group(
                 step = epoch * per_epoch + i
                 for g in opt.param_groups:
                     g["lr"] = s.lr * lr_factor(step, total, warm, s.schedule)
-                xb = [augment_uint8(train.images[p[i * B:(i + 1) * B]], s.crop_padding, s.hflip, gens[sd])
-                      for p, sd in zip(perms, sds)]
-                yb = torch.stack([train.labels[p[i * B:(i + 1) * B]] for p in perms])  # (M, B)
-                x = train.normalise(torch.stack(xb), dtype)  # (M, B, C, H, W)
+                rows_i = idx[:, i * B:(i + 1) * B]  # (M, B) on the device
+                xb = apply_augmentation(train.images[rows_i.flatten()], s.crop_padding,
+                                        None if offsets is None else offsets[i],
+                                        None if flips is None else flips[i])  # (M B, C, H, W)
+                yb = train.labels[rows_i]  # (M, B)
+                x = train.normalise(xb.unflatten(0, (M, B)), dtype)  # (M, B, C, H, W)
                 with autocast():
                     out = form(x).float()  # (M, B, K)
                 losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none",
                                          label_smoothing=s.label_smoothing).view(M, B).mean(1)
                 opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
+                objective = losses.sum()
+                if penalise:
+                    objective = objective + 0.5 * s.weight_decay * form.collapsed_sq_norm().sum()
+                objective.backward()
                 opt.step()
                 loss_sum += losses.detach()
                 correct += (out.detach().argmax(-1) == yb).float().mean(1)
@@ -352,9 +465,10 @@ def train_group(
             new = on_epoch({"epoch": epoch, "epoch_time_s": times[-1], "rows": rows,
                             "elapsed_s": time.perf_counter() - t_start, "planned": planned})
             if new is not None and new != planned:
-                if epoch != 1 or warm < per_epoch or not 1 <= new <= planned:
-                    raise ValueError(f"the epochs may only be lowered (to >= 1) after the first epoch, "
-                                     f"within the warm-up; got {new} at epoch {epoch}")
+                # the learning rate so far must not depend on the total: only within the warm-up
+                if epoch * per_epoch > warm or not epoch <= new <= planned:
+                    raise ValueError(f"the epochs may only be lowered (to >= the epochs done) after an "
+                                     f"epoch within the warm-up; got {new} at epoch {epoch}")
                 planned = new
                 bar.total = planned
     bar.close()

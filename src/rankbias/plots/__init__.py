@@ -21,7 +21,12 @@ from rankbias.plots.core import (
     style,
     sweep_figure,
 )
-from rankbias.plots.depth import depth_sweep_lines, rank_by_depth_lines, singular_value_dynamics
+from rankbias.plots.depth import (
+    depth_sweep_lines,
+    rank_against_steps,
+    rank_by_depth_lines,
+    singular_value_dynamics,
+)
 from rankbias.plots.ranks import layer_ranks, layer_sigma_heatmaps, ranks_against_sigma
 
 __all__ = [
@@ -35,6 +40,7 @@ __all__ = [
     "quantile_lines",
     "layer_ranks",
     "depth_sweep_lines",
+    "rank_against_steps",
     "rank_by_depth_lines",
     "singular_value_dynamics",
     "layer_sigma_heatmaps",

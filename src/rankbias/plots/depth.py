@@ -10,7 +10,7 @@ import numpy as np
 
 from rankbias.plots.core import figure, line_with_band, save
 
-__all__ = ["depth_sweep_lines", "rank_by_depth_lines", "singular_value_dynamics"]
+__all__ = ["depth_sweep_lines", "rank_against_steps", "rank_by_depth_lines", "singular_value_dynamics"]
 
 
 def _depth_axis(ax, depths) -> None:
@@ -116,4 +116,38 @@ def singular_value_dynamics(
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7, ncols=2)
     fig.suptitle(title, fontsize=9)
+    return save(fig, path)
+
+
+def rank_against_steps(
+    panels: Mapping[str, Mapping[int, Mapping[str, Sequence[float]]]],
+    path,
+    *,
+    title: str,
+    hline: tuple[float, str] | None = None,
+    ylabel: str = "entropy rank of $W_L\\cdots W_1$ (nats)",
+) -> Path:
+    """Entropy rank against training step (log x), one panel per entry of ``panels`` (its
+    title -> ``{depth: {"step", "mean", "std"}}``, the std over seeds as a band), a line per
+    depth. Step 0 has no place on a log axis: it is drawn at step 1 (the initial rank)."""
+    fig, axes = figure(ncols=len(panels), width=4.6, height=3.6, squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, (panel_title, per_depth) in zip(axes[0], panels.items()):
+        depths = list(per_depth)
+        for i, d in enumerate(depths):
+            v = per_depth[d]
+            steps = np.maximum(np.asarray(v["step"], float), 1.0)
+            mean, std = np.asarray(v["mean"], float), np.asarray(v["std"], float)
+            c = cmap(i / max(len(depths) - 1, 1))
+            ax.plot(steps, mean, color=c, lw=1.4, label=f"L = {d}")
+            ax.fill_between(steps, mean - std, mean + std, color=c, alpha=0.2, lw=0)
+        if hline is not None:
+            ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        if panel_title:
+            ax.set_title(panel_title, fontsize=9)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.suptitle(title + " (band: std over seeds)", fontsize=9)
     return save(fig, path)
