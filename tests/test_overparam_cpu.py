@@ -194,3 +194,35 @@ def test_an_arm_that_diverges_at_its_lr_retrains_at_the_next_smaller_rate(monkey
         oc._train_arm(None, 4, [0], 3, 10, [None], None, None, dc.replace(s, lr=0.1),
                       {"grid": [0.1], "heldout_acc": {"0.1": 0.3}}, False, None, None, "depth4", [])
     assert tried == [0.1]
+
+
+def test_a_saved_lr_choice_is_reused_only_for_its_schedule(tmp_path, monkeypatch):
+    """The search trains with the arm's epochs; a rerun with other epochs (the run's key leaves
+    epochs out) must search again, not reuse the old schedule's choice."""
+    import dataclasses as dc
+
+    from rankbias.experiments import overparam_cifar as oc
+    from rankbias.experiments.registry import build_config
+    from rankbias.fit import fast_classify
+    from rankbias.fit.fast_classify import FastTrainSettings, GroupResult
+    from rankbias.framework.runs import RunDir
+
+    calls = []
+
+    def fake(models, seeds, train, test, settings, **kw):
+        calls.append(settings.epochs)
+        rows = [{"test_acc": settings.lr} for _ in seeds]
+        return GroupResult([], rows, settings.epochs, settings.epochs, False, [])
+
+    monkeypatch.setattr(fast_classify, "train_group", fake)
+    monkeypatch.setattr(oc, "build", lambda *a: None)
+    monkeypatch.setattr(oc, "holdout_split", lambda cfg, train: ([0] * 8, [0] * 2))
+    cfg = build_config("overparam-cifar", {"dataset": "digits", "lr_grid": [0.1, 0.2]}, "smoke")
+    run = RunDir(tmp_path / "r", config_hash="abc")
+    arm = {"label": "depth1", "depth": 1, "wd_on": "factors"}
+    s = FastTrainSettings(epochs=3, batch_size=8, lr=0.1)
+    first = oc.select_lr(cfg, arm, None, s, 1, 10, run, "k")
+    assert first["chosen"] == 0.2 and calls == [3, 3]
+    assert oc.select_lr(cfg, arm, None, s, 1, 10, run, "k") == first and calls == [3, 3]  # reused
+    oc.select_lr(cfg, arm, None, dc.replace(s, epochs=5), 1, 10, run, "k")
+    assert calls == [3, 3, 5, 5]  # another schedule: searched again

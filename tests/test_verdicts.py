@@ -286,3 +286,19 @@ def test_relative_rank_interval_straddling_the_bound_is_inconclusive():
 def test_relative_rank_needs_two_seeds():
     v = relative_rank_verdict([0, 1], [[1.0, 1.0]], [[1.0, 20.0]], [[3.0, 3.1]])
     assert v["status"] == "not testable"
+
+
+def test_a_paired_gain_over_a_baseline_at_chance_is_not_testable():
+    """A constant-predicting baseline makes any trained treatment look like a gain: the
+    paired verdict must not hold by accident (SCIENCE.md D)."""
+    from rankbias.verdicts import paired_gain_verdict, require_learned
+
+    v = paired_gain_verdict({4: [20.0, 22.0, 21.0]}, unit=" pp", effect=1.0)
+    assert v["status"] == "holds"
+    at_chance = require_learned(v, {0: 0.10, 1: 0.11, 2: 0.35}, n_test=1000, n_classes=10)
+    assert at_chance["status"] == "not testable" and at_chance["untested_verdict"]["status"] == "holds"
+    assert "seed 0" in at_chance["reason"] and "seed 2" not in at_chance["reason"]
+    # 21 % on 1000 images of 10 classes: above 10 % but not above 10 % + 10 pp by the exact test
+    assert require_learned(v, {0: 0.21, 1: 0.35}, 1000, 10)["status"] == "not testable"
+    learned = require_learned(v, {0: 0.35, 1: 0.36, 2: 0.34}, 1000, 10)
+    assert learned["status"] == "holds" and all(c["learned"] for c in learned["learned_check"].values())

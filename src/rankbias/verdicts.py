@@ -40,6 +40,7 @@ __all__ = [
     "noninferiority",
     "paired_gain_verdict",
     "relative_rank_verdict",
+    "require_learned",
     "status_of",
     "student_t_ppf",
     "t_interval",
@@ -295,6 +296,31 @@ def paired_gain_verdict(
                    f"the intervals hold both 0 and the claimed gain {effect:g}{unit}: {listed}; these seeds "
                    f"would detect a gain of {numbers['smallest_detectable_effect']:.3g}{unit} "
                    "(80% power)", **numbers)
+
+
+def require_learned(
+    v: dict[str, Any], baseline_acc: Mapping[Any, float], n_test: int, n_classes: int,
+    margin: float = CHANCE_MARGIN, confidence: float = 0.95,
+) -> dict[str, Any]:
+    """A paired verdict against a baseline that did not learn is an accident (a constant
+    predictor makes any trained treatment look like a gain): ``v`` becomes "not testable"
+    unless every baseline seed's test accuracy (``baseline_acc``: seed -> accuracy on
+    ``n_test`` images of ``n_classes`` classes) is above 1/K + ``margin`` by the exact
+    binomial test. The verdict it replaces is kept as ``untested_verdict``."""
+    seeds = list(baseline_acc)
+    ok, bounds = _learned(np.asarray([float(baseline_acc[s]) for s in seeds], float), n_test,
+                          n_classes, margin, confidence)
+    v = {**v, "learned_check": {str(s): {"acc": float(baseline_acc[s]), "lower": b, "learned": bool(k)}
+                                for s, k, b in zip(seeds, ok, bounds)}}
+    if seeds and ok.all():
+        return v
+    bad = ", ".join(f"seed {s}: {100 * float(baseline_acc[s]):.2f}%" for s, k in zip(seeds, ok) if not k)
+    reason = (f"the baseline did not learn ({bad or 'no baseline seed'}): test accuracy not above chance "
+              f"1/{n_classes} + {100 * margin:g} pp by the exact binomial test on {n_test} images")
+    out = verdict("not testable", v.get("criterion", ""), reason,
+                  **{k: x for k, x in v.items() if k not in ("status", "holds", "criterion", "reason")})
+    out["untested_verdict"] = {k: v[k] for k in ("status", "reason") if k in v}
+    return out
 
 
 def _learned(clean_acc: np.ndarray, n_test: int, n_classes: int, margin: float,

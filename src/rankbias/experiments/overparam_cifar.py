@@ -284,6 +284,9 @@ def select_lr(cfg: OverparamCifarConfig, arm: dict, train, settings, in_ch: int,
         return {"grid": [], "heldout_acc": {}, "chosen": cfg.lr}
     depth, label = arm["depth"], arm["label"]
     settings = dataclasses.replace(settings, weight_decay_on=arm["wd_on"])
+    # the search trains with the arm's schedule: its choice belongs to these epochs too (the
+    # run's key leaves epochs out, so that a budget-fitted run can resume its finished arms)
+    key = config_hash({"key": key, "epochs": settings.epochs})
     saved = run.part(f"lrgrid-{label}", identity=key)
     if saved is not None:
         return saved
@@ -559,7 +562,7 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
         records[label] = rec
         metrics += rec["history"]
         write_metrics()
-    return summarise(cfg, run, records, chosen, macs, time.perf_counter() - t_start)
+    return summarise(cfg, run, records, chosen, macs, time.perf_counter() - t_start, len(test), n_classes)
 
 
 __all__ = ["CLAIM", "PAPER", "OverparamCifarConfig", "build", "forward_macs", "load_data",

@@ -20,12 +20,15 @@ PAPER = ("Expanded-then-collapsed CNNs reach higher test accuracy than the basel
          "CIFAR-100 and ImageNet, with lower-rank embeddings (Huh et al. 2023, sec. 6)")
 
 
-def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: float) -> dict:
-    """Per-depth table, the paired verdict, runs.csv, the figure and report.md; the summary."""
+def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: float,
+              n_test: int | None = None, n_classes: int | None = None) -> dict:
+    """Per-depth table, the paired verdict, runs.csv, the figure and report.md; the summary.
+    With ``n_test`` and ``n_classes`` (the final test set), a baseline at chance makes the
+    verdict "not testable" (:func:`rankbias.verdicts.require_learned`)."""
     from rankbias.experiments._statements import CLAIMED_GAIN_PP, PAPER2_OVERPARAM
     from rankbias.experiments.overparam_cifar import arms
     from rankbias.report import markdown_table, write_run_report
-    from rankbias.verdicts import mean_std, paired_gain_verdict
+    from rankbias.verdicts import mean_std, paired_gain_verdict, require_learned
 
     runs, per_depth = [], []
     for arm in arms(cfg):
@@ -63,8 +66,10 @@ def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: fl
                     f"(claimed {CLAIMED_GAIN_PP:g} pp)")
     # a depth the budget cut short or never started is named, not silently absent from the test
     meas += [f"{r['arm']}: {r['status']}, not in the test ({r['note']})" for r in per_depth
-             if r["status"] in ("stopped", "not run")]
+             if r["status"] in ("stopped", "not run", "failed")]
     verdict = require_fit(cfg, records, verdict)
+    if n_test is not None and diffs:
+        verdict = require_learned(verdict, {p["seed"]: p["test_acc"] for p in base.values()}, n_test, n_classes)
     verdict["ablation"] = ablation_intervals(all_diffs)
     verdict["statement"] = PAPER2_OVERPARAM
     verdict["paper"] = PAPER
