@@ -367,8 +367,8 @@ def test_depth_rank_init_sensitivity_ci_config(tmp_path):
 # ------------------------------------------------ stopping rule and learning-rate grid
 
 
-def _curve(drop_steps=50, total=200, rate=0.01):
-    """1 % lower per step for ``drop_steps`` steps, then flat."""
+def _curve(drop_steps=50, total=200, rate=0.02):
+    """2 % lower per step for ``drop_steps`` steps (0.98^50 = 0.36: below half the start), then flat."""
     return [(1 - rate) ** min(t, drop_steps) for t in range(total)]
 
 
@@ -376,11 +376,16 @@ def test_plateau_rule_stops_at_the_first_flat_window_and_reports_the_cap():
     from rankbias.fit.deep_linear import StopRule, plateau_step
 
     losses = _curve()
-    # l(t-10) - l(t) is 1 % of l(t-10) or more until the window lies in the flat part, t = 60
+    # l(t-10) - l(t) is 2 % of l(t-10) or more until the window lies in the flat part, t = 60
     assert plateau_step(losses, window=10, tol=1e-3) == 60
-    assert plateau_step(losses, window=10, tol=0.2) == 10  # 10 steps of 1 % = 9.6 % < 20 %
+    # 10 steps of 2 % = 18.3 % < 20 %, but a plateau counts only below half the start: 0.98^35 < 0.5
+    assert plateau_step(losses, window=10, tol=0.2) == 35
     assert plateau_step(_curve(drop_steps=10**6), window=10, tol=1e-3) is None  # never flat
-    assert plateau_step(losses, window=10, tol=1e-9, target=0.7) == 36  # 0.99^36 < 0.7 < 0.99^35
+    assert plateau_step(losses, window=10, tol=1e-9, target=0.7) == 18  # 0.98^18 < 0.7 < 0.98^17
+    # a saddle: flat from the start, then the loss falls; the flat start is not a plateau
+    saddle = [1.0] * 100 + [0.98 ** k for k in range(1, 51)] + [0.98 ** 50] * 50
+    assert plateau_step(saddle, window=10, tol=1e-3) == 159  # flat from t = 149 (0.98^50), + 10
+    assert plateau_step([1.0] * 200, window=10, tol=1e-3) is None  # never falls: the cap binds
     # the online rule on a batch: network 0 flattens at step 50, network 1 never does
     p = torch.zeros(2, 3)
     rule = StopRule(p, tol=1e-3, window=10)

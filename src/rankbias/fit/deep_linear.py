@@ -74,15 +74,24 @@ class FitResult:
     per (group, depth) the grid, the criterion's value per grid point and the choice."""
 
 
+PLATEAU_MIN_DROP = 0.5
+"""A plateau counts only once the training loss is at most this fraction of its value at
+step 0: a deep linear net with a small end-to-end scale starts on a saddle where the loss is
+nearly flat, and stopping there would report its initial (already low) rank as converged.
+A network that never gets there trains on to the cap, which is reported."""
+
+
 def plateau_step(losses: Sequence[float], *, window: int, tol: float,
                  target: float | None = None) -> int | None:
     """The stopping rule on one loss curve (``losses[t]``: the full-batch training loss after
-    t steps): the first t >= ``window`` with |l(t - window) - l(t)| <= ``tol`` |l(t - window)|,
-    or the first t with l(t) <= ``target``; None when neither happens (the cap binds)."""
+    t steps): the first t >= ``window`` with l(t) <= PLATEAU_MIN_DROP l(0) and
+    |l(t - window) - l(t)| <= ``tol`` |l(t - window)|, or the first t with l(t) <= ``target``;
+    None when neither happens (the cap binds)."""
     for t, cur in enumerate(losses):
         if target is not None and cur <= target:
             return t
-        if t >= window and abs(losses[t - window] - cur) <= tol * abs(losses[t - window]):
+        if (t >= window and cur <= PLATEAU_MIN_DROP * losses[0]
+                and abs(losses[t - window] - cur) <= tol * abs(losses[t - window])):
             return t
     return None
 
@@ -105,6 +114,7 @@ class StopRule:
         self.active = torch.ones(M, dtype=torch.bool)
         self.stopped_at: list[int | None] = [None] * M
         self.snapshot = params.detach().clone()
+        self.start: torch.Tensor | None = None  # l(0) per network, for PLATEAU_MIN_DROP
         self._last = -1
 
     def check(self, losses: torch.Tensor, step: int) -> None:
@@ -112,13 +122,15 @@ class StopRule:
             return
         self._last = step
         cur = losses.detach().double().cpu()
+        if self.start is None:
+            self.start = cur.clone()
         self.ring[step % (self.window + 1)] = cur
         hit = torch.zeros_like(self.active)
         if self.target is not None:
             hit |= cur <= self.target
         if self.tol is not None and step >= self.window:
             prev = self.ring[(step - self.window) % (self.window + 1)]
-            hit |= (prev - cur).abs() <= self.tol * prev.abs()
+            hit |= ((prev - cur).abs() <= self.tol * prev.abs()) & (cur <= PLATEAU_MIN_DROP * self.start)
         hit &= self.active
         if bool(hit.any()):
             idx = torch.nonzero(hit).flatten()
