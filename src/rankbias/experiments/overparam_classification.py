@@ -296,6 +296,13 @@ def run(cfg: OverparamClassificationConfig, run: RunDir) -> dict:
 
     per_depth, diffs = aggregate(cfg, runs)
     verdict = make_verdict(cfg, per_depth, diffs)
+    if verdict["status"] != "not testable":  # a gain over a baseline at chance is an accident
+        from rankbias.verdicts import require_learned
+
+        baseline = {f"{r['model']}/seed {r['seed']}": r["test_acc"] for r in runs
+                    if r["status"] == "ok" and r["depth"] == 1
+                    and (r.get("baseline_init") or "default") == cfg.baseline_init}
+        verdict = require_learned(verdict, baseline, n_test=len(data[3]), n_classes=data[4])
     if any(r["n_ok"] for r in per_depth):
         plot(cfg, per_depth, run.figure_path("accuracy_rank_vs_depth"))
     failures = [{"model": r["model"], "depth": r["depth"], "seed": r["seed"], "error": r["error"]}
