@@ -459,3 +459,13 @@ def test_stopping_rule_refusals(tmp_path):
                         ({"plateau_window": 0}, "plateau_window: .*an int >= 1")]:
         with pytest.raises(ConfigError, match=match):
             rankbias.run_experiment("depth-rank-trained", over, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["depth-rank-trained", "depth-rank-optimizers"])
+def test_a_verdict_on_one_seed_is_not_testable(name, tmp_path):
+    """Both decide on means over seeds: one seed's ranks can fall with depth by chance."""
+    over = {"depths": [1, 4], "seeds": [0], "n": 6, "steps": 40, "log_every": 20, "lr_factors": [1.0]}
+    if name == "depth-rank-optimizers":
+        over["optimizers"] = ["sgd"]
+    v = rankbias.run_experiment(name, over, out_dir=tmp_path / "r")["verdict"]
+    assert v["status"] == "not testable" and "untested_verdict" in v and "statement" in v

@@ -20,7 +20,7 @@ from rankbias.data.matrix_tasks import TARGETS, MatrixFitTask, make_task
 from rankbias.fit.deep_linear import FitResult, fit_deep_linear
 from rankbias.framework.config import Config
 from rankbias.measures import rank_measures
-from rankbias.verdicts import mean_std
+from rankbias.verdicts import mean_std, verdict
 
 __all__ = ["DeepLinearFitConfig", "DeepLinearTaskConfig", "DepthConfig", "SweepGroup",
            "fit_sweep", "paper_preset", "per_depth_rows", "rank_against_steps", "select_lr",
@@ -304,6 +304,17 @@ def rank_against_steps(history, layout, group: int, depths: Sequence[int],
         steps = sorted(by_step)
         stats = [mean_std(by_step[s]) for s in steps]
         out[d] = {"step": steps, "mean": [m for m, _ in stats], "std": [s for _, s in stats]}
+    return out
+
+
+def require_seeds(v: dict, n_seeds: int) -> dict:
+    """A verdict decided on means over seeds is "not testable" with one seed: a single draw's
+    ranks can fall with depth by chance. The verdict it replaces is kept as ``untested_verdict``."""
+    if n_seeds >= 2:
+        return v
+    out = verdict("not testable", v.get("criterion", ""), f"{n_seeds} seed: a mean over seeds needs at least two",
+                  **{k: x for k, x in v.items() if k not in ("status", "holds", "criterion", "reason")})
+    out["untested_verdict"] = {k: v[k] for k in ("status", "reason") if k in v}
     return out
 
 

@@ -27,6 +27,7 @@ from rankbias.experiments._depth import (
     paper_preset,
     per_depth_rows,
     rank_against_steps,
+    require_seeds,
     target_entropy_rank,
     training_record,
     training_table,
@@ -153,6 +154,7 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
         target_entropy_rank=h_target, statement=PAPER2_OPTIMIZERS,
         paper="the low-rank bias of depth holds for SGD, momentum, Adam and L-BFGS alike",
         measured=measured)
+    verdict_ = require_seeds(verdict_, cfg.n_seeds)
     table = [{"optimizer": LABELS[p["optimizer"]],
               **{f"L={r['depth']}": f"{r['entropy_rank']:.3f} ± {r['entropy_rank_std']:.3f}"
                  for r in p["per_depth"]},

@@ -30,6 +30,7 @@ from rankbias.experiments._depth import (
     paper_preset,
     per_depth_rows,
     rank_against_steps,
+    require_seeds,
     target_entropy_rank,
     training_record,
     training_table,
@@ -164,7 +165,7 @@ def run(cfg: DepthRankTrainedConfig, run: RunDir) -> dict:
            if "low_rank" in verdicts else {}),
         statement=PAPER2_TRAINED, paper=PAPER,
         measured="; ".join(f"{t}: {v['measured']}" for t, v in verdicts.items()))
-    summary["verdict"] = verdict_
+    summary["verdict"] = require_seeds(verdict_, cfg.n_seeds)
     summary["per_depth"] = [{"target": p["target"], **r} for p in summary["per_target"] for r in p["per_depth"]]
     summary["training"] = record = training_record(cfg, res, layout, cfg.targets, cfg.optimizer)
     sections.append(("Training: learning rate chosen per depth, steps taken per seed, seeds stopped "
