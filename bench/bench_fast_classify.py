@@ -40,7 +40,8 @@ def main() -> None:
     data = DeviceImages(x, torch.arange(a.images) % 10, a.device)
     test = DeviceImages(x[:256], torch.arange(256) % 10, a.device, data.mean, data.std)
     cuda = torch.device(a.device).type == "cuda"
-    s = FastTrainSettings(epochs=2, batch_size=a.batch, lr=0.1, bf16=cuda, channels_last=True)
+    s = FastTrainSettings(epochs=2, batch_size=a.batch, lr=0.1, bf16=cuda, channels_last=True, nesterov=False,
+                          warmup_epochs=1.0, crop_padding=4, hflip=True)
     seeds = list(range(a.seeds))
 
     def models():

@@ -42,7 +42,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from rankbias import (
+from rankbias.measures import (
     MEASURES,
     KernelSpectrum,
     as_matrix,

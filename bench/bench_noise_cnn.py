@@ -10,7 +10,7 @@ Prints, measured side by side in one run:
 
 FLOPs are counted honestly: per step, the forward matmul (2 M n P d 2m) and the
 weight-gradient matmul (the same), plus one forward for the initial and the
-final loss that ``rankbias.train.train`` evaluates; the elementwise work
+final loss that ``rankbias.training.train`` evaluates; the elementwise work
 (activation, pooling, loss) is not counted, so it only lowers the achieved rate.
 
 Goals (issue 3): batched not slower than one at a time at any size; >= 40% of
@@ -27,7 +27,7 @@ import time
 import torch
 
 from rankbias.models.two_layer_cnn import TwoLayerCNN, logistic_loss
-from rankbias.train import train
+from rankbias.training import train
 
 SIZES = {
     # name: (M configs, n, P, d, m); quick and paper are the presets of noise-robustness

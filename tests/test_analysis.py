@@ -73,7 +73,7 @@ def np_kernel_measures(Z: np.ndarray, full_kernel: bool = False) -> dict[str, fl
 def max_possible(name: str, m: int, n: int) -> float:
     k = min(m, n)
     if name == "rankme":  # its maximum depends on eps; the library's own value
-        return rankbias.max_measure("rankme", (m, n))
+        return rankbias.measures.max_measure("rankme", (m, n))
     return {"entropy_rank": math.log(k), "participation_ratio": min(m - 1, n)}.get(name, k)
 
 
@@ -308,7 +308,7 @@ def _mlp():
 
 
 def test_tracker_as_train_callback(tmp_path):
-    from rankbias.train import train
+    from rankbias.training import train
 
     model = _mlp()
     g = torch.Generator().manual_seed(0)
@@ -358,7 +358,7 @@ def test_tracker_in_a_plain_loop(tmp_path):
 
 
 def test_tracker_batched_models_gives_per_model_values():
-    from rankbias.train import train
+    from rankbias.training import train
 
     g = torch.Generator().manual_seed(0)
     W = (torch.randn(3, 5, 4, generator=g) * torch.tensor([1.0, 0.1, 3.0]).view(3, 1, 1)).requires_grad_()

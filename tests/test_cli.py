@@ -53,8 +53,8 @@ def bug_experiments():
     registry.register("zz-own-error", description="raises a rankbias error", config_cls=BugConfig,
                       presets={"quick": {}})(raises_own_error)
     yield
-    registry._REGISTRY.pop("zz-bug", None)
-    registry._REGISTRY.pop("zz-own-error", None)
+    registry.unregister("zz-bug")
+    registry.unregister("zz-own-error")
 
 
 # ------------------------------------------------------------ bugs keep their traceback
@@ -183,8 +183,10 @@ def test_read_only_or_full_out_is_one_line_before_compute(code, argv, monkeypatc
     monkeypatch.setattr(runs, "atomic_write_bytes", refuse)
     started = []
     exp = registry.get_experiment("depth-rank-init")
-    monkeypatch.setitem(registry._REGISTRY, exp.name, dataclasses.replace(exp, run=lambda *a: started.append(a)))
-    rc, err = run_cli(capsys, *argv, "--out", str(tmp_path / "o"))
+    stand_in = dataclasses.replace(exp, run=lambda *a: started.append(a))
+    with registry.registered(stand_in, replace=True):
+        rc, err = run_cli(capsys, *argv, "--out", str(tmp_path / "o"))
+    assert registry.get_experiment(exp.name) is exp  # the real one is back
     line = one_error_line(err)
     assert rc == 2 and line.endswith(f": {os.strerror(code)}") and str(tmp_path / "o") in line
     assert started == []  # refused before any compute

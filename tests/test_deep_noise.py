@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rankbias.intrinsic as idmod
-import rankbias.train
+import rankbias.training
 from rankbias.analysis import weight_layers
 from rankbias.errors import UnsupportedError
 from rankbias.experiments import noise_robustness_deep as nd
@@ -24,7 +24,7 @@ CI = nd.CI
 
 
 def _spy(seen):
-    real = rankbias.train.train
+    real = rankbias.training.train
 
     def spy(loss_fn, params, **kw):
         seen.append(type(params).__name__)
@@ -38,7 +38,7 @@ def ci_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("deep") / "ci"
     seen: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rankbias.train, "train", _spy(seen))
+        mp.setattr(rankbias.training, "train", _spy(seen))
         summary = run_experiment("noise-robustness-deep", preset="ci", out_dir=out)
     return summary, out, seen
 
@@ -103,7 +103,7 @@ def test_every_network_is_trained_through_the_one_trainer(ci_run):
 
 def test_vit_and_resnet_train_through_the_one_trainer(monkeypatch):
     seen: list[str] = []
-    monkeypatch.setattr(rankbias.train, "train", _spy(seen))
+    monkeypatch.setattr(rankbias.training, "train", _spy(seen))
     cfg = nd.DeepNoiseConfig.from_dict({**CI, "steps": 4, "log_every": 2, "lr": 1e-2})
     x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 3
     for name in ("vit", "resnet8"):

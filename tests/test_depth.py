@@ -15,7 +15,7 @@ from rankbias.experiments.depth_rank_init import (
     variance_preserving_gain,
 )
 from rankbias.fit.deep_linear import fit_deep_linear
-from rankbias.fit.random_search import random_search
+from rankbias.fit.random_search import fit_random_search
 from rankbias.framework.config import ConfigError
 from rankbias.measures import entropy_rank
 from rankbias.models.deep_linear import DeepLinear, end_to_end, sample_factors
@@ -154,7 +154,7 @@ def test_random_search_batched_minimises_and_respects_mask():
     def loss(c):  # c: (3 * reps, 5), model-major
         return (c - target.repeat_interleave(reps, 0)).square().sum(-1)
 
-    res = random_search(loss, x0, steps=300, population=reps, sigma=0.5, generator=_gen(1), mask=mask)
+    res = fit_random_search(loss, x0, steps=300, population=reps, sigma=0.5, generator=_gen(1), mask=mask)
     assert torch.all(res.params[:, -1] == 0)
     assert torch.allclose(res.params[:, :-1], target[:, :-1], atol=1e-3)
     assert torch.allclose(res.loss, target[:, -1].square(), atol=1e-5)

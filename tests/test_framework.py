@@ -76,7 +76,8 @@ def test_cli_version_list_run(tmp_path):
 def test_importing_measures_pulls_no_plotting_or_cli():
     code = (
         "import sys, rankbias; rankbias.effective_rank([[1.0, 0], [0, 1]]);"
-        "bad = [m for m in ('matplotlib', 'rankbias.cli', 'ray', 'pandas', 'rankbias.experiments') if m in sys.modules];"
+        "bad = [m for m in ('matplotlib', 'rankbias.cli', 'ray', 'pandas', 'transformers',"
+        " 'rankbias.experiments') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -96,19 +97,22 @@ def test_device_is_checked_before_compute(tmp_path, monkeypatch):
     assert not (tmp_path / "config.json").exists()
 
 
-def test_public_names_survive_the_moves():
-    import importlib
-
+def test_public_names_have_one_home():
+    import rankbias.analysis as analysis
+    import rankbias.experiments as experiments
+    import rankbias.fit.deep_linear as fit_deep_linear
+    import rankbias.models.two_layer_cnn as two_layer_cnn
+    import rankbias.sweep as sweep
     from rankbias.runner import run_experiment
     from rankbias.sweep import run_sweep
 
-    importlib.import_module("rankbias.reproduce")  # the submodule must not shadow the function
-    assert callable(rankbias.reproduce) and rankbias.reproduce.__module__ == "rankbias.reproduce"
     assert rankbias.run_experiment is run_experiment and rankbias.run_sweep is run_sweep
-    from rankbias.experiments import run_experiment as old_home
-    from rankbias.sweep import reproduce as old_reproduce_home
-
-    assert old_home is run_experiment and old_reproduce_home is rankbias.reproduce
+    # the shims that kept 0.1.0's old import paths alive are gone (no doc used them)
+    assert not hasattr(experiments, "run_experiment")
+    assert not hasattr(sweep, "reproduce") and not hasattr(sweep, "ReproduceResult")
+    assert not hasattr(two_layer_cnn, "fit_two_layer_cnn") and not hasattr(two_layer_cnn, "CNNFit")
+    assert not {"build_arch", "load_model", "load_inputs"} & set(analysis.__all__)
+    assert not {"MatrixFitTask", "make_task"} & set(fit_deep_linear.__all__)
 
 
 def test_the_runner_sets_the_thread_count_and_restores_it(tmp_path):
@@ -140,4 +144,4 @@ def test_the_runner_sets_the_thread_count_and_restores_it(tmp_path):
         with pytest.raises(ConfigError, match="threads: got 0; accepted: an int >= 1 or None"):
             run_experiment("zz-threads", out_dir=tmp_path / "d", threads=0)
     finally:
-        registry._REGISTRY.pop("zz-threads", None)
+        registry.unregister("zz-threads")

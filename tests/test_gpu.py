@@ -22,6 +22,14 @@ from rankbias.overparam import overparameterize
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
+
+def _settings(**kw) -> FastTrainSettings:
+    """FastTrainSettings at the values these tests were written for: plain momentum, one epoch
+    of warm-up, crop 4 and flips, the default layout (the experiment's defaults differ)."""
+    return FastTrainSettings(**{"nesterov": False, "warmup_epochs": 1.0, "crop_padding": 4, "hflip": True,
+                                "channels_last": False, **kw})
+
+
 def _write_idx(raw: Path, stem: str, x: np.ndarray, y: np.ndarray) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     (raw / f"{stem}-images-idx3-ubyte").write_bytes(
@@ -176,7 +184,7 @@ def test_epoch_draws_give_the_per_step_batches(monkeypatch):
     real = fast_classify.apply_augmentation
     monkeypatch.setattr(fast_classify, "apply_augmentation", lambda *a: seen.append(real(*a)) or seen[-1])
     train, B, steps = _data(48), 16, 3
-    s = FastTrainSettings(epochs=2, batch_size=B, lr=0.05, crop_padding=2, hflip=True)
+    s = _settings(epochs=2, batch_size=B, lr=0.05, crop_padding=2, hflip=True)
     want = {sd: _per_step_batches(train.images, sd, B, steps, 2, 2) for sd in (3, 7)}
     train_group(_tiny(1, [3, 7]), [3, 7], train, _data(8, 1), s, batch_seeds=True, progress=False)
     assert len(seen) == 2 * steps and all(x.shape[0] == 2 * B for x in seen)
@@ -216,7 +224,7 @@ def _count_host_calls(monkeypatch) -> dict:
 def test_training_steps_do_not_wait_on_the_host(monkeypatch, batched):
     """Host round trips per run do not grow with the steps of an epoch: the draws travel once
     per epoch, and the losses and accuracies are read once per epoch."""
-    s = FastTrainSettings(epochs=1, batch_size=8, lr=0.05, crop_padding=2, hflip=True)
+    s = _settings(epochs=1, batch_size=8, lr=0.05, crop_padding=2, hflip=True)
     per_run = []
     for n in (16, 48):  # 2 and 6 steps
         models = _tiny(2, [0, 1], torch.float32)
@@ -228,7 +236,7 @@ def test_training_steps_do_not_wait_on_the_host(monkeypatch, batched):
 
 
 def test_the_plan_may_shrink_at_any_epoch_within_the_warm_up():
-    s = FastTrainSettings(epochs=5, batch_size=16, lr=0.05, warmup_epochs=2.0)
+    s = _settings(epochs=5, batch_size=16, lr=0.05, warmup_epochs=2.0)
     res = train_group(_tiny(1, [0], torch.float32), [0], _data(32), _data(8, 1), s, progress=False,
                       on_epoch=lambda info: 3 if info["epoch"] == 2 else None)
     assert res.epochs_done == res.epochs_planned == 3 and not res.stopped
@@ -257,7 +265,7 @@ def _data(n=48, seed=0):
 
 def test_batched_seeds_equal_one_after_another():
     train, test = _data(), _data(24, 1)
-    s = FastTrainSettings(epochs=2, batch_size=16, lr=0.1, weight_decay=5e-4, warmup_epochs=1.0,
+    s = _settings(epochs=2, batch_size=16, lr=0.1, weight_decay=5e-4, warmup_epochs=1.0,
                           crop_padding=2, hflip=True, label_smoothing=0.1, nesterov=True)
     seeds = [3, 7, 11]
     a = train_group(_tiny(2, seeds), seeds, train, test, s, batch_seeds=True, progress=False)
@@ -287,7 +295,8 @@ from rankbias.fit.fast_classify import FastTrainSettings, train_group
 torch.set_num_threads(int(sys.argv[1]))
 if sys.argv[2] == "unsafe":  # the old behaviour: channels_last on the CPU too
     fast_classify.channels_last_is_safe = lambda device: True
-s = FastTrainSettings(epochs=2, batch_size=16, lr=0.1, crop_padding=2, hflip=True, channels_last=True)
+s = FastTrainSettings(epochs=2, batch_size=16, lr=0.1, crop_padding=2, hflip=True, channels_last=True,
+                      nesterov=False, warmup_epochs=1.0)
 seeds = [3, 7]
 runs = [train_group(_tiny(2, seeds, torch.float32), seeds, _data(), _data(24, 1), s, batch_seeds=b,
                     progress=False) for b in (True, False)]
@@ -322,7 +331,7 @@ def test_cpu_float32_training_is_exact_and_does_not_crash(threads, tmp_path):
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_bf16_autocasts_the_sequential_form_only(batched):
-    s = FastTrainSettings(epochs=1, batch_size=16, lr=0.05, bf16=True, channels_last=True)
+    s = _settings(epochs=1, batch_size=16, lr=0.05, bf16=True, channels_last=True)
     runs = [train_group(_tiny(2, [0, 1], torch.float32), [0, 1], _data(32), _data(8, 1), st,
                         batch_seeds=batched, progress=False)
             for st in (s, dataclasses.replace(s, bf16=False))]
@@ -336,7 +345,7 @@ def test_bf16_autocasts_the_sequential_form_only(batched):
 def test_deadline_stops_after_a_finished_epoch():
     import time
 
-    s = FastTrainSettings(epochs=3, batch_size=16, lr=0.1)
+    s = _settings(epochs=3, batch_size=16, lr=0.1)
     res = train_group(_tiny(1, [0, 1], torch.float32), [0, 1], _data(), _data(8, 1), s,
                       deadline=time.perf_counter(), progress=False)
     assert res.stopped and res.epochs_done == 1 and res.epochs_planned == 3
@@ -356,7 +365,7 @@ def test_config_is_validated():
     cfg = build_config("overparam-cifar", {}, "gpu")
     assert list(cfg.depths) == [1, 4] and len(cfg.seeds) >= 6 and cfg.resnet_blocks == 3
     # the budget, not a small cap, sets the epochs; a baseline that did not fit is not tested
-    assert cfg.fit_epochs_to_budget and cfg.epochs >= 100 and cfg.fit_threshold is not None
+    assert cfg.fit_epochs_to_budget and cfg.train.epochs >= 100 and cfg.fit_threshold is not None
 
 
 def test_fit_epochs_uses_the_measured_epoch_and_the_budget_left():
@@ -366,14 +375,59 @@ def test_fit_epochs_uses_the_measured_epoch_and_the_budget_left():
     from rankbias.experiments.registry import build_config
 
     cfg = build_config("overparam-cifar", {}, "gpu")
-    chosen = {"epochs": cfg.epochs}
-    # epoch 2 of the first of 2 depth groups took 1 s; 100 s are left: (100 / 1.15 + 2) // 2 = 44
-    got = fit_epochs(cfg, chosen, {"epoch": 2, "epoch_time_s": 1.0}, 2, time.perf_counter() + 100, False)
+    chosen = {"epochs": cfg.train.epochs}
+    equal = {"depth1": 1.0, "depth4": 1.0}
+    # epoch 2 of the first of 2 equal arms took 1 s; 100 s are left: (100 / 1.15 + 2) // 2 = 44
+    got = fit_epochs(cfg, chosen, {"epoch": 2, "epoch_time_s": 1.0}, equal, time.perf_counter() + 100, False)
     assert got == chosen["epochs"] == 44
-    # a budget beyond the paper's schedule stops at cfg.epochs; a spent one keeps the epochs done
-    assert fit_epochs(cfg, {"epochs": 200}, {"epoch": 2, "epoch_time_s": 1.0}, 2,
+    # a budget beyond the paper's schedule stops at cfg.train.epochs; a spent one keeps the epochs done
+    assert fit_epochs(cfg, {"epochs": 200}, {"epoch": 2, "epoch_time_s": 1.0}, equal,
                       time.perf_counter() + 1e6, False) == 200
-    assert fit_epochs(cfg, {"epochs": 200}, {"epoch": 2, "epoch_time_s": 1.0}, 2, time.perf_counter(), False) == 2
+    assert fit_epochs(cfg, {"epochs": 200}, {"epoch": 2, "epoch_time_s": 1.0}, equal,
+                      time.perf_counter(), False) == 2
+
+
+@pytest.mark.parametrize("ablate", [False, True])
+def test_the_epochs_fit_the_budget_when_a_deeper_arm_costs_more(ablate):
+    """Depth 4 costs 3x the baseline per epoch (a fake clock in place of the device probe):
+    the epochs chosen after the baseline's epoch 2 let every arm finish within the budget.
+    Sizing from the baseline's epoch x the number of arms (the old rule) would pick 87
+    epochs, 173 s of training for a 100 s budget."""
+    import time
+
+    from rankbias.experiments._epoch_budget import arm_epoch_costs
+    from rankbias.experiments.overparam_cifar import fit_epochs
+    from rankbias.experiments.overparam_cifar_summary import arms
+    from rankbias.experiments.registry import build_config
+
+    cfg = build_config("overparam-cifar", {"ablate_weight_decay": ablate}, "gpu")
+    timed = []
+
+    def fake_probe(arm):  # seconds per probe epoch; the run's epochs are 0.5 s at depth 1
+        timed.append(arm["label"])
+        return {1: 0.01, 4: 0.03}[arm["depth"]]
+
+    costs = arm_epoch_costs(arms(cfg), fake_probe)
+    # each distinct arm timed once; the ablation arm trains other models, so it is timed too
+    assert timed == [a["label"] for a in arms(cfg)] == (["depth1", "depth4", "depth4-wd-collapsed"]
+                                                        if ablate else ["depth1", "depth4"])
+    budget, done, per = 100.0, 2, 0.5
+    got = fit_epochs(cfg, {"epochs": 200}, {"epoch": done, "epoch_time_s": per}, costs,
+                     time.perf_counter() + budget, False)
+    epoch_s = {k: per * c / costs["depth1"] for k, c in costs.items()}
+    train_s = (got - done) * epoch_s["depth1"] + got * sum(v for k, v in epoch_s.items() if k != "depth1")
+    assert train_s <= budget / 1.15  # every arm, at its own cost, within the budget less the margin
+    assert train_s + sum(epoch_s.values()) > budget / 1.15  # and not one epoch fewer than fits
+    assert got == (43 if not ablate else 25)  # (100 / 1.15 + 2 x 0.5) // (0.5 + 1.5 [+ 1.5])
+
+
+def test_one_kind_of_arm_needs_no_probe():
+    def never(arm):
+        raise AssertionError("no probe needed: every arm costs the same")
+
+    from rankbias.experiments._epoch_budget import arm_epoch_costs
+
+    assert arm_epoch_costs([{"label": "depth1", "depth": 1, "wd_on": "factors"}], never) == {"depth1": 1.0}
 
 
 def test_budget_stop_keeps_finished_depths(tmp_path):
@@ -382,9 +436,15 @@ def test_budget_stop_keeps_finished_depths(tmp_path):
     from rankbias.framework.runs import RunDir
     from rankbias.runner import run_experiment
 
-    base = {"depths": [1, 2], "seeds": [0, 1], "epochs": 2, "train_limit": 128, "test_limit": 64,
+    base = {"depths": [1, 2], "seeds": [0, 1], "train.epochs": 2, "train_limit": 128, "test_limit": 64,
             "batch_seeds": "auto"}
-    first = run_experiment("overparam-cifar", base, out_dir=tmp_path / "r", preset="smoke")
+    # fitted to a budget that holds the whole ceiling: the device probe (the fake clock above
+    # stands in for it) times each arm once before training, and the summary says so
+    first = run_experiment("overparam-cifar", {**base, "fit_epochs_to_budget": True, "budget_minutes": 10.0},
+                           out_dir=tmp_path / "r", preset="smoke")
+    probe = first["run"]["probe_epoch_s"]
+    assert list(probe) == ["depth1", "depth2"] and all(v > 0 for v in probe.values()), probe
+    assert first["run"]["epochs"] == 2
     assert first["run"]["batched_seeds"] in (True, False)
     assert [r["status"] for r in first["per_depth"]] == ["ok", "ok"]
     assert first["verdict"]["status"] in ("holds", "does not hold", "inconclusive", "not testable")
@@ -398,7 +458,7 @@ def test_budget_stop_keeps_finished_depths(tmp_path):
     assert rows[4]["status"] == "stopped" and rows[4]["epochs"] == 1 and rows[4]["epochs_planned"] == 2
     # named as cut in the verdict's measured line and in the GPU plan's note, not left out
     assert "depth4: stopped, not in the test (budget: stopped after epoch 1 of 2)" in again["verdict"]["measured"]
-    from rankbias.gpu_reproduce import cut_note
+    from rankbias.plan_runner import cut_note
 
     assert cut_note(again) == "budget: depth4 cut after epoch 1 of 2"
     assert cut_note(first) is None
@@ -412,7 +472,8 @@ def test_budget_stop_keeps_finished_depths(tmp_path):
 
 def test_gpu_path_imports_only_the_core_dependencies(fake_root, tmp_path):
     """overparam-cifar on packed CIFAR-10: nothing outside torch, torchvision, numpy, pandas,
-    matplotlib, tqdm (and their own dependencies) is imported: no scipy, sklearn, ray, ..."""
+    matplotlib, tqdm, scipy (scikit-learn's own dependency; the verdicts' t quantiles) and
+    their own dependencies is imported: no sklearn, ray, ..."""
     out = tmp_path / "packed"
     packed.pack(out, fake_root, datasets=["cifar10"])
     code = (
@@ -421,7 +482,7 @@ def test_gpu_path_imports_only_the_core_dependencies(fake_root, tmp_path):
         f"'--set', 'packed_dir={out}', '--set', 'depths=1,2', '--set', 'seeds=0,1', "
         f"'--out', '{tmp_path / 'run'}']); "
         "bad = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'scipy', 'sklearn', 'ray', 'tensorboard', 'safetensors', 'weightwatcher', 'hypothesis', 'pytest'}); "
+        "{'sklearn', 'ray', 'tensorboard', 'safetensors', 'weightwatcher', 'hypothesis', 'pytest'}); "
         "print('BAD', bad); sys.exit(rc or len(bad))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -433,62 +494,76 @@ def test_gpu_path_imports_only_the_core_dependencies(fake_root, tmp_path):
 
 @pytest.mark.parametrize("preset", ["gpu", "gpu-smoke"])
 def test_plan_shares(preset):
-    from rankbias.gpu_reproduce import plan
+    from rankbias.plans import REPRODUCE_PRESETS, DataFolder
 
-    steps = plan(preset, data=None, mat_root="/data", has={"mnist", "cifar10"})
+    steps = REPRODUCE_PRESETS[preset].build(DataFolder(None, "/data", frozenset({"mnist", "cifar10"})))
     shares = {st.label: st.share for st in steps}
     assert all(0 < v <= 1 for v in shares.values()) and sum(shares.values()) <= 1 + 1e-9, shares
     assert max(shares, key=shares.get) == "paper2-overparam-cifar", shares
     assert [st.label for st in steps if st.stops_itself] == ["paper2-overparam-cifar"]
+    assert not any(st.skip for st in steps)
+    # without CIFAR-10 the GPU plan reports its CIFAR steps as not run (their shares go on)
+    if preset == "gpu":
+        lacking = REPRODUCE_PRESETS[preset].build(DataFolder(None, "/data", frozenset({"mnist"})))
+        assert [st.label for st in lacking if st.skip] == ["paper1-cifar10", "paper2-overparam-cifar"]
+        assert all("no cifar10 in the data (/data)" == st.skip for st in lacking if st.skip)
 
 
 def test_the_cifar10_step_does_not_inherit_the_mnist_lr():
     """The plan's CIFAR-10 step uses the paper preset (sized for MNIST, lr 1, which collapsed
     CIFAR to a constant predictor in the CPU check of docs/gpu.md): its lr is set."""
     from rankbias.experiments.registry import build_config
-    from rankbias.gpu_reproduce import CIFAR_LR, plan
+    from rankbias.plans import CIFAR_LR, DataFolder, gpu_steps
 
-    step = next(st for st in plan("gpu", data=None, mat_root="/data", has={"cifar10"})
+    step = next(st for st in gpu_steps("gpu", DataFolder(None, "/data", frozenset({"cifar10"})))
                 if st.label == "paper1-cifar10")
     assert build_config(step.experiment, {}, step.preset).lr == 1.0
     assert build_config(step.experiment, step.overrides, step.preset).lr == CIFAR_LR < 1.0
 
 
 def test_a_plan_over_its_budget_is_refused():
-    from rankbias.gpu_reproduce import Step, check_shares
+    from rankbias.plans import Plan, Preset, Step, check_shares
 
     with pytest.raises(UnsupportedError, match="sum to <= 1"):
         check_shares([Step("a", "e", "p", {}, 0.6), Step("b", "e", "p", {}, 0.5)])
     with pytest.raises(UnsupportedError, match=r"each be in \(0, 1\]"):
         check_shares([Step("a", "e", "p", {}, 0.0)])
+    with pytest.raises(UnsupportedError, match=r"each be in \(0, 1\]"):  # a budgeted step without a share
+        check_shares([Step("a", "e", "p", {}, 0.5), Step("b", "e", "p", {})])
+    # a preset is either a table or a budgeted list of steps, never both or neither
+    with pytest.raises(UnsupportedError, match="exactly one of plans= .* and build="):
+        Preset()
+    with pytest.raises(UnsupportedError, match="budget_minutes goes with build="):
+        Preset(plans={"*": Plan("quick")}, budget_minutes=3.0)
 
 
 def test_reproduce_gpu_smoke_end_to_end(fake_root, tmp_path, cache):
-    from rankbias.sweep import reproduce
+    from rankbias.plan_runner import REPORT_RESERVE_S, reproduce
 
     data = tmp_path / "packed"
     packed.pack(data, fake_root)
-    from rankbias.gpu_reproduce import reproduce_gpu
-
-    rec = reproduce_gpu("gpu-smoke", tmp_path / "out", data=data, budget_minutes=5)
-    status = {e["name"]: e["status"] for e in rec["entries"]}
+    res = reproduce("gpu-smoke", tmp_path / "out", data=data, budget_minutes=5, progress=False)
+    status = {e.name: e.status for e in res.entries}
     assert status == {"paper1-synthetic": "done", "paper1-mnist": "done", "paper1-cifar10": "done",
-                      "paper2-overparam-cifar": "done"}, rec["entries"]
-    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "report" / "index.html").exists()
-    p2 = next(e for e in rec["entries"] if e["name"] == "paper2-overparam-cifar")
-    assert p2["config"]["dataset"] == "cifar10" and p2["config"]["packed_dir"] == str(data)
+                      "paper2-overparam-cifar": "done"}, res.entries
+    assert res.report_md.exists() and res.report_html.exists()
+    p2 = next(e for e in res.entries if e.name == "paper2-overparam-cifar")
+    assert p2.config["dataset"] == "cifar10" and p2.config["packed_dir"] == str(data)
     # every step got at least its share of the 300 s (time the earlier ones left comes on top;
     # paper 2 keeps back the report's reserve), and reproduce.json records both
-    from rankbias.gpu_reproduce import REPORT_RESERVE_S
-
     recorded = json.loads((tmp_path / "out" / "reproduce.json").read_text())["experiments"]
-    for e, r in zip(rec["entries"], recorded):
+    for e, r in zip(res.entries, recorded):
         reserve = REPORT_RESERVE_S if e is p2 else 0.0
-        assert e["budget_s"] >= e["share"] * 300 - reserve - 1, e
-        assert (r["share"], r["budget_s"]) == (e["share"], e["budget_s"])
-    assert p2["config"]["budget_minutes"] == pytest.approx(p2["budget_s"] / 60, abs=0.01)
+        assert e.budget_s >= e.share * 300 - reserve - 1, e
+        assert (r["share"], r["budget_s"]) == (e.share, e.budget_s)
+        assert e.verdict != "not run" and Path(e.run_dir).parent == tmp_path / "out" / "runs" / e.name
+    assert p2.config["budget_minutes"] == pytest.approx(p2.budget_s / 60, abs=0.01)
     # a spent budget: the plan still writes its report, every step "not run"
     res = reproduce("gpu-smoke", tmp_path / "out2", budget_minutes=1e-3)
-    assert {e["status"] for e in res.entries} == {"not run"} and res.report_md.exists()
-    with pytest.raises(ConfigError):
+    assert {e.status for e in res.entries} == {"not run"} and res.report_md.exists()
+    with pytest.raises(ConfigError, match="budget_minutes and data are for the budgeted presets"):
         reproduce("quick", tmp_path / "x", budget_minutes=3)
+    with pytest.raises(ConfigError, match="budget_minutes and data are for the budgeted presets"):
+        reproduce("quick", tmp_path / "x", data=data)
+    with pytest.raises(ConfigError, match="--only / --set are not accepted with preset 'gpu-smoke'"):
+        reproduce("gpu-smoke", tmp_path / "x", only=["noise-robustness"])

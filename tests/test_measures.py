@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import rankbias
-from rankbias import (
+from rankbias.measures import (
     MEASURES,
+    SPECS,
     as_matrix,
     effective_rank,
     entropy_rank,
@@ -30,7 +31,6 @@ from rankbias import (
     singular_values,
     stable_rank,
 )
-from rankbias.measures import SPECS
 
 F64 = torch.float64
 FLOATS = [k for k in MEASURES if not SPECS[k].integer]

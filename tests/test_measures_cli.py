@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from rankbias import MEASURES, as_matrix, effective_rank, rank_measures
 from rankbias.cli import main as cli_main
+from rankbias.measures import MEASURES, as_matrix, effective_rank, rank_measures
 
 
 def _run_cli(capsys, *args):

@@ -12,15 +12,17 @@ import scipy.linalg
 import torch
 
 import rankbias.measures.spectrum as spectrum
-from rankbias import (
+from rankbias.measures import (
     MEASURES,
+    SPECS,
     KernelSpectrum,
+    MeasureSpec,
+    SlowComputationWarning,
     max_measure,
     measures_from_singular_values,
     rank_measures,
     rank_measures_many,
 )
-from rankbias.measures import SPECS, MeasureSpec, SlowComputationWarning
 from test_measures import _count_svd_calls, randn, reference, with_spectrum
 
 

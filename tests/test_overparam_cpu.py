@@ -118,10 +118,11 @@ def test_config_refuses_bad_protocol_values():
     from rankbias.experiments.overparam_cifar import OverparamCifarConfig
 
     for bad in ({"lr_grid": [0.1, -1.0]}, {"lr_holdout": 1.0}, {"fit_threshold": 0.0},
-                {"downsample": 0}, {"weight_decay_on": "both"}, {"lr_grid_seeds": []},
-                {"curve_test_limit": 1}):
+                {"downsample": 0}, {"lr_grid_seeds": []}, {"curve_test_limit": 1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             OverparamCifarConfig(**bad)
+    with pytest.raises(ConfigError, match=r"^train\.weight_decay_on: got 'both'"):
+        OverparamCifarConfig(train={"weight_decay_on": "both"})
 
 
 def test_cpu_protocol_smoke_end_to_end(tmp_path):
@@ -131,11 +132,13 @@ def test_cpu_protocol_smoke_end_to_end(tmp_path):
     from rankbias.runner import run_experiment
 
     over = {"dataset": "digits", "train_limit": 120, "test_limit": 60, "curve_test_limit": 30,
-            "model": "cnn", "model_width": 4, "epochs": 2, "batch_size": 32, "num_threads": 1,
-            "batch_seeds": "yes", "crop_padding": 0, "hflip": False, "train_eval_limit": None,
+            "model": "cnn", "model_width": 4, "train.epochs": 2, "train.batch_size": 32, "num_threads": 1,
+            "batch_seeds": "yes", "train.crop_padding": 0, "train.hflip": False, "train_eval_limit": None,
             "depths": [1, 2], "seeds": [0, 1], "lr_grid": [0.01, 0.1], "lr_grid_seeds": [7]}
     cfg = build_config("overparam-cifar", over, "cpu")
     assert cfg.ablate_weight_decay and cfg.fit_threshold == 0.99
+    # the dotted keys change those settings only: the preset's others stay
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_epochs) == (2, 32, 0.1, 1.0)
     out = run_experiment("overparam-cifar", over, out_dir=tmp_path / "r", preset="cpu")
     sel = out["lr_selection"]
     arms = ("depth1", "depth2", "depth2-wd-collapsed")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rankbias.report import paper_vs_measured, status_word, write_reproduce_report
-from rankbias.verdicts import verdict
+from rankbias.run_reports import paper_vs_measured, verdict_line, write_reproduce_report
+from rankbias.verdicts import STATUSES, status_of, verdict
 
 CLAIM = "Depth lowers the effective rank of the embeddings."
 
@@ -64,12 +64,18 @@ def sections(html: str) -> dict[str, str]:
     return dict(re.findall(r"<section id='([^']+)'>(.*?)</section>", html, re.S))
 
 
-def test_status_words_keep_not_testable_apart_from_does_not_hold():
-    assert status_word(verdict("not testable", "c", "r")) == "not testable"
-    assert status_word(verdict("inconclusive", "c", "r")) == "inconclusive"
-    assert status_word(verdict("does not hold", "c", "r")) == "does not hold"
-    assert status_word({"holds": True}) == "holds" and status_word({"holds": False}) == "does not hold"
-    assert status_word({"holds": None}) == "no verdict" and status_word(None) == "no verdict"
+def test_the_report_words_a_verdict_with_the_one_verdict_to_word_function():
+    """run_reports.py has no word function of its own: each outcome of STATUSES shows as itself."""
+    import rankbias.run_reports as report
+
+    assert report.status_of is status_of and not hasattr(report, "status_word")
+    lines = {"holds": "the claim HOLDS", "does not hold": "the claim does NOT hold",
+             "inconclusive": "inconclusive", "not testable": "not testable"}
+    for status in STATUSES:
+        v = verdict(status, "c", "r")
+        assert paper_vs_measured(v)[-1]["measured"] == f"{status}: r"
+        assert verdict_line(v) == f"**Verdict: {lines[status]}.** r"
+    assert paper_vs_measured({"holds": None})[-1]["measured"] == "no verdict"
 
 
 def test_paper_vs_measured_rows():

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ def parts_experiment():
                       presets={"quick": {}})(parts_run)
     CALLS.clear()
     yield "zz-parts"
-    registry._REGISTRY.pop("zz-parts", None)
+    registry.unregister("zz-parts")
 
 
 def value(summary: dict) -> float:
@@ -199,12 +199,17 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture
-def gate_experiment():
-    module = types.ModuleType("zz_gate")  # this process knows it too, for the second sweep
+def gate_experiment(tmp_path):
+    # this process knows it too, for the second sweep; imported from a file, as a user's
+    # module would be, so that the registry can read its fields' docstrings
+    path = tmp_path / "zz_gate.py"
+    path.write_text(GATED)
+    spec = importlib.util.spec_from_file_location("zz_gate", path)
+    module = importlib.util.module_from_spec(spec)
     sys.modules["zz_gate"] = module  # dataclasses look the class's module up there
-    exec(GATED, module.__dict__)
+    spec.loader.exec_module(module)
     yield
-    registry._REGISTRY.pop("zz-gate", None)
+    registry.unregister("zz-gate")
     sys.modules.pop("zz_gate", None)
 
 

@@ -17,13 +17,13 @@ import pytest
 
 from rankbias.experiments import registry
 from rankbias.framework.config import Config, ConfigError
+from rankbias.plan_runner import reproduce
 from rankbias.sweep import (
     MissingDependency,
     expand_grid,
     flatten_summary,
     parse_grid,
     parse_seeds,
-    reproduce,
     run_sweep,
     seed_field,
 )
@@ -82,9 +82,9 @@ def toy_experiments():
     registry.register("zz-toy-batched", description="seeds list", config_cls=BatchedConfig,
                       presets={"quick": {}}, claim="")(batched_run)
     yield
-    registry._REGISTRY.pop("zz-toy-batched", None)
-    registry._REGISTRY.pop("zz-toy", None)
-    registry._REGISTRY.pop("zz-toy-fails", None)
+    registry.unregister("zz-toy-batched")
+    registry.unregister("zz-toy")
+    registry.unregister("zz-toy-fails")
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -418,15 +418,15 @@ def test_reproduce_report_with_verdicts_figures_and_failures(tmp_path, toy_exper
     out = tmp_path / "rep"
     res = reproduce("quick", out, only=["depth-rank-init", "zz-toy", "zz-toy-fails"],
                     overrides={"depth-rank-init": {"n": 8, **TINY}, "zz-toy": {"x": 20}}, progress=False)
-    by = {e["name"]: e for e in res.entries}
-    assert set(by) == set(registry.experiments())  # every registered claim is in the report
-    assert by["depth-rank-init"]["verdict"] == "holds"
-    assert by["zz-toy"]["verdict"] == "does not hold"
-    assert by["zz-toy-fails"]["verdict"] == "failed"
-    assert "this experiment is broken" in by["zz-toy-fails"]["error"]
+    by = {e.name: e for e in res.entries}
+    assert set(by) == set(registry.list_experiments())  # every registered claim is in the report
+    assert by["depth-rank-init"].verdict == "holds"
+    assert by["zz-toy"].verdict == "does not hold"
+    assert by["zz-toy-fails"].verdict == "failed"
+    assert "this experiment is broken" in by["zz-toy-fails"].error
     assert res.failed == ["zz-toy-fails"]
     others = [e for n, e in by.items() if n not in ("depth-rank-init", "zz-toy", "zz-toy-fails")]
-    assert all(e["verdict"] == "not run" for e in others)
+    assert all(e.verdict == "not run" for e in others)
 
     html = res.report_html.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
@@ -434,7 +434,7 @@ def test_reproduce_report_with_verdicts_figures_and_failures(tmp_path, toy_exper
 
     assert CLAIM.split(":")[0] in html and ">holds<" in html and ">does not hold<" in html
     assert "this experiment is broken" in html and "Traceback" in html
-    fig = next((Path(by["depth-rank-init"]["run_dir"]) / "figures").glob("*.png"))
+    fig = next((Path(by["depth-rank-init"].run_dir) / "figures").glob("*.png"))
     assert f"data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}" in html
     assert "src='figures" not in html and "<img alt='entropy_rank_by_depth'" in html  # nothing external
     md = res.report_md.read_text()
@@ -443,11 +443,11 @@ def test_reproduce_report_with_verdicts_figures_and_failures(tmp_path, toy_exper
     assert (out / os.path.relpath(fig, out)).exists() and os.path.relpath(fig, out) in md
 
     # rerun: the completed experiments are cached, not recomputed
-    summ = Path(by["depth-rank-init"]["run_dir"]) / "summary.json"
+    summ = Path(by["depth-rank-init"].run_dir) / "summary.json"
     stamp = file_stamp(summ)
     res2 = reproduce("quick", out, only=["depth-rank-init"], overrides={"depth-rank-init": {"n": 8, **TINY}},
                      progress=False)
-    assert file_stamp(summ) == stamp and res2.entries[0]["cached"] is True
+    assert file_stamp(summ) == stamp and res2.entries[0].cached is True
     with pytest.raises(ConfigError, match="--only: unknown experiment"):
         reproduce("quick", out, only=["nope"])
 
@@ -463,35 +463,46 @@ def test_reproduce_cli(tmp_path):
 
 
 def test_reproduce_preset_table_says_what_runs(tmp_path, toy_experiments, monkeypatch):
-    from rankbias.reproduce import ALL, REPRODUCE_PRESETS, Plan, plan_for
+    from rankbias.plans import ALL, REPRODUCE_PRESETS, Plan, Preset, preset_named
 
-    monkeypatch.setitem(REPRODUCE_PRESETS, "zz", {"zz-toy": Plan("paper", {"x": 3.0}),
-                                                  "zz-toy-fails": Plan("nope")})
+    monkeypatch.setitem(REPRODUCE_PRESETS, "zz", Preset(plans={"zz-toy": Plan("paper", {"x": 3.0}),
+                                                               "zz-toy-fails": Plan("nope")}))
     res = reproduce("zz", tmp_path, progress=False, overrides={"zz-toy": {"seed": 1}})
-    by = {e["name"]: e for e in res.entries}
+    by = {e.name: e for e in res.entries}
     toy = by["zz-toy"]
     # the plan's preset (scale=2) and overrides, with --set-style overrides on top
-    assert toy["preset"] == "paper" and toy["config"] == {"x": 3.0, "scale": 2, "seed": 1}
-    assert toy["summary"]["verdict"]["value"] == 3.0 * 2 + 1 and toy["verdict"] == "holds"
-    assert Path(toy["run_dir"]).parent == tmp_path / "runs" / "zz-toy"
-    assert Path(toy["run_dir"]).name.startswith("paper-")
-    assert by["zz-toy-fails"]["status"] == "not run" and "no 'nope' preset" in by["zz-toy-fails"]["reason"]
-    assert by["depth-rank-init"]["reason"] == "not part of the 'zz' reproduction"
-    assert plan_for("quick", "anything") == Plan("quick") and plan_for("paper", "x") == REPRODUCE_PRESETS["paper"][ALL]
+    assert toy.preset == "paper" and toy.config == {"x": 3.0, "scale": 2, "seed": 1}
+    assert toy.summary["verdict"]["value"] == 3.0 * 2 + 1 and toy.verdict == "holds"
+    assert Path(toy.run_dir).parent == tmp_path / "runs" / "zz-toy"
+    assert Path(toy.run_dir).name.startswith("paper-")
+    assert by["zz-toy-fails"].status == "not run" and "no 'nope' preset" in by["zz-toy-fails"].reason
+    assert by["depth-rank-init"].reason == "not part of the 'zz' reproduction"
+    assert preset_named("paper").plans == {ALL: Plan("paper")}
     # a name that is no entry means each experiment's own preset of that name
-    assert plan_for("mnist", "noise-robustness-images") == Plan("mnist")
+    assert preset_named("mnist") == Preset(plans={ALL: Plan("mnist")})
+    # the record on disk is the entries, field for field (less the summaries)
+    recorded = json.loads((tmp_path / "reproduce.json").read_text())["experiments"]
+    assert [r["name"] for r in recorded] == [e.name for e in res.entries]
+    assert recorded[0].keys() == res.entries[0].record(summary=False).keys()
+    # no preset name is special: the table's entry is what runs, "gpu-smoke" included
+    monkeypatch.setitem(REPRODUCE_PRESETS, "gpu-smoke", Preset(plans={"zz-toy": Plan("paper")}))
+    res = reproduce("gpu-smoke", tmp_path / "g", progress=False)
+    assert [e.name for e in res.entries if e.status == "done"] == ["zz-toy"]
 
 
 def test_every_reproduction_plan_builds_a_valid_config():
     """A plan whose overrides an experiment's config refuses would only show as a failed
     step of `make demo`: every named plan of every preset must validate, and the demo's
     depth experiments stay capped (they train to a plateau only when run on their own)."""
-    from rankbias.experiments.registry import build_config, experiments
-    from rankbias.reproduce import ALL, DEPTH_DEMO, REPRODUCE_PRESETS
+    from rankbias.experiments.registry import build_config, list_experiments
+    from rankbias.plans import ALL, DEPTH_DEMO, REPRODUCE_PRESETS, DataFolder
 
-    names = set(experiments())
-    for preset, plans in REPRODUCE_PRESETS.items():
-        for name, plan in plans.items():
+    names = set(list_experiments())
+    everything = DataFolder("/packed", "/packed", frozenset({"mnist", "cifar10"}))
+    for preset, p in REPRODUCE_PRESETS.items():  # the budgeted plans' steps too (gpu on the CPU)
+        for st in p.build(everything) if p.build is not None else []:
+            build_config(st.experiment, dict(st.overrides), st.preset)
+        for name, plan in (p.plans or {}).items():
             if name == ALL:
                 continue
             assert name in names, f"{preset}: no experiment {name!r}"
@@ -500,5 +511,5 @@ def test_every_reproduction_plan_builds_a_valid_config():
                 got = getattr(cfg, k)
                 assert (list(got) if isinstance(got, tuple) else got) == v, (preset, name, k)
     for name in ("depth-rank-trained", "depth-rank-optimizers", "depth-rank-init-sensitivity"):
-        cfg = build_config(name, dict(REPRODUCE_PRESETS["quick"][name].overrides), "quick")
+        cfg = build_config(name, dict(REPRODUCE_PRESETS["quick"].plans[name].overrides), "quick")
         assert cfg.steps == DEPTH_DEMO["steps"] <= 2000 and list(cfg.lr_factors) == [1.0]

@@ -12,7 +12,6 @@ from rankbias.verdicts import (
     noninferiority,
     paired_gain_verdict,
     status_of,
-    student_t_ppf,
     t_interval,
     verdict,
 )
@@ -25,10 +24,15 @@ def relative_rank_verdict(*args, n_test=10_000, n_classes=2, **kw):
     return _relative(*args, n_test=n_test, n_classes=n_classes, **kw)
 
 
-@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 29, 100])
-@pytest.mark.parametrize("q", [0.9, 0.975, 0.995])
-def test_t_quantile_matches_scipy(df, q):
-    assert student_t_ppf(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-9)
+@pytest.mark.parametrize("confidence", [0.8, 0.95, 0.99, 0.9999])
+def test_t_interval_on_two_and_three_seeds_has_the_closed_form_width(confidence):
+    # the t quantile in closed form: df = 1 is the Cauchy, tan(pi (q - 1/2)); df = 2 is
+    # (2q - 1) / sqrt(2 q (1 - q)); [0, 2] has mean 1, std sqrt(2); [0, 1, 2] mean 1, std 1
+    q = 0.5 + confidence / 2
+    iv = t_interval([0.0, 2.0], confidence)
+    assert iv["hi"] - 1 == pytest.approx(math.tan(math.pi * (q - 0.5)) * math.sqrt(2) / math.sqrt(2), rel=1e-12)
+    iv = t_interval([0.0, 1.0, 2.0], confidence)
+    assert iv["hi"] - 1 == pytest.approx((2 * q - 1) / math.sqrt(2 * q * (1 - q)) / math.sqrt(3), rel=1e-12)
 
 
 def test_t_interval_matches_scipy():
@@ -181,8 +185,10 @@ def test_relative_rank_skips_a_level_whose_networks_all_diverged(recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
-def test_t_quantile_far_in_the_tail():
-    assert student_t_ppf(0.99995, 1) == pytest.approx(stats.t.ppf(0.99995, 1), rel=1e-9)
+def test_detectable_effect_has_the_closed_form_on_two_seeds():
+    # df = 1: (t_0.975 + t_0.8) std / sqrt(2) with the Cauchy quantiles tan(pi (q - 1/2))
+    want = (math.tan(math.pi * 0.475) + math.tan(math.pi * 0.3)) * 0.5 / math.sqrt(2)
+    assert detectable_effect(0.5, 2) == pytest.approx(want, rel=1e-12)
 
 
 def test_relative_rank_refuses_a_zero_clean_rank():

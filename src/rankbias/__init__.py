@@ -1,121 +1,108 @@
 """rankbias: measure, reproduce and exploit the low-rank bias of neural networks.
 
-The rank measures (every public name of :mod:`rankbias.measures`) are imported
-eagerly (they need only torch and numpy); everything else is loaded on first
-use, so ``from rankbias import effective_rank`` pulls in no plotting, CLI or Ray
-code.
+The public face is what a user calls:
+
+- the rank measures (:func:`effective_rank`, :func:`rank_measures`, ...,
+  :class:`KernelSpectrum`, :func:`register_measure`), imported eagerly: they need
+  only torch and numpy, so ``from rankbias import effective_rank`` pulls in no
+  plotting, CLI or Ray code;
+- a model's ranks: :func:`rank_report`, :func:`analyze`, :func:`measure_tensors`
+  and :class:`RankTracker` (during training);
+- linear over-parameterisation: :func:`overparameterize` and :func:`collapse`;
+- the experiments: :func:`run_experiment`, :func:`list_experiments`,
+  :func:`run_sweep` and :func:`reproduce`;
+- :mod:`rankbias.papers`: the two papers' own models, data and trainers.
+
+Everything but the measures is loaded on first use. The engine
+(``rankbias.measures``: ``Spectrum``, ``MeasureSpec``, ...), the framework
+(``rankbias.framework``: ``Config``, ``RunDir``), the errors (``rankbias.errors``)
+and the trainer (``rankbias.training``) are imported from their modules.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from rankbias._lazy import lazy_getattr
 from rankbias._version import __version__
-from rankbias.measures import *  # noqa: F403  (the public face: every name of rankbias.measures)
-from rankbias.measures import __all__ as _measures_all
-
-# Eager, and light (standard library only): the submodule rankbias.reproduce would
-# otherwise replace the function of the same name on this package when first imported.
-from rankbias.reproduce import reproduce
+from rankbias.measures import (
+    MEASURES,
+    KernelSpectrum,
+    effective_rank,
+    entropy_rank,
+    numerical_rank,
+    participation_ratio,
+    rank_measures,
+    rank_measures_many,
+    rankme,
+    register_measure,
+    singular_values,
+    stable_rank,
+)
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
-    "run_experiment": "rankbias.runner",
-    "list_experiments": "rankbias.experiments.registry",
-    "Config": "rankbias.framework.config",
-    "ConfigError": "rankbias.framework.config",
-    "RunDir": "rankbias.framework.runs",
-    "run_sweep": "rankbias.sweep",
-    # paper 1 (noise robustness)
-    "PatchData": "rankbias.data.patches",
-    "make_patch_data": "rankbias.data.patches",
-    "HuberizedReLU": "rankbias.models.two_layer_cnn",
-    "huberized_relu": "rankbias.models.two_layer_cnn",
-    "TwoLayerCNN": "rankbias.models.two_layer_cnn",
-    "train_two_layer_cnn": "rankbias.fit.two_layer_cnn",
-    "background_pixel_noise": "rankbias.data.images",
-    "load_image_dataset": "rankbias.data.images",
-    "noisy_canvas": "rankbias.data.images",
-    "extract_patches": "rankbias.data.images",
-    "DeepLinear": "rankbias.models.deep_linear",
-    "fit_deep_linear": "rankbias.fit.deep_linear",
-    "random_search": "rankbias.fit.random_search",
     "rank_report": "rankbias.analysis",
-    "RankTracker": "rankbias.analysis",
     "analyze": "rankbias.analysis",
     "measure_tensors": "rankbias.analysis",
+    "RankTracker": "rankbias.analysis",
     "overparameterize": "rankbias.overparam",
     "collapse": "rankbias.overparam",
+    "run_experiment": "rankbias.runner",
+    "list_experiments": "rankbias.experiments.registry",
+    "run_sweep": "rankbias.sweep",
+    "reproduce": "rankbias.plan_runner",
 }
 
+# submodules reachable as attributes without an explicit import
+_LAZY_MODULES = ("papers", "training")
+
 if TYPE_CHECKING:  # pragma: no cover
-    import rankbias.train as train
+    import rankbias.papers as papers
+    import rankbias.training as training  # noqa: F401  (an attribute, not in __all__)
     from rankbias.analysis import RankTracker, analyze, measure_tensors, rank_report
-    from rankbias.data.images import (
-        background_pixel_noise,
-        extract_patches,
-        load_image_dataset,
-        noisy_canvas,
-    )
-    from rankbias.data.patches import PatchData, make_patch_data
     from rankbias.experiments.registry import list_experiments
-    from rankbias.fit.deep_linear import fit_deep_linear
-    from rankbias.fit.random_search import random_search
-    from rankbias.fit.two_layer_cnn import train_two_layer_cnn
-    from rankbias.framework.config import Config, ConfigError
-    from rankbias.framework.runs import RunDir
-    from rankbias.models.deep_linear import DeepLinear
-    from rankbias.models.two_layer_cnn import HuberizedReLU, TwoLayerCNN, huberized_relu
     from rankbias.overparam import collapse, overparameterize
+    from rankbias.plan_runner import reproduce
     from rankbias.runner import run_experiment
     from rankbias.sweep import run_sweep
 
 
-# submodules reachable as attributes without an explicit import; ``train`` is the
-# trainer's module (``rankbias.train.train``): a function of that name would be
-# shadowed by the submodule as soon as anything imported it
-_LAZY_MODULES = ("train",)
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY, _LAZY_MODULES)
 
 
-def __getattr__(name: str):
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f"rankbias.{name}")
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'rankbias' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))
 
 
 __all__ = [
     "__version__",
-    "Config",
-    "ConfigError",
-    "RunDir",
-    "list_experiments",
-    "run_experiment",
-    "train",
-    "run_sweep",
-    "reproduce",
-    "PatchData",
-    "make_patch_data",
-    "HuberizedReLU",
-    "huberized_relu",
-    "TwoLayerCNN",
-    "train_two_layer_cnn",
-    "noisy_canvas",
-    "extract_patches",
-    "DeepLinear",
-    "fit_deep_linear",
-    "random_search",
-    "rank_report",
+    # rank measures
+    "MEASURES",
+    "KernelSpectrum",
+    "effective_rank",
+    "entropy_rank",
+    "numerical_rank",
+    "participation_ratio",
+    "rank_measures",
+    "rank_measures_many",
+    "rankme",
+    "register_measure",
+    "singular_values",
+    "stable_rank",
+    # a model's ranks
+    "RankTracker",
     "analyze",
     "measure_tensors",
-    "background_pixel_noise",
-    "load_image_dataset",
-    "RankTracker",
-    "overparameterize",
+    "rank_report",
+    # linear over-parameterisation
     "collapse",
+    "overparameterize",
+    # experiments
+    "list_experiments",
+    "reproduce",
+    "run_experiment",
+    "run_sweep",
+    # the papers' own models, data and trainers
+    "papers",
 ]
-__all__ += _measures_all

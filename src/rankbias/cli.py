@@ -23,9 +23,9 @@ def _parse_sets(items: Sequence[str]) -> dict:
 
 
 def cmd_list(args) -> int:
-    from rankbias.experiments import experiments
+    from rankbias.experiments import list_experiments
 
-    exps = experiments()
+    exps = list_experiments()
     width = max(len(n) for n in exps)
     for name, exp in exps.items():
         print(f"{name:<{width}}  {exp.description}  [presets: {', '.join(exp.presets)}]")
@@ -51,17 +51,21 @@ def cmd_run(args) -> int:
         from rankbias.verdicts import status_of  # holds=None is both inconclusive and not testable
 
         print(f"{args.name}: verdict {status_of(verdict)}" if verdict else f"{args.name}: done")
+        for n in summary.get("notices") or ():
+            print(f"NOTICE: {n}")
     return 0
 
 
 def cmd_measure(args) -> int:
     from rankbias.analysis import measure_tensors
-    from rankbias.measures import MEASURES
-    from rankbias.report import markdown_table
+    from rankbias.framework.tables import markdown_table
+    from rankbias.measures import SPECS
 
     # Exit status: 0 when at least one tensor was measured (those it could not read are
     # rows with an `error`, and counted on stderr); 1 when none was (docs/analysis.md).
-    rows = measure_tensors(args.path, conv_reading=args.conv_reading, trust_pickle=args.trust_pickle)
+    rows = measure_tensors(args.path, conv_reading=args.conv_reading, trust_pickle=args.trust_pickle,
+                           device=args.device, method="fast" if args.fast else "auto",
+                           progress=False if args.json else None)
     if not rows:
         print(f"{args.path}: no tensor with 2 or more dimensions", file=sys.stderr)
         return 1
@@ -69,7 +73,9 @@ def cmd_measure(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        columns = ["name", "shape", "matrix", *MEASURES] + (["error"] if n_bad else [])
+        keys = [c for k in SPECS for c in (k, f"{k}_error")]  # --fast: a subset, with error bars
+        columns = ["name", "shape", "matrix", *(c for c in keys if any(c in r for r in rows))]
+        columns += ["error"] if n_bad else []
         print(markdown_table(rows, columns), end="")
         if args.conv_reading == "taps" and any(" x " in r["matrix"] for r in rows):
             print("\n(taps: measures of a conv weight are means over its kernel positions)")
@@ -103,7 +109,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from rankbias.framework.config import ConfigError
-    from rankbias.reproduce import reproduce
+    from rankbias.plan_runner import reproduce
 
     overrides: dict = {}
     for item in args.set or ():
@@ -115,8 +121,11 @@ def cmd_reproduce(args) -> int:
     res = reproduce(args.preset, args.out, only=args.only, overrides=overrides,
                     budget_minutes=args.budget_minutes)
     for e in res.entries:
-        print(f"{e['name']:<28} {e['verdict']}" + (f"  ({e['error'].splitlines()[0]})" if e.get("error") else ""))
+        print(f"{e.name:<28} {e.verdict}" + (f"  ({e.error.splitlines()[0]})" if e.error else ""))
     print(f"report: {res.report_html}  (and {res.report_md})")
+    for e in res.entries:  # last, so that no progress output hides them
+        for n in (e.summary or {}).get("notices") or ():
+            print(f"\nNOTICE ({e.name}): {n}")
     return 1 if res.failed else 0
 
 
@@ -134,15 +143,12 @@ def cmd_prepare_data(args) -> int:
 
 def cmd_analyze(args) -> int:
     from rankbias.analysis import analyze
+    from rankbias.analysis.options import report_arguments
 
     res = analyze(
         args.model, args.data, out=args.out, arch=args.arch, weights=args.weights,
         data_root=args.data_root, limit=args.limit, train=args.split == "train",
-        trust_pickle=args.trust_pickle, device=args.device, layers=args.layers or None,
-        measures=args.measures or None, conv_reading=args.conv_reading,
-        embedding_reading=args.embedding_reading, batch_size=args.batch_size, centered=args.centered,
-        embeddings=args.embeddings, token_index=args.token_index,
-        attention_heads=args.attention_heads, progress=None,
+        trust_pickle=args.trust_pickle, device=args.device, progress=None, **report_arguments(args),
     )
     print(res.headline)
     print(res.summary)
@@ -152,6 +158,8 @@ def cmd_analyze(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from rankbias._version import __version__
+    from rankbias.analysis.options import WeightOptions, add_report_arguments
+    from rankbias.framework.arguments import add_arguments
 
     p = argparse.ArgumentParser(
         prog="rankbias",
@@ -177,10 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("measure", help="rank measures of every 2-D+ tensor in a file")
-    sp.add_argument("path", help=".npy, .npz, .pt/.pth (tensor, state_dict or model) or .safetensors")
-    sp.add_argument("--conv-reading", choices=["flatten", "taps", "pooled"], default="flatten",
-                    help="a conv weight (out, in, kh, kw) as out x in*kh*kw (flatten), per tap "
-                    "(mean over taps), or pooled (WeightWatcher's: one spectrum of all taps)")
+    sp.add_argument("path", help=".npy, .npz, .pt/.pth (tensor, state_dict or model), .safetensors, "
+                    "or a sharded checkpoint (a *.safetensors.index.json or its directory), "
+                    "streamed tensor by tensor")
+    add_arguments(sp, WeightOptions, only=["conv_reading"])
+    sp.add_argument("--device", default=None, help="torch device of the spectra (default: cpu)")
+    sp.add_argument("--fast", action="store_true",
+                    help="the fast route of the rank measures: estimates with error bars")
     sp.add_argument("--trust-pickle", action="store_true",
                     help="unpickle files in full (a torch.save(model) file); runs code stored in "
                     "the file: only for files you trust")
@@ -220,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("reproduce", help="run every experiment and write the combined report")
     sp.add_argument("--preset", default="quick",
-                    help="quick (minutes on a laptop), paper, or another entry of rankbias.reproduce.REPRODUCE_PRESETS")
+                    help="quick (minutes on a laptop), paper, or another entry of rankbias.plans.REPRODUCE_PRESETS")
     sp.add_argument("--out", default="runs/reproduce", help="output directory (rerun to resume)")
     sp.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these experiments")
     sp.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE",
@@ -248,22 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-root", default=None, help="dataset root (default $RANKBIAS_DATA or ./data)")
     sp.add_argument("--split", choices=["test", "train"], default="test", help="dataset split")
     sp.add_argument("--limit", type=int, default=None, help="use the first N inputs")
-    sp.add_argument("--batch-size", type=int, default=256, help="inputs per forward pass")
-    sp.add_argument("--layers", nargs="*", default=None, help="layer names or glob patterns (default all)")
-    sp.add_argument("--measures", nargs="*", default=None, help="measures (default all)")
-    sp.add_argument("--conv-reading", choices=["flatten", "taps", "pooled"], default="flatten",
-                    help="a conv weight as out x in*kh*kw (flatten), per tap (mean over taps), or "
-                    "pooled (WeightWatcher's: one spectrum of all taps)")
-    sp.add_argument("--embedding-reading", choices=["position", "sample"], default="position",
-                    help="conv outputs per position ((N*H*W) x C) or per sample (N x C*H*W)")
-    sp.add_argument("--embeddings", nargs="*", default=None, metavar="MODULE[:input|:output]",
-                    help="also measure these modules' inputs or outputs (names or globs, e.g. fc:input)")
-    sp.add_argument("--token-index", type=int, default=None,
-                    help="keep only this token of (N, T, d) outputs (0: the CLS token)")
-    sp.add_argument("--attention-heads", action="store_true",
-                    help="one Q, K, V row per attention head")
-    sp.add_argument("--centered", action="store_true",
-                    help="remove the mean embedding before the kernel (default: raw K = Z Z^T)")
+    add_report_arguments(sp)  # --batch-size, --layers, --measures, --conv-reading, ... (one declaration)
     sp.add_argument("--trust-pickle", action="store_true",
                     help="unpickle model/input files in full (a torch.save(model) file); runs code "
                     "stored in the file: only for files you trust")

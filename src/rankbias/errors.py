@@ -10,10 +10,13 @@ class RankbiasError(Exception):
     """Base class of every error rankbias raises on purpose."""
 
 
-class InvalidParameterError(RankbiasError, ValueError):
-    """An argument whose value is not accepted (a measure name, a device, a config value):
-    the one type for every bad argument, as scikit-learn's ``InvalidParameterError``. The
-    message names the argument, the value and what is accepted."""
+class InvalidParameterError(RankbiasError, ValueError, TypeError):
+    """An argument whose value or type is not accepted (a measure name, a device, a config
+    value, a list where a model was expected): the one type for every bad argument, as
+    scikit-learn's ``InvalidParameterError`` (also a ``ValueError`` and a ``TypeError``, so
+    ``except ValueError`` and ``except TypeError`` written for either still catch it). The
+    message names the argument, the value and what is accepted. ``ConfigError`` (a config
+    key or value) is a subclass."""
 
 
 class LoadError(RankbiasError, ValueError):

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rankbias.errors import UnsupportedError
+from rankbias.errors import InvalidParameterError, UnsupportedError
 
 __all__ = ["ESTIMATORS", "available", "intrinsic_dimension"]
 
@@ -60,20 +60,20 @@ def intrinsic_dimension(
     """
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown or not estimators:
-        raise ValueError(f"estimators: got {list(estimators)!r}; accepted: a non-empty list of "
+        raise InvalidParameterError(f"estimators: got {list(estimators)!r}; accepted: a non-empty list of "
                          f"{', '.join(ESTIMATORS)}")
     if not isinstance(n_neighbors, int) or n_neighbors < 2:
-        raise ValueError(f"n_neighbors must be an int >= 2, got {n_neighbors!r}")
+        raise InvalidParameterError(f"n_neighbors must be an int >= 2, got {n_neighbors!r}")
     A = X.detach().cpu().double().numpy() if isinstance(X, torch.Tensor) else np.asarray(X, float)
     if A.ndim != 2:
-        raise ValueError(f"X must be a matrix (n, D) of points, got shape {A.shape}")
+        raise InvalidParameterError(f"X must be a matrix (n, D) of points, got shape {A.shape}")
     if not np.isfinite(A).all():
-        raise ValueError("X contains NaN/Inf values")
+        raise InvalidParameterError("X contains NaN/Inf values")
     A = np.unique(A, axis=0)
     if max_samples is not None and len(A) > max_samples:
         A = A[np.random.default_rng(seed).choice(len(A), max_samples, replace=False)]
     if len(A) < n_neighbors + 2 or A.shape[1] < 2:
-        raise ValueError(f"X needs at least n_neighbors + 2 = {n_neighbors + 2} distinct points in "
+        raise InvalidParameterError(f"X needs at least n_neighbors + 2 = {n_neighbors + 2} distinct points in "
                          f">= 2 dimensions, got {A.shape[0]} in {A.shape[1]}")
     if not available():
         raise UnsupportedError(f"intrinsic dimension needs scikit-dimension: {INSTALL_HINT}")

@@ -15,9 +15,12 @@ wrong and what is accepted.
 from __future__ import annotations
 
 import difflib
+import itertools
+import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +30,16 @@ from torch import nn
 from rankbias.errors import LoadError
 
 __all__ = [
+    "MODEL_SPECS",
     "SUPPORTED_SUFFIXES",
+    "StoredTensor",
     "build_arch",
+    "is_safetensors_checkpoint",
     "load_inputs",
     "load_model",
     "load_tensors",
+    "read_stored",
+    "safetensors_index",
     "torch_load",
 ]
 
@@ -110,15 +118,21 @@ def _flatten(obj, prefix: str, out: dict[str, torch.Tensor]) -> None:
 
 def load_tensors(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor in a .npy / .npz / .pt / .pth / .bin / .ckpt / .safetensors
-    file, by name (nested dicts and modules flattened with dots).
+    file, by name (nested dicts and modules flattened with dots), or of a sharded
+    safetensors checkpoint (see :func:`safetensors_index`).
 
     A file saved with ``torch.save(model)`` needs the full unpickler (and the
     model's class importable): it is refused unless ``trust_pickle=True``.
     """
+    if Path(path).is_dir() or Path(path).name.lower().endswith(SAFETENSORS_INDEX):
+        return read_stored(safetensors_index(path))
     path = _existing_file(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise LoadError(f"{path}: unsupported file type {suffix!r}; accepted: {', '.join(SUPPORTED_SUFFIXES)}")
+        raise LoadError(
+            f"{path}: unsupported file type {suffix!r}; accepted: {', '.join(SUPPORTED_SUFFIXES)}, "
+            f"a *{SAFETENSORS_INDEX} file or a directory holding a safetensors checkpoint"
+        )
     out: dict[str, torch.Tensor] = {}
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
         _flatten(torch_load(path, trust_pickle=trust_pickle), "", out)
@@ -143,6 +157,139 @@ def load_tensors(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict
     return out
 
 
+# ------------------------------------------------------ safetensors, streamed
+
+SAFETENSORS_INDEX = ".safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor of a safetensors checkpoint as its file's header states it (no value read)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' code: "BF16", "F32", ...
+    file: Path
+
+
+def is_safetensors_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a safetensors checkpoint: a ``.safetensors`` file, a
+    ``*.safetensors.index.json`` index, or a directory (which must then hold one)."""
+    p = Path(path)
+    name = p.name.lower()
+    return p.is_dir() or name.endswith(SAFETENSORS_INDEX) or name.endswith(".safetensors")
+
+
+def _checkpoint_files(path: Path) -> tuple[list[Path], dict[Path, list[str]] | None]:
+    """The files of a checkpoint, and the names the index assigns to each (None: no index)."""
+    if path.is_dir():
+        indexes = sorted(path.glob(f"*{SAFETENSORS_INDEX}"))
+        files = sorted(path.glob("*.safetensors"))
+        if len(indexes) == 1:
+            return _read_index(indexes[0])
+        if len(indexes) > 1:
+            raise LoadError(f"{path}: holds {len(indexes)} indexes ({', '.join(p.name for p in indexes)}); "
+                            "pass the one to read")
+        if len(files) == 1:
+            return files, None
+        what = f"{len(files)} .safetensors files and no index" if files else "no .safetensors file"
+        raise LoadError(f"{path}: is a directory holding {what}; accepted: one with a model.safetensors or "
+                        f"a *{SAFETENSORS_INDEX} with its shards, or the path of one file")
+    if path.name.lower().endswith(SAFETENSORS_INDEX):
+        return _read_index(_existing_file(path))
+    return [_existing_file(path)], None
+
+
+def _read_index(index: Path) -> tuple[list[Path], dict[Path, list[str]]]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map is not a mapping name -> shard file")
+    except (ValueError, KeyError, TypeError) as e:
+        raise LoadError(f"{index}: not a safetensors index (JSON with a weight_map name -> shard "
+                        f"file): {type(e).__name__}: {e}") from e
+    by_file: dict[Path, list[str]] = {}
+    for name, shard in weight_map.items():
+        if Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise LoadError(f"{index}: shard {shard!r} of {name!r} is not a file beside the index")
+        by_file.setdefault(index.parent / shard, []).append(name)
+    for file in by_file:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such file (a shard named by {index})")
+    return sorted(by_file), by_file
+
+
+def _safe_open(file: Path):
+    try:
+        from safetensors import safe_open
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading .safetensors needs the safetensors package: pip install 'rankbias[safetensors]'"
+        ) from e
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as e:  # SafetensorError, OSError: a corrupt or truncated file
+        raise LoadError(f"{file}: could not read as a .safetensors file: {type(e).__name__}: {e}") from e
+
+
+def safetensors_index(path: str | os.PathLike) -> list[StoredTensor]:
+    """Every tensor of a safetensors checkpoint, from the headers alone (no value is read).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A ``.safetensors`` file; a Hugging Face ``*.safetensors.index.json``
+        (its ``weight_map`` names each tensor's shard, beside the index); or a
+        directory holding one index, or a single ``.safetensors`` file.
+
+    Returns
+    -------
+    list of StoredTensor
+        Shard by shard (in file-name order), each in its header's name order
+        (that of ``safetensors.torch.load_file``).
+
+    Raises
+    ------
+    LoadError
+        A corrupt file or index, a tensor the index names but its shard lacks, a
+        name held by two shards, a directory without a checkpoint.
+    FileNotFoundError
+        A missing file or shard.
+    """
+    files, listed = _checkpoint_files(Path(path))
+    entries: list[StoredTensor] = []
+    where: dict[str, Path] = {}
+    for file in files:
+        with _safe_open(file) as f:
+            names = list(f.keys())
+            shapes = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in names}
+        missing = sorted(set(listed[file]) - set(names)) if listed else []
+        if missing:
+            raise LoadError(f"{file}: lacks {len(missing)} tensor(s) its index assigns to it, e.g. "
+                            f"{missing[:3]}: the index and its shards disagree")
+        for k in names:
+            if k in where:
+                raise LoadError(f"tensor {k!r} is stored twice: in {where[k]} and in {file}")
+            where[k] = file
+            entries.append(StoredTensor(k, *shapes[k], file))
+    return entries
+
+
+def read_stored(entries: Sequence[StoredTensor]) -> dict[str, torch.Tensor]:
+    """The values of ``entries``, by name: memory-mapped from their files (each opened
+    once per call), so they occupy memory only while the returned tensors live."""
+    out: dict[str, torch.Tensor] = {}
+    for file, group in itertools.groupby(entries, key=lambda e: e.file):
+        with _safe_open(file) as f:
+            for e in group:
+                try:
+                    out[e.name] = f.get_tensor(e.name)
+                except Exception as err:  # an unsupported dtype, a truncated file
+                    raise LoadError(f"{file}: could not read tensor {e.name!r} ({e.dtype}, "
+                                    f"{list(e.shape)}): {type(err).__name__}: {err}") from err
+    return out
+
+
 # --------------------------------------------------------------------- models
 
 
@@ -151,14 +298,28 @@ def _did_you_mean(name: str, names) -> str:
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
+MODEL_SPECS = ("torchvision:NAME", "timm:NAME", "hf:NAME_OR_DIR")
+_MODEL_ACCEPTED = (
+    "torchvision:NAME, timm:NAME (random weights, or --weights FILE), hf:NAME_OR_DIR (a Hugging "
+    "Face model directory with config.json and *.safetensors, or a hub name), a state_dict file "
+    "with --arch NAME, or a file saved with torch.save(model) (with --trust-pickle)"
+)
+
+
 def build_arch(arch: str) -> nn.Module:
     """A model with random weights from an architecture name: a torchvision
-    model (``resnet18`` or ``torchvision:resnet18``) or ``package.module:Class``
-    (constructed without arguments)."""
+    model (``resnet18`` or ``torchvision:resnet18``), a timm model
+    (``timm:resnet18``, built with ``pretrained=False``: nothing is downloaded)
+    or ``package.module:Class`` (constructed without arguments)."""
     if not isinstance(arch, str) or not arch:
         raise LoadError(f"arch: expected a name such as 'resnet18' or 'pkg.module:Class', got {arch!r}")
     if arch.startswith("torchvision:"):
         arch = arch.split(":", 1)[1]
+    if arch.startswith("timm:"):
+        return _build_timm(arch.split(":", 1)[1])
+    if arch.startswith("hf:"):
+        raise LoadError(f"arch {arch!r}: a Hugging Face model loads its own weights: pass it as the "
+                        "model (MODEL hf:NAME_OR_DIR), not as --arch")
     if ":" in arch:
         import importlib
 
@@ -180,9 +341,66 @@ def build_arch(arch: str) -> nn.Module:
     if arch not in names:
         raise LoadError(
             f"unknown torchvision model {arch!r}{_did_you_mean(arch, names)}; accepted: any of "
-            f"torchvision.models.list_models() ({len(names)} names), or 'package.module:Class'"
+            f"torchvision.models.list_models() ({len(names)} names), timm:NAME, or 'package.module:Class'"
         )
     return torchvision.models.get_model(arch, weights=None)
+
+
+def _import_optional(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise LoadError(f"{extra}: models need the {module} package: pip install 'rankbias[{extra}]'") from e
+
+
+def _build_timm(name: str) -> nn.Module:
+    timm = _import_optional("timm", "timm")
+    if not name or not timm.is_model(name):
+        names = timm.list_models()
+        raise LoadError(f"unknown timm model {name!r}{_did_you_mean(name, names)}; accepted: any of "
+                        f"timm.list_models() ({len(names)} names)")
+    return timm.create_model(name, pretrained=False)
+
+
+def _hf_model_class(transformers, config):
+    """The class the checkpoint was saved from (``config.architectures``: keeps a causal
+    LM's ``lm_head``), else ``AutoModel`` (the base model)."""
+    for name in getattr(config, "architectures", None) or ():
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    return transformers.AutoModel
+
+
+def _load_hf(ref: str) -> nn.Module:
+    """A Hugging Face model from a local directory (config.json + *.safetensors) or a hub name."""
+    path = Path(ref).expanduser()
+    local = path.exists()
+    if local:
+        if not path.is_dir():
+            raise LoadError(f"hf:{ref}: is a file; expected a Hugging Face model directory "
+                            "(config.json and *.safetensors) or a hub name")
+        if not (path / "config.json").is_file():
+            raise LoadError(f"hf:{ref}: no config.json in the directory; a Hugging Face model "
+                            "directory holds config.json and *.safetensors (save_pretrained)")
+        if not any(path.glob("*.safetensors")) and not any(path.glob(f"*{SAFETENSORS_INDEX}")):
+            raise LoadError(f"hf:{ref}: no *.safetensors weights in the directory (pickled "
+                            "pytorch_model.bin files are not read); save with safe_serialization=True")
+    elif not ref or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise FileNotFoundError(f"model hf:{ref}: no such directory (and not a hub name 'org/name')")
+    transformers = _import_optional("transformers", "hf")
+    src = str(path) if local else ref
+    try:
+        config = transformers.AutoConfig.from_pretrained(src, local_files_only=local)
+        cls = _hf_model_class(transformers, config)
+        model = cls.from_pretrained(src, config=config, use_safetensors=True, local_files_only=local)
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        where = "directory" if local else "hub name (needs the internet, or the model in the local cache)"
+        raise LoadError(f"hf:{ref}: could not load the Hugging Face {where}: {type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:300]}") from e
+    return model.eval()
 
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "ema")
@@ -232,13 +450,38 @@ def load_model(
 ) -> nn.Module:
     """A model from a spec, as the CLI's ``analyze MODEL`` reads it.
 
-    ``spec``: ``torchvision:NAME`` (random weights, or the state_dict file
-    ``weights``); a state_dict / checkpoint file together with ``arch`` (see
-    :func:`build_arch`); or a file saved with ``torch.save(model)``, which needs
-    ``trust_pickle=True`` (it is unpickled in full: only for files you trust).
+    Parameters
+    ----------
+    spec : str or PathLike
+        ``torchvision:NAME`` or ``timm:NAME`` (random weights, or the state_dict
+        file ``weights``; nothing is downloaded); ``hf:NAME_OR_DIR`` (a Hugging
+        Face directory with config.json and *.safetensors, loaded with
+        ``from_pretrained`` as the class in ``config.architectures``, else
+        ``AutoModel``; a hub name downloads where there is internet); a
+        state_dict / checkpoint file together with ``arch`` (see
+        :func:`build_arch`); or a file saved with ``torch.save(model)``, which
+        needs ``trust_pickle=True`` (it is unpickled in full: only for files you trust).
+    arch, weights, trust_pickle
+        As above.
+
+    Raises
+    ------
+    LoadError
+        An unknown prefix or name (with what is accepted), a file that does not
+        fit, ``arch``/``weights`` given where they do not apply.
+    FileNotFoundError
+        A missing file or directory.
     """
     spec = str(spec)
-    if spec.startswith("torchvision:"):
+    prefix, sep, ref = spec.partition(":")
+    if sep and prefix in ("torchvision", "timm", "hf") and not Path(spec).exists():
+        if arch is not None:
+            raise LoadError(f"--arch goes with a state_dict file; {prefix}:NAME names its architecture")
+        if prefix == "hf":
+            if weights is not None:
+                raise LoadError("--weights goes with torchvision:NAME or timm:NAME; an hf: model "
+                                "directory holds its own weights")
+            return _load_hf(ref)
         model = build_arch(spec)
         if weights is not None:
             wpath = _existing_file(weights, "--weights")
@@ -249,12 +492,13 @@ def load_model(
         return model
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(
-            f"model {spec!r}: no such file; MODEL is 'torchvision:NAME', a state_dict file with "
-            "--arch NAME, or a file saved with torch.save(model) (with --trust-pickle)"
-        )
+        if sep and len(prefix) > 1 and re.fullmatch(r"[A-Za-z][\w.-]*", prefix):
+            raise LoadError(f"model {spec!r}: unknown prefix {prefix + ':'!r} and no such file; "
+                            f"accepted: {_MODEL_ACCEPTED}")
+        raise FileNotFoundError(f"model {spec!r}: no such file; MODEL is {_MODEL_ACCEPTED}")
     if weights is not None:
-        raise LoadError("--weights goes with a torchvision:NAME model; for a file, pass the file itself")
+        raise LoadError("--weights goes with a torchvision:NAME or timm:NAME model; for a file, "
+                        "pass the file itself")
     if arch is not None:
         build_arch(arch)  # a wrong --arch is reported before the file is read
     obj = _unwrap_checkpoint(torch_load(path, trust_pickle=trust_pickle), str(path))
@@ -263,7 +507,7 @@ def load_model(
     if arch is None:
         raise LoadError(
             f"{path} holds a state_dict ({len(obj)} tensors), not a model: name its architecture "
-            "with --arch (a torchvision name such as resnet18, or package.module:Class)"
+            "with --arch (a torchvision name such as resnet18, timm:NAME, or package.module:Class)"
         )
     return _load_state(build_arch(arch), obj, str(path))
 

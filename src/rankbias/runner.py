@@ -10,7 +10,6 @@ alone.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import time
@@ -18,8 +17,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rankbias.experiments.registry import build_config, get_experiment
-from rankbias.framework.config import Config, ConfigError, check_device_available
+from rankbias.experiments.registry import build_config, check_summary, get_experiment
+from rankbias.framework.config import ConfigError, check_device_available
 from rankbias.framework.paths import runs_root
 from rankbias.framework.runs import RunDir, config_hash, dir_lock
 
@@ -50,9 +49,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _config_threads(config: Config) -> int | None:
-    fields = {f.name for f in dataclasses.fields(config)}
-    return config.num_threads if "num_threads" in fields else None
 
 
 def run_experiment(
@@ -63,7 +59,7 @@ def run_experiment(
     *,
     force: bool = False,
     threads: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Run experiment ``name`` and return its summary.
 
     The config is the preset's values updated by ``overrides`` and validated
@@ -75,13 +71,57 @@ def run_experiment(
     longer matches its hash, is an error (``force=True`` reruns into it). Parts
     saved by an earlier run are reused only under their config's hash
     (:meth:`RunDir.part`), so a forced run of another config recomputes them. A
-    directory being written by another process is refused. ``threads`` sets
-    torch's thread count for the run (default: the config's ``num_threads`` if
-    it has one, else unchanged); it is not part of the config, since it does not
-    change the result.
+    directory being written by another process is refused.
+
+    Parameters
+    ----------
+    name : str
+        A registered experiment (see :func:`list_experiments`).
+    overrides : mapping, optional
+        Config values that replace the preset's (field name -> value).
+    out_dir : str or os.PathLike, optional
+        The run directory (default ``$RANKBIAS_RUNS/NAME/PRESET-HASH``).
+    preset : str, default "quick"
+        A preset of the experiment (``quick``, ``paper``, ...).
+    force : bool, default False
+        Rerun even when ``out_dir`` holds a completed run of the same config, or
+        into a directory that holds another config.
+    threads : int, optional
+        Torch's thread count for the run (default: the config's ``num_threads`` if
+        it has one, else unchanged); not part of the config, since it does not
+        change the result.
+
+    Returns
+    -------
+    dict
+        The summary (also in ``out_dir/summary.json``): ``experiment``,
+        ``config_hash``, the experiment's ``verdict`` and its own keys.
+
+    Raises
+    ------
+    ConfigError
+        An unknown experiment or preset, an override that is not a field or out
+        of range, a device that is not available, a bad ``threads``; an
+        ``out_dir`` that holds another config (without ``force``) or is in use by
+        another process.
+    LoadError
+        ``out_dir`` holds a ``config.json`` that no longer matches its hash.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import rankbias
+    >>> summary = rankbias.run_experiment(
+    ...     "depth-rank-init", {"network": "linear", "draws": 20, "n": 8, "depths": [1, 2, 4]},
+    ...     out_dir=tempfile.mkdtemp())
+    >>> summary["verdict"]["status"]
+    'holds'
+    >>> rankbias.run_experiment("depth-rank-int")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    rankbias.framework.config.ConfigError: unknown experiment 'depth-rank-int'...
     """
     config = build_config(name, overrides, preset)
-    if isinstance(getattr(config, "device", None), str):
+    if isinstance(config.framework_value("device"), str):
         check_device_available(config.device)
     record = {"experiment": name, "config": config.to_dict()}
     chash = config_hash(record)
@@ -94,9 +134,11 @@ def run_experiment(
         run.clear_result()
         run.write_json("config.json", {"experiment": name, "preset": preset, "hash": chash,
                                        "config": config.to_dict()})
-        with torch_threads(threads if threads is not None else _config_threads(config)):
+        with torch_threads(threads if threads is not None else config.framework_value("num_threads")):
             t0 = time.perf_counter()
-            summary = get_experiment(name).run(config, run)
+            exp = get_experiment(name)
+            summary = exp.run(config, run)
+            check_summary(exp, summary)
             env = environment(time.perf_counter() - t0)
         # the keys that make it a complete run of this config (SUMMARY_KEYS)
         summary = {"experiment": name, "config_hash": chash, **summary}

@@ -31,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from rankbias.errors import InvalidParameterError
+
 __all__ = [
+    "ACCURACY_DROP",
     "CHANCE_MARGIN",
     "STATUSES",
     "binomial_lower_bound",
@@ -42,13 +45,15 @@ __all__ = [
     "relative_rank_verdict",
     "require_learned",
     "status_of",
-    "student_t_ppf",
     "t_interval",
     "verdict",
 ]
 
 STATUSES = ("holds", "does not hold", "inconclusive", "not testable")
 """The four outcomes of a verdict, in the order the report lists them."""
+
+ACCURACY_DROP = 0.01
+"""Paper 1's accuracy band: a noise level counts where its accuracy is shown within this of the clean one."""
 
 CHANCE_MARGIN = 0.10
 """How far above chance (1/K, in accuracy) a seed's clean test accuracy must be, by the
@@ -76,7 +81,7 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict
     interval is unbounded (``lo=-inf``, ``hi=+inf``), so no claim rests on one seed.
     """
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InvalidParameterError(f"confidence must be in (0, 1), got {confidence}")
     v = _finite(values)
     n = int(v.size)
     if n == 0:
@@ -85,73 +90,23 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict
     if n < 2:
         return {"mean": mean, "lo": float("-inf"), "hi": float("inf"), "n": n, "std": 0.0}
     std = float(v.std(ddof=1))
-    half = student_t_ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    half = _t_ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "std": std}
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    # Lentz's continued fraction for the incomplete beta function
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                   -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
+def _t_ppf(q: float, df: float) -> float:
+    """Quantile of Student's t with ``df`` degrees of freedom (scipy, imported on first use
+    so that ``import rankbias`` and the CLI's start stay free of scipy.stats)."""
+    from scipy.stats import t
 
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    lbt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(lbt) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(lbt) * _betacf(b, a, 1.0 - x) / b
-
-
-def student_t_cdf(t: float, df: float) -> float:
-    """CDF of Student's t with ``df`` degrees of freedom (no scipy needed at run time)."""
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def student_t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t (bisection on :func:`student_t_cdf`, to 1e-12)."""
-    if not 0 < q < 1 or df <= 0:
-        raise ValueError(f"need 0 < q < 1 and df > 0, got q={q}, df={df}")
-    lo, hi = -1.0, 1.0
-    while student_t_cdf(lo, df) > q:  # heavy tails (df = 1): widen the bracket as needed
-        lo *= 2
-    while student_t_cdf(hi, df) < q:
-        hi *= 2
-    for _ in range(400):
-        mid = 0.5 * (lo + hi)
-        if student_t_cdf(mid, df) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, abs(hi)):
-            break
-    return 0.5 * (lo + hi)
+    return float(t.ppf(q, df))
 
 
 def verdict(status: str, criterion: str, reason: str, **numbers: Any) -> dict[str, Any]:
     """A verdict dict; ``status`` is one of :data:`STATUSES`."""
     holds = {"holds": True, "does not hold": False, "inconclusive": None, "not testable": None}
     if status not in holds:
-        raise ValueError(f"status must be one of {list(holds)}, got {status!r}")
+        raise InvalidParameterError(f"status must be one of {list(holds)}, got {status!r}")
     return {"status": status, "holds": holds[status], "criterion": criterion, "reason": reason, **numbers}
 
 
@@ -176,7 +131,7 @@ def detectable_effect(std: float, n: int, confidence: float = 0.95, power: float
     if n < 2 or not math.isfinite(std):
         return float("inf")
     df = n - 1
-    return (student_t_ppf(0.5 + confidence / 2, df) + student_t_ppf(power, df)) * std / math.sqrt(n)
+    return (_t_ppf(0.5 + confidence / 2, df) + _t_ppf(power, df)) * std / math.sqrt(n)
 
 
 def binomial_lower_bound(successes: int, n: int, confidence: float = 0.95) -> float:
@@ -184,20 +139,13 @@ def binomial_lower_bound(successes: int, n: int, confidence: float = 0.95) -> fl
     (``successes`` of ``n``): the p at which P(X >= successes | p) = (1 - confidence) / 2.
     It exceeds p0 exactly when the one-sided exact binomial test rejects p <= p0 at that level."""
     if not 0 <= successes <= n or n < 1:
-        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+        raise InvalidParameterError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
     if successes == 0:
         return 0.0
-    alpha = (1 - confidence) / 2
-    lo, hi = 0.0, 1.0
-    for _ in range(200):  # P(X >= k | p) = I_p(k, n - k + 1) grows with p
-        mid = 0.5 * (lo + hi)
-        if _betainc(successes, n - successes + 1, mid) < alpha:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-14:
-            break
-    return 0.5 * (lo + hi)
+    from scipy.stats import beta
+
+    # P(X >= k | p) = I_p(k, n - k + 1): the bound is that Beta's (1 - confidence) / 2 quantile
+    return float(beta.ppf((1 - confidence) / 2, successes, n - successes + 1))
 
 
 def noninferiority(
@@ -226,7 +174,7 @@ def noninferiority(
         return {**out, "lower": float("-inf"), "noninferior": False}
     floor = math.sqrt(float(np.mean(t * (1 - t) + r * (1 - r))) / n_test)
     spread = max(float(np.std(t - r, ddof=1)), floor)
-    lower = out["mean"] - student_t_ppf(0.5 + confidence / 2, n - 1) * spread / math.sqrt(n)
+    lower = out["mean"] - _t_ppf(0.5 + confidence / 2, n - 1) * spread / math.sqrt(n)
     return {**out, "lower": lower, "spread": spread, "binomial_floor": floor, "noninferior": bool(lower > -margin)}
 
 
@@ -256,9 +204,9 @@ def paired_gain_verdict(
     could have found above 0 with 80 % power (:func:`detectable_effect`).
     """
     if not (isinstance(effect, int | float) and math.isfinite(effect) and effect > 0):
-        raise ValueError(f"effect must be a finite number > 0 (the smallest gain the claim means), got {effect!r}")
+        raise InvalidParameterError(f"effect must be a finite number > 0 (the smallest gain the claim means), got {effect!r}")
     if not diffs:
-        raise ValueError("paired_gain_verdict needs at least one setting")
+        raise InvalidParameterError("paired_gain_verdict needs at least one setting")
     pct = round(100 * confidence)
     criterion = (
         f"per setting, the {pct}% t-interval over seeds of the paired difference (treatment minus "
@@ -342,7 +290,7 @@ def relative_rank_verdict(
     n_test: int,
     n_classes: int,
     clean_index: int = 0,
-    accuracy_drop: float = 0.01,
+    accuracy_drop: float = ACCURACY_DROP,
     data_factor: float = 10.0,
     max_ratio: float = 0.25,
     chance_margin: float = CHANCE_MARGIN,
@@ -371,14 +319,14 @@ def relative_rank_verdict(
     dr = np.asarray(data_rank, float)
     mr = np.asarray(model_rank, float)
     if not (acc.shape == dr.shape == mr.shape) or acc.ndim != 2 or acc.shape[1] != len(sigmas):
-        raise ValueError(
+        raise InvalidParameterError(
             "accuracy, data_rank and model_rank must all be (seeds, len(sigmas)); got "
             f"{acc.shape}, {dr.shape}, {mr.shape} for {len(sigmas)} sigmas"
         )
     if not 0 <= clean_index < len(sigmas):
-        raise ValueError(f"clean_index must be in 0..{len(sigmas) - 1}, got {clean_index}")
+        raise InvalidParameterError(f"clean_index must be in 0..{len(sigmas) - 1}, got {clean_index}")
     if n_classes < 2 or n_test < 1:
-        raise ValueError(f"need n_classes >= 2 and n_test >= 1, got {n_classes} and {n_test}")
+        raise InvalidParameterError(f"need n_classes >= 2 and n_test >= 1, got {n_classes} and {n_test}")
     pct = round(100 * confidence)
     criterion = (
         f"seeds whose clean test accuracy is above chance 1/{n_classes} + {chance_margin:g} (exact binomial, "

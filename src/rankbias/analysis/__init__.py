@@ -7,17 +7,20 @@ data, and the data itself; and a tracker that records ranks during training.
 - :mod:`~rankbias.analysis.stream`: streaming embeddings through forward hooks;
 - :mod:`~rankbias.analysis.report`: :func:`rank_report`;
 - :mod:`~rankbias.analysis.tracker`: :class:`RankTracker`
-  (:mod:`~rankbias.analysis.lightning`: its Lightning callback);
+  (:mod:`~rankbias.analysis.lightning`: its Lightning callback;
+  :mod:`~rankbias.analysis.hf_trainer`: its Hugging Face ``Trainer`` callback;
+  :mod:`~rankbias.analysis.loggers`: TensorBoard, MLflow and W&B loggers);
 - :mod:`~rankbias.analysis.render`: the figure, summary and files, :func:`analyze`;
 - :mod:`~rankbias.analysis.tensors`: :func:`measure_tensors` (``rankbias measure``).
 
 Loading models and inputs by name lives in :mod:`rankbias.io` (``build_arch``,
-``load_model``, ``load_inputs`` are re-exported here for existing callers).
+``load_model``, ``load_inputs``).
 """
 
 from __future__ import annotations
 
 from rankbias.analysis.layers import DATA_ROW_NAME, WeightEntry, weight_entries, weight_layers
+from rankbias.analysis.loggers import MlflowLogger, RankLogger, TensorBoardLogger, WandbLogger
 from rankbias.analysis.readings import WeightReading, register_weight_reading
 from rankbias.analysis.render import (
     Analysis,
@@ -29,19 +32,20 @@ from rankbias.analysis.render import (
 from rankbias.analysis.report import rank_report
 from rankbias.analysis.tensors import measure_tensors
 from rankbias.analysis.tracker import RankTracker
-from rankbias.io import build_arch, load_inputs, load_model
 
 __all__ = [
     "DATA_ROW_NAME",
     "Analysis",
+    "HFRankTrackerCallback",
+    "MlflowLogger",
+    "RankLogger",
     "RankTracker",
     "RankTrackerCallback",
+    "TensorBoardLogger",
+    "WandbLogger",
     "WeightEntry",
     "WeightReading",
     "analyze",
-    "build_arch",
-    "load_inputs",
-    "load_model",
     "measure_tensors",
     "plot_rank_report",
     "rank_report",
@@ -58,4 +62,8 @@ def __getattr__(name: str):
         from rankbias.analysis.lightning import RankTrackerCallback
 
         return RankTrackerCallback
+    if name == "HFRankTrackerCallback":  # needs the optional transformers package
+        from rankbias.analysis.hf_trainer import HFRankTrackerCallback
+
+        return HFRankTrackerCallback
     raise AttributeError(f"module 'rankbias.analysis' has no attribute {name!r}")

@@ -33,24 +33,29 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+from torch.utils.data import DataLoader, Dataset
 
 from rankbias.analysis.layouts import CHANNELS_FIRST, LAYOUTS
 from rankbias.analysis.readings import WeightReading, reading_of
 from rankbias.analysis.readings import qkv_projection as qkv_projection  # stream.py's import
+from rankbias.errors import InvalidParameterError
 from rankbias.framework.config import ConfigError
 from rankbias.overparam import expanded_modules
 
 ConvReading = Literal["flatten", "taps", "pooled"]
-CONV_READINGS = ("flatten", "taps", "pooled")
+CONV_READINGS: tuple[ConvReading, ...] = get_args(ConvReading)
 EmbeddingReading = Literal["position", "sample"]
 LayerSelector = str | type | Sequence[str | type] | Callable[[str, nn.Module], bool] | None
+#: Inputs fed to a model to read its embeddings (see ``stream.iter_batches``): a tensor
+#: (N, ...), a dict of tensors (a tokenizer's output), a Dataset or a DataLoader.
+ModelData = torch.Tensor | Mapping[str, torch.Tensor] | Dataset | DataLoader
 
 #: ``name`` of the row that holds the rank of the (flattened) input data.
 DATA_ROW_NAME = "<input>"
@@ -70,7 +75,7 @@ def _weight_of(module: nn.Module) -> torch.Tensor | None:
 
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidParameterError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
 
 
 def _named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -199,7 +204,7 @@ def weight_entries(
     sel = [layers] if isinstance(layers, str | type) else list(layers)
     bad_sel = [s for s in sel if not isinstance(s, str | type)]
     if bad_sel:
-        raise TypeError(f"layers: expected names, glob patterns or module classes, got {bad_sel!r}")
+        raise InvalidParameterError(f"layers: expected names, glob patterns or module classes, got {bad_sel!r}")
     names = [s for s in sel if isinstance(s, str)]
     types = tuple(s for s in sel if isinstance(s, type))
 

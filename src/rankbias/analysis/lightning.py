@@ -15,7 +15,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from rankbias.analysis.tracker import RankTracker
-from rankbias.errors import UnsupportedError
+from rankbias.errors import InvalidParameterError, UnsupportedError
 
 __all__ = ["RankTrackerCallback"]
 
@@ -35,9 +35,9 @@ class RankTrackerCallback(Callback):
 
     def __init__(self, tracker: RankTracker | None = None, **kwargs):
         if tracker is not None and kwargs:
-            raise TypeError("pass a RankTracker or its keyword arguments, not both")
+            raise InvalidParameterError("pass a RankTracker or its keyword arguments, not both")
         if tracker is not None and not isinstance(tracker, RankTracker):
-            raise TypeError(f"tracker: expected a RankTracker, got {type(tracker).__name__}")
+            raise InvalidParameterError(f"tracker: expected a RankTracker, got {type(tracker).__name__}")
         self.tracker = tracker if tracker is not None else RankTracker(**kwargs)
         if self.tracker.batched:
             raise UnsupportedError("RankTrackerCallback: a batched RankTracker (a leading model "

@@ -12,16 +12,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from rankbias.analysis.layers import DATA_ROW_NAME
+from rankbias.analysis.layers import DATA_ROW_NAME, ModelData
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Analysis", "analyze", "plot_rank_report", "summarize_report", "write_report"]
+__all__ = ["Analysis", "analyze", "plot_rank_report", "summarize_report", "weight_esd_panels", "write_report"]
 
 
 def _series(df, columns: Sequence[str]) -> dict[str, list[float]]:
@@ -95,19 +95,73 @@ def _finite(v) -> bool:
         return False
 
 
-def write_report(df: pd.DataFrame, out, title: str) -> list[Path]:
-    """``rank_report.csv``, ``rank_report.md`` (a markdown table) and
-    ``figures/rank_report.png`` of a report, in the run directory ``out``."""
+def weight_esd_panels(
+    model: nn.Module,
+    report: pd.DataFrame,
+    *,
+    conv_reading: str = "flatten",
+    attention_heads: bool = False,
+    max_layers: int | None = None,
+) -> tuple[list, int]:
+    """The log-log ESD panels of the report's measured weight rows, read as the report read
+    them (``conv_reading``: a conv read per tap or pooled shows the union of its taps'
+    eigenvalues, WeightWatcher's ESD), and how many rows there were.
+
+    At most ``max_layers`` (default :data:`rankbias.plots.spectra.MAX_ESD_LAYERS`) rows,
+    evenly spaced in module order; only those are decomposed (in float64 by
+    :func:`rankbias.measures.singular_values`, the report's engine: the report keeps no
+    spectra). Eigenvalues at or below (max(m, n) eps s_1)^2, numerically zero, are
+    counted, not drawn.
+    """
+    import torch
+
+    from rankbias.analysis.layers import weight_entries
+    from rankbias.analysis.weights import read_shape, weight_matrices
+    from rankbias.measures import singular_values
+    from rankbias.plots.spectra import MAX_ESD_LAYERS, EsdPanel, evenly_spaced
+
+    rows = report[(report["name"] != DATA_ROW_NAME) & report["matrix_shape"].notna()]
+    names = rows["name"].tolist()
+    picked = [names[i] for i in evenly_spaced(len(names), max_layers or MAX_ESD_LAYERS)]
+    want = set(picked)
+    with torch.no_grad():
+        items = [(e.name, e.weight()) for e in weight_entries(model, attention_heads=attention_heads)
+                 if e.name in want]
+    mats = weight_matrices(items, conv_reading)
+    panels = []
+    for name in picked:
+        M = mats[name]
+        if isinstance(M, str):  # not readable now (the report says why in its row)
+            continue
+        s = singular_values(M.detach()).cpu()  # (k,) or (T, k) per tap; on the report's device
+        rtol = max(M.shape[-2:]) * torch.finfo(M.dtype if M.dtype.is_floating_point else torch.float64).eps
+        panels.append(EsdPanel.from_singular_values(name, s.numpy(), rtol, read_shape(M, conv_reading)))
+    return panels, len(names)
+
+
+def write_report(df: pd.DataFrame, out, title: str, esd: tuple[list, int] | None = None) -> list[Path]:
+    """``rank_report.csv``, ``rank_report.md`` (a markdown table and the figures) and
+    ``figures/rank_report.png`` of a report, in the run directory ``out``; with ``esd``
+    (:func:`weight_esd_panels`) also ``figures/weight_esd.png``, the per-layer log-log ESD."""
     from rankbias.framework.runs import RunDir
-    from rankbias.report import markdown_table
+    from rankbias.framework.tables import markdown_table
 
     out = out if hasattr(out, "figure_path") else RunDir(out)
     csv = out.write_text("rank_report.csv", df.to_csv(index=False))
     rows = [{k: (str(v) if isinstance(v, tuple) else v) for k, v in r.items()}
             for r in df.astype(object).where(df.notna(), None).to_dict("records")]
-    md = out.write_text("rank_report.md", f"# Rank report: {title}\n\n" + markdown_table(rows))
-    fig = plot_rank_report(df, out.figure_path("rank_report"), title=title)
-    return [csv, md, fig]
+    figs = [plot_rank_report(df, out.figure_path("rank_report"), title=title)]
+    if esd is not None and esd[0]:
+        from rankbias.plots.spectra import layer_esd
+
+        panels, total = esd
+        note = (f"{len(panels)} of {total} weight layers, evenly spaced in module order" if len(panels) < total
+                else f"all {total} weight layers")
+        figs.append(layer_esd(panels, out.figure_path("weight_esd"), title=f"{title}: log-log ESD per layer",
+                              note=note))
+    links = "".join(f"\n![{f.stem}](figures/{f.name})\n" for f in figs)
+    md = out.write_text("rank_report.md", f"# Rank report: {title}\n\n" + markdown_table(rows) + links)
+    return [csv, md, *figs]
 
 
 @dataclass
@@ -134,7 +188,7 @@ def _slug(spec: str) -> str:
 
 def analyze(
     model: str | os.PathLike | nn.Module,
-    data=None,
+    data: str | os.PathLike | ModelData | None = None,
     *,
     out: str | os.PathLike | None = None,
     arch: str | None = None,
@@ -145,33 +199,82 @@ def analyze(
     trust_pickle: bool = False,
     device: str | None = None,
     progress: bool | None = None,
-    **report_kwargs,
+    **report_kwargs: Any,
 ) -> Analysis:
     """Rank report of a model, written to a directory: ``rankbias analyze`` as a function.
 
-    Args:
-        model: an ``nn.Module``, or a spec of :func:`rankbias.io.load_model`
-            (``torchvision:NAME``, a state_dict file with ``arch``, a file saved
-            with ``torch.save(model)`` with ``trust_pickle=True``).
-        data: None, a spec of :func:`rankbias.io.load_inputs` (``digits``,
-            ``random:3x32x32``, a .pt/.npy file; ``data_root``, ``limit``,
-            ``train`` go with it), or inputs as :func:`rank_report` takes them.
-        out: the report directory (default ``runs/analyze/<model>``); created, and checked to
-            be writable, before the model is loaded or anything computed.
-        trust_pickle: unpickle model/input files in full (runs code stored in
-            them: only for files you trust); otherwise such files are refused.
-        device: torch device; checked before anything is loaded or computed.
-        report_kwargs: the other arguments of :func:`rank_report` (``layers``,
-            ``measures``, ``conv_reading``, ``embeddings``, ``token_index``, ...).
+    Parameters
+    ----------
+    model : nn.Module, str or os.PathLike
+        An ``nn.Module``, or a spec of :func:`rankbias.io.load_model`
+        (``torchvision:NAME``, a state_dict file with ``arch``, a file saved with
+        ``torch.save(model)`` with ``trust_pickle=True``).
+    data : str, os.PathLike, tensor, dict of tensors, Dataset or DataLoader, optional
+        None, a spec of :func:`rankbias.io.load_inputs` (``digits``,
+        ``random:3x32x32``, a .pt/.npy file; ``data_root``, ``limit``, ``train`` go
+        with it), or inputs as :func:`rank_report` takes them.
+    out : str or os.PathLike, optional
+        The report directory (default ``runs/analyze/<model>``); created, and
+        checked to be writable, before the model is loaded or anything computed.
+    arch : str, optional
+        The architecture of a state_dict file given as ``model`` (see
+        :func:`rankbias.io.load_model`).
+    weights : str or os.PathLike, optional
+        Weights to load into ``model`` (see :func:`rankbias.io.load_model`).
+    data_root : str or os.PathLike, optional
+        Where a named data set is found (default: the data root).
+    limit : int, optional
+        Use at most this many inputs (for inputs given as such: ``max_samples``).
+    train : bool, default False
+        Take a named data set's training split instead of its test split.
+    trust_pickle : bool, default False
+        Unpickle model/input files in full (runs code stored in them: only for
+        files you trust); otherwise such files are refused.
+    device : str, optional
+        Torch device; checked before anything is loaded or computed.
+    progress : bool, optional
+        tqdm bars (None: only on a terminal).
+    **report_kwargs
+        The other arguments of :func:`rank_report` (``layers``, ``measures``,
+        ``conv_reading``, ``embeddings``, ``token_index``, ...).
 
-    Returns:
-        an :class:`Analysis` (the DataFrame, the files, the summary lines).
+    Returns
+    -------
+    Analysis
+        The DataFrame, the files (CSV, Markdown, figures), the title and the
+        summary lines.
+
+    Raises
+    ------
+    ConfigError
+        A device that is not available, an ``out`` that cannot be written, or an
+        option of :func:`rank_report` out of range.
+    LoadError
+        A model or input spec that cannot be read (unknown, corrupt, or a pickle
+        without ``trust_pickle``).
+    FileNotFoundError
+        A model, weights or input file that does not exist.
+    UnsupportedError
+        A case :func:`rank_report` refuses (e.g. a model on the meta device).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from torch import nn
+    >>> from rankbias import analyze
+    >>> model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> res = analyze(model, out=tempfile.mkdtemp(), measures=["numerical_rank"], progress=False)
+    >>> res.headline
+    'Sequential: 2 weight layers, 46 parameters'
+    >>> sorted(p.name for p in res.files)
+    ['rank_report.csv', 'rank_report.md', 'rank_report.png', 'weight_esd.png']
     """
     from rankbias.analysis.report import rank_report
     from rankbias.framework.config import check_device_available
     from rankbias.framework.paths import runs_root
     from rankbias.framework.runs import RunDir, check_writable
-    from rankbias.io import load_inputs, load_model
+    from rankbias.io import load_model
 
     if device is not None:
         check_device_available(str(device))
@@ -180,19 +283,29 @@ def analyze(
     run = RunDir(check_writable(out if out is not None else runs_root() / "analyze" / _slug(name)))
     if not isinstance(model, nn.Module):
         model = load_model(name, arch=arch, weights=weights, trust_pickle=trust_pickle)
+    data, on = _inputs(data, data_root=data_root, limit=limit, train=train, trust_pickle=trust_pickle,
+                       report_kwargs=report_kwargs)
+    df = rank_report(model, data, device=device, progress=progress, **report_kwargs)
+    title = name + on
+    esd = weight_esd_panels(model, df, conv_reading=report_kwargs.get("conv_reading", "flatten"),
+                            attention_heads=report_kwargs.get("attention_heads", False))
+    files = write_report(df, run, title, esd=esd)
+    n_params = sum(p.numel() for p in model.parameters())
+    return Analysis(df, Path(str(files[0].parent)), files, title, n_params, summarize_report(df))
+
+
+def _inputs(data, *, data_root, limit: int | None, train: bool, trust_pickle: bool,
+            report_kwargs: dict) -> tuple[object, str]:
+    """(the inputs, " on <what>" for the title): a spec is loaded (``limit`` inputs); inputs
+    given as such are passed on, ``limit`` then becoming ``max_samples``."""
+    from rankbias.io import load_inputs
+
     if isinstance(data, str | os.PathLike):
         spec = str(data)
         data = load_inputs(spec, root=data_root, limit=limit, train=train, trust_pickle=trust_pickle)
-        n = len(data)
-        on = f" on {spec} ({n} inputs)"
-    elif data is not None:
+        return data, f" on {spec} ({len(data)} inputs)"
+    if data is not None:
         if limit is not None:
             report_kwargs.setdefault("max_samples", limit)
-        on = " on data"
-    else:
-        on = ""
-    df = rank_report(model, data, device=device, progress=progress, **report_kwargs)
-    title = name + on
-    files = write_report(df, run, title)
-    n_params = sum(p.numel() for p in model.parameters())
-    return Analysis(df, Path(str(files[0].parent)), files, title, n_params, summarize_report(df))
+        return data, " on data"
+    return data, ""

@@ -51,7 +51,7 @@ from rankbias.analysis.layouts import (
     batch_first,
     output_tensor,
 )
-from rankbias.errors import LoadError
+from rankbias.errors import InvalidParameterError, LoadError
 from rankbias.measures import KernelSpectrum
 
 # Output elements streamed per KernelSpectrum update: the row copy (float32) and
@@ -118,7 +118,7 @@ def iter_batches(data, batch_size: int, max_samples: int | None,
         except TypeError:
             n = None
         return _inputs_of(data, max_samples, axis), n
-    raise TypeError(
+    raise InvalidParameterError(
         "data: expected a torch.Tensor (N, ...), a dict of tensors (e.g. a tokenizer's output), "
         f"a torch Dataset or a DataLoader, got {type(data).__name__}"
     )
@@ -132,7 +132,7 @@ def _inputs_of(loader, max_samples: int | None, axis: int = 0) -> Iterator[Batch
         if isinstance(batch, Mapping):
             batch = _check_dict(batch)
         elif not isinstance(batch, torch.Tensor):
-            raise TypeError(
+            raise InvalidParameterError(
                 "data: each batch must be a tensor, a dict of tensors, or a tuple/list whose first "
                 f"element is the input tensor, got {type(batch).__name__}"
             )
@@ -330,15 +330,71 @@ def stream_embeddings(
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
-    streams: dict[str, EmbeddingStream] = {}
     axis = data_axis(model)
     tracker = LayoutTracker(model, axis)
-    feed = _Feeder(reading, token_index, tracker)
-    handles, current = [], []
-    tracked: dict[int, list[Callable]] = {}
-    active: set[int] = set()
+    hooks = _Hooks(tracker, _Feeder(reading, token_index, tracker))
+    # before any hook exists: a bad `data` must not leave hooks behind
+    batches, n_batches = iter_batches(data, batch_size, max_samples, axis)
+    hooks.handles += tracker.attach()
+    streams = hooks.attach(targets, max_dim, centered)
+    was_training = model.training
+    model.eval()
+    as_input = _input_caster(model, device)
+    try:
+        with torch.no_grad(), _FunctionalUses(hooks.tracked, hooks.active, tracker):
+            for x in tqdm(batches, total=n_batches, desc="embeddings", unit="batch",
+                          disable=disable, leave=False):
+                x = as_input(x)
+                tracker.new_batch(x)
+                if isinstance(x, torch.Tensor) and include_data:  # token-id dicts have no rank of their own
+                    data_stream = streams.setdefault(DATA_ROW_NAME, EmbeddingStream(max_dim, centered))
+                    data_stream.add(x.movedim(axis, 0), lambda c: c.reshape(c.shape[0], -1))
+                hooks.current.clear()
+                hooks.active.clear()
+                _forward(model, x, hooks.current)
+    finally:
+        for h in hooks.handles:
+            h.remove()
+        model.train(was_training)
+    return streams
 
-    def make_hook(target: Target, stream: EmbeddingStream):
+
+class _Hooks:
+    """The forward hooks that feed every target's stream, and what they share: the
+    targets whose forward is running (``current``, for error messages), the weights
+    whose own module is running (``active``), and the streams of each weight's
+    functional uses (``tracked``, read by :class:`_FunctionalUses`)."""
+
+    def __init__(self, tracker: LayoutTracker, feed: _Feeder):
+        self.tracker, self.feed = tracker, feed
+        self.handles: list = []
+        self.current: list[Target] = []
+        self.tracked: dict[int, list[Callable]] = {}
+        self.active: set[int] = set()
+
+    def attach(self, targets: Sequence[Target], max_dim: int, centered: bool) -> dict[str, EmbeddingStream]:
+        """One stream per target (row name -> stream), its hooks registered."""
+        streams: dict[str, EmbeddingStream] = {}
+        for t in targets:
+            streams[t.row] = s = EmbeddingStream(max_dim, centered)
+            if t.note is not None:
+                s.error = t.note
+                continue
+            self.handles.append(t.module.register_forward_hook(self._on_output(t, s), with_kwargs=True))
+            w = getattr(t.module, "weight", None) if t.kind == "output" and t.reader is t.module else None
+            own = id(w) if isinstance(w, nn.Parameter) else None
+            self.handles.append(t.module.register_forward_pre_hook(self._on_enter(t, own)))
+            if own is not None:
+                self.handles.append(t.module.register_forward_hook(self._on_exit(own)))
+                self.tracked.setdefault(own, []).append(self._functional_feed(s, t))
+        return streams
+
+    def _functional_feed(self, stream: EmbeddingStream, target: Target) -> Callable:
+        return lambda out, info: self.feed(stream, out, info, target, "output")
+
+    def _on_output(self, target: Target, stream: EmbeddingStream) -> Callable:
+        tracker, feed = self.tracker, self.feed
+
         def hook(module, args, kwargs, output):
             kind = type(module).__name__
             if target.kind == "output":
@@ -357,70 +413,44 @@ def stream_embeddings(
 
         return hook
 
-    def make_pre(target: Target, own_weight: int | None):
+    def _on_enter(self, target: Target, own_weight: int | None) -> Callable:
         def pre(module, args):
-            current.append(target)
+            self.current.append(target)
             if own_weight is not None:
-                active.add(own_weight)
+                self.active.add(own_weight)
 
         return pre
 
-    def make_post(own_weight: int):
+    def _on_exit(self, own_weight: int) -> Callable:
         def post(module, args, output):
-            active.discard(own_weight)
+            self.active.discard(own_weight)
 
         return post
 
-    # before any hook exists: a bad `data` must not leave hooks behind
-    batches, n_batches = iter_batches(data, batch_size, max_samples, axis)
-    handles += tracker.attach()
-    for t in targets:
-        streams[t.row] = s = EmbeddingStream(max_dim, centered)
-        if t.note is not None:
-            s.error = t.note
-            continue
-        handles.append(t.module.register_forward_hook(make_hook(t, s), with_kwargs=True))
-        w = getattr(t.module, "weight", None) if t.kind == "output" and t.reader is t.module else None
-        own = id(w) if isinstance(w, nn.Parameter) else None
-        handles.append(t.module.register_forward_pre_hook(make_pre(t, own)))
-        if own is not None:
-            handles.append(t.module.register_forward_hook(make_post(own)))
-            tracked.setdefault(own, []).append(
-                (lambda s_, t_: lambda out, info: feed(s_, out, info, t_, "output"))(s, t))
-    was_training = model.training
-    model.eval()
+
+def _input_caster(model: nn.Module, device) -> Callable:
+    """Batch -> the model's input on ``device``: floats in the model's dtype, token ids kept."""
     p = next((q for q in model.parameters() if q.is_floating_point()), None)
     in_dtype = p.dtype if p is not None else torch.get_default_dtype()
     takes_ids = any(isinstance(m, nn.Embedding | nn.EmbeddingBag) for m in model.modules())
+    return lambda x: _to_device(x, device, in_dtype, takes_ids)
+
+
+def _forward(model: nn.Module, x, current: list[Target]) -> None:
+    """One forward pass; a failure names the layer it happened in and the input's shape."""
     try:
-        with torch.no_grad(), _FunctionalUses(tracked, active, tracker):
-            for x in tqdm(batches, total=n_batches, desc="embeddings", unit="batch",
-                          disable=disable, leave=False):
-                x = _to_device(x, device, in_dtype, takes_ids)
-                tracker.new_batch(x)
-                if isinstance(x, torch.Tensor) and include_data:  # token-id dicts have no rank of their own
-                    data_stream = streams.setdefault(DATA_ROW_NAME, EmbeddingStream(max_dim, centered))
-                    data_stream.add(x.movedim(axis, 0), lambda c: c.reshape(c.shape[0], -1))
-                current.clear()
-                active.clear()
-                try:
-                    model(**x) if isinstance(x, Mapping) else model(x)
-                except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                    where = ""
-                    if current:
-                        t = current[-1]
-                        where = f" in layer {t.row.split(':')[0]!r} ({_describe(t.module)})"
-                    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else \
-                        {k: tuple(v.shape) for k, v in x.items() if isinstance(v, torch.Tensor)}
-                    raise LoadError(
-                        f"the model's forward pass failed on inputs of shape {shape}{where}: {e}. "
-                        "Check that the data matches the model's expected input (channels, size, dtype)."
-                    ) from e
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return streams
+        model(**x) if isinstance(x, Mapping) else model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        where = ""
+        if current:
+            t = current[-1]
+            where = f" in layer {t.row.split(':')[0]!r} ({_describe(t.module)})"
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else \
+            {k: tuple(v.shape) for k, v in x.items() if isinstance(v, torch.Tensor)}
+        raise LoadError(
+            f"the model's forward pass failed on inputs of shape {shape}{where}: {e}. "
+            "Check that the data matches the model's expected input (channels, size, dtype)."
+        ) from e
 
 
 def _read(tracker: LayoutTracker, obj) -> tuple[torch.Tensor | None, Known]:

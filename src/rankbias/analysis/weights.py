@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rankbias.analysis.layers import CONV_READINGS, ConvReading
+from rankbias.errors import InvalidParameterError
 from rankbias.framework.config import ConfigError
 from rankbias.measures import (
     as_matrix,
@@ -35,6 +36,7 @@ from rankbias.measures import (
     singular_values,
 )
 from rankbias.measures._checks import _unreadable
+from rankbias.measures.spec import Spectrum, evaluate, split_centered
 
 
 def check_conv_reading(reading) -> ConvReading:
@@ -97,34 +99,40 @@ def pooled_measures(taps: torch.Tensor, names: Sequence[str]) -> dict[str, torch
     """The measures of diag(W_1, ..., W_T) from taps (..., T, m, n), batched over ``...``.
 
     The block-diagonal matrix's singular values are the union of the taps';
-    its participation ratio has a closed form from the taps' Gram matrices:
-    with G_t = W_t^T W_t and u the concatenated per-tap mean rows, the centred
+    its centred measures (the participation ratio; any ``SPECS[k].centered``)
+    read the power sums of its centred covariance, which have a closed form from
+    the taps' Gram matrices: with G_t = W_t^T W_t and u the concatenated per-tap mean rows, the centred
     column Gram is C = diag(G_t) - (m / T) u u^T, so tr C and ||C||_F^2 need
     only tr G_t, ||G_t||_F^2 and u_t^T G_t u_t.
     """
     if taps.ndim < 3:
-        raise ValueError(f"taps: expected (..., T, m, n), got shape {tuple(taps.shape)}")
+        raise InvalidParameterError(f"taps: expected (..., T, m, n), got shape {tuple(taps.shape)}")
     T, m, n = taps.shape[-3:]
     eps = _eps_of(taps.dtype)
-    spectral = [k for k in names if k != "participation_ratio"]
+    spectral, centred = split_centered(names)
     out: dict[str, torch.Tensor] = {}
     if spectral:
         s = singular_values(taps)  # (..., T, min(m, n))
         s = s.reshape(*s.shape[:-2], -1).sort(dim=-1, descending=True).values  # (..., T min(m, n))
         out.update(measures_from_singular_values(s, shape=(T * m, T * n), measures=spectral, eps=eps))
-    if "participation_ratio" in names:
-        X = taps.double()
-        G = X.mT @ X  # (..., T, n, n)
-        u = X.mean(-2)  # (..., T, n): each tap's mean row
-        c = m / T
-        uu = u.square().sum((-2, -1))
-        uGu = (u.unsqueeze(-2) @ G @ u.unsqueeze(-1)).squeeze(-1).squeeze(-1).sum(-1)
-        tr = G.diagonal(dim1=-2, dim2=-1).sum((-2, -1)) - c * uu
-        fro2 = G.square().sum((-3, -2, -1)) - 2 * c * uGu + c * c * uu.square()
-        zero = fro2 <= 0
-        pr = tr.square() / torch.where(zero, torch.ones_like(fro2), fro2)
-        out["participation_ratio"] = torch.where(zero, torch.zeros_like(pr), pr)
+    if centred:
+        sums = _pooled_centered_power_sums(taps)
+        out.update(evaluate(centred, Spectrum(None, shape=(T * m, T * n), eps=eps, centered_power_sums=sums)))
     return {k: out[k] for k in names}
+
+
+def _pooled_centered_power_sums(taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tr C, ||C||_F^2) of the centred column Gram C of diag(W_1, ..., W_T), batch shape."""
+    T, m = taps.shape[-3:-1]
+    X = taps.double()
+    G = X.mT @ X  # (..., T, n, n)
+    u = X.mean(-2)  # (..., T, n): each tap's mean row
+    c = m / T
+    uu = u.square().sum((-2, -1))
+    uGu = (u.unsqueeze(-2) @ G @ u.unsqueeze(-1)).squeeze(-1).squeeze(-1).sum(-1)
+    tr = G.diagonal(dim1=-2, dim2=-1).sum((-2, -1)) - c * uu
+    fro2 = G.square().sum((-3, -2, -1)) - 2 * c * uGu + c * c * uu.square()
+    return tr, fro2
 
 
 def measure_weights(
@@ -134,11 +142,13 @@ def measure_weights(
     *,
     batched: bool = False,
     progress: Callable[[int], object] | None = None,
+    method: str = "auto",
 ) -> dict[str, tuple[dict[str, torch.Tensor], torch.Tensor] | str]:
     """name -> ({measure: value, 0-d or (M,) when batched}, matrix as read), or an error message.
 
     Matrices of the same shape are measured in one batched call; a conv read
-    per tap holds the mean over its taps.
+    per tap holds the mean over its taps. ``method``: that of ``rank_measures``
+    (the pooled reading has its own).
     """
     mats = weight_matrices(items, reading, batched=batched)
     good = {k: v for k, v in mats.items() if isinstance(v, torch.Tensor)}
@@ -150,7 +160,7 @@ def measure_weights(
             if progress is not None:
                 progress(1)
     else:
-        results = rank_measures_many(good, names, progress=progress)
+        results = rank_measures_many(good, names, progress=progress, method=method)
     out: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor] | str] = {}
     for name, M in mats.items():
         if isinstance(M, str):

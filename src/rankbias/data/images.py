@@ -11,9 +11,15 @@
 =============== ================================================================
 
 The data root is the ``root`` argument, else ``$RANKBIAS_DATA``, else
-``./data``. With ``download=True`` torchvision fetches what is missing (for
-users with internet); otherwise a missing dataset is a
-:class:`DatasetNotFoundError` that says where it was looked for and how to get it.
+``./data`` (under the repository for ``make demo``; git ignores it). With
+``download=True`` torchvision fetches what is missing (for users with internet);
+for MNIST and Fashion-MNIST the mirrors are first probed with a
+:data:`PROBE_TIMEOUT_S` timeout and every read has a :data:`READ_TIMEOUT_S` one, so
+that without internet the attempt fails in seconds, never hangs. A missing dataset
+is a :class:`DatasetNotFoundError` that says where it was looked for, why it could
+not be downloaded, and how to get it. :func:`choose_mnist_or_digits` is paper 1's
+``dataset="auto"``: MNIST where it is (or can be downloaded), else the digits, with
+the command that gets MNIST.
 
 Images come back as float32 tensors (N, C, H, W) in [0, 1] and int64 labels;
 decoded JPEG folders (and the extracted tar) are cached under ``$RANKBIAS_CACHE``
@@ -22,26 +28,36 @@ decoded JPEG folders (and the extracted tar) are cached under ``$RANKBIAS_CACHE`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import pickle
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from rankbias.data.image_data import ImageData, stratified_sample
 from rankbias.errors import InvalidParameterError, LoadError
 from rankbias.framework.paths import cache_dir, data_root
 
 __all__ = [
     "DATASETS",
+    "CanvasPosition",
+    "DatasetName",
+    "NoiseRegion",
+    "DatasetChoice",
     "DatasetNotFoundError",
     "ImageData",
+    "choose_mnist_or_digits",
     "data_root",
     "extract_patches",
     "load_image_dataset",
@@ -50,86 +66,20 @@ __all__ = [
     "stratified_sample",
 ]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10"]
+DATASETS: tuple[DatasetName, ...] = get_args(DatasetName)
+CanvasPosition = Literal["center", "random"]
+NoiseRegion = Literal["background", "all"]
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}
+
+PROBE_TIMEOUT_S = 5.0
+"""Seconds a download mirror has to answer before it counts as unreachable."""
+READ_TIMEOUT_S = 30.0
+"""Seconds a download may stall (connect or read) before it is abandoned."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not under the data root (and was not downloaded)."""
-
-
-@dataclasses.dataclass
-class ImageData:
-    images: torch.Tensor
-    """(N, C, H, W) float32 in [0, 1]."""
-    labels: torch.Tensor
-    """(N,) int64."""
-    classes: list[str]
-    """Class names, indexed by label."""
-    name: str
-    """Dataset name."""
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def subset(
-        self, classes: list[int] | None = None, limit: int | None = None, seed: int = 0
-    ) -> ImageData:
-        """Keep only ``classes`` (relabelled 0..k-1 in the given order), then a sample of ``limit``.
-
-        The sample is random (``seed``) and stratified: every class gets ``limit // k`` or
-        one more image (a class with fewer images gives all it has, the rest is spread over
-        the others), in a shuffled order. Never the first ``limit``: dataset files are often
-        sorted by class (the CIFAR-10 JPEG folders are), and those would be one class.
-        """
-        images, labels, names = self.images, self.labels, self.classes
-        if classes is not None:
-            bad = [c for c in classes if not 0 <= c < len(self.classes)]
-            if bad:
-                raise ValueError(f"classes {bad} not in {self.name} (0..{len(self.classes) - 1})")
-            if len(set(classes)) != len(classes):
-                raise ValueError(f"classes must be distinct, got {classes}")
-            if not classes:
-                raise ValueError(f"classes must be a non-empty list of class indices of {self.name}")
-            wanted = torch.tensor(classes, dtype=torch.long)
-            keep = torch.isin(labels, wanted)
-            images, old = images[keep], labels[keep]
-            remap = torch.full((len(self.classes),), -1, dtype=torch.long)
-            remap[wanted] = torch.arange(len(classes))
-            labels = remap[old]
-            names = [self.classes[c] for c in classes]
-        if limit is not None:
-            if limit < 1:
-                raise ValueError(f"limit must be an int >= 1 or None, got {limit}")
-            idx = stratified_sample(labels, limit, seed)
-            images, labels = images[idx], labels[idx]
-        return ImageData(images, labels, names, self.name)
-
-
-def stratified_sample(labels: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
-    """Indices of a seeded random sample of ``min(limit, N)`` labels, as balanced over the
-    classes present as their sizes allow (counts differ by at most one otherwise), shuffled."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-    g = torch.Generator().manual_seed(seed)
-    present = torch.unique(labels)
-    pools = [torch.nonzero(labels == c).flatten() for c in present.tolist()]
-    pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
-    want = min(limit, len(labels))
-    take = [0] * len(pools)
-    # water-filling: hand out one image per class in turn (random class order), skipping
-    # the classes that have run out
-    order = torch.randperm(len(pools), generator=g).tolist()
-    left = want
-    while left:
-        for i in order:
-            if left and take[i] < len(pools[i]):
-                take[i] += 1
-                left -= 1
-    idx = torch.cat([p[:t] for p, t in zip(pools, take, strict=True)])
-    return idx[torch.randperm(len(idx), generator=g)]
-
-
 
 
 def _not_found(name: str, root: Path, expected: str) -> DatasetNotFoundError:
@@ -146,7 +96,44 @@ def load_image_dataset(
     root: str | os.PathLike | None = None,
     download: bool = False,
 ) -> ImageData:
-    """The train or test split of dataset ``name`` (see the module docstring)."""
+    """The train or test split of dataset ``name`` (see the module docstring).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS` (``digits``, ``mnist``, ``fashion-mnist``,
+        ``cifar10``; case-insensitive, with aliases).
+    train : bool, default True
+        The training split (else the test split).
+    root : str or os.PathLike, optional
+        The data root (None: ``$RANKBIAS_DATA``, else ``./data``); a folder
+        written by ``rankbias prepare-data`` is read as such.
+    download : bool, default False
+        Let torchvision download a dataset that is missing.
+
+    Returns
+    -------
+    ImageData
+        ``images`` (N, C, H, W) float32 in [0, 1], ``labels`` (N,), ``classes``
+        and ``name``.
+
+    Raises
+    ------
+    InvalidParameterError
+        An unknown dataset name.
+    DatasetNotFoundError
+        The dataset is not under the data root and was not downloaded (a
+        ``FileNotFoundError``; the message says how to get it).
+    LoadError
+        The files under the data root cannot be read.
+
+    Examples
+    --------
+    >>> from rankbias.papers import load_image_dataset
+    >>> digits = load_image_dataset("digits", train=False)  # bundled with scikit-learn
+    >>> tuple(digits.images.shape), len(digits.classes)
+    ((599, 1, 8, 8), 10)
+    """
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
         raise InvalidParameterError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
@@ -160,6 +147,65 @@ def load_image_dataset(
     if key in ("mnist", "fashion-mnist"):
         return _torchvision_grey(key, train, root_p, download)
     return _cifar10(train, root_p, download)
+
+
+MNIST_DOWNLOAD = "11 MB"
+"""What torchvision downloads for MNIST (its four .gz files)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetChoice:
+    """What paper 1's ``dataset="auto"`` resolved to (:func:`choose_mnist_or_digits`)."""
+
+    name: str
+    """``"mnist"`` or ``"digits"``."""
+    reason: str
+    """Why, with the data root."""
+    fix: str = ""
+    """Empty when MNIST was found; otherwise the command that gets MNIST."""
+
+    @property
+    def fallback(self) -> bool:
+        """Whether the digits stand in for MNIST."""
+        return bool(self.fix)
+
+
+def choose_mnist_or_digits(root: str | os.PathLike | None = None, download: bool = False) -> DatasetChoice:
+    """MNIST if it is under the data root (or, with ``download``, once torchvision has
+    downloaded it there), else scikit-learn's digits, with the reason and the fix.
+
+    Parameters
+    ----------
+    root : data root (None: ``$RANKBIAS_DATA``, else ``./data``).
+    download : try torchvision's download where MNIST is missing (fails within
+        seconds without internet: :data:`PROBE_TIMEOUT_S`).
+
+    Returns
+    -------
+    DatasetChoice
+        ``fallback`` is True when the digits stand in for MNIST; ``fix`` then names
+        the command that puts MNIST at the data root.
+    """
+    from torchvision import datasets
+
+    from rankbias.data.packed import is_packed
+
+    root_p = data_root(root).resolve()
+    if is_packed(root_p) or _grey_present(datasets.MNIST, root_p):
+        return DatasetChoice("mnist", f"dataset=auto: MNIST found under {root_p}")
+    if download:
+        why = _download_grey(datasets.MNIST, root_p)
+        if why is None:
+            return DatasetChoice("mnist", f"dataset=auto: MNIST downloaded into {root_p}")
+        how = f"rerun where there is internet (MNIST, {MNIST_DOWNLOAD}, is downloaded into {root_p})"
+    else:
+        why = "download is off"
+        how = f"add `--set download=true` where there is internet ({MNIST_DOWNLOAD} into {root_p})"
+    return DatasetChoice(
+        "digits", f"dataset=auto: MNIST not under {root_p} and not downloaded ({why}), so scikit-learn's digits",
+        fix=f"`RANKBIAS_DATA=/path/to/datasets make demo` (a folder holding MNIST/raw/*-ubyte, "
+            f"torchvision's layout), or {how}",
+    )
 
 
 def _digits(train: bool) -> ImageData:
@@ -179,12 +225,71 @@ def _torchvision_grey(key: str, train: bool, root: Path, download: bool) -> Imag
     from torchvision import datasets
 
     cls = datasets.MNIST if key == "mnist" else datasets.FashionMNIST
+    if download and not _grey_present(cls, root):
+        why = _download_grey(cls, root)
+        if why is not None:
+            raise DatasetNotFoundError(
+                f"dataset {key!r} not under data root {root.resolve()} and not downloaded: {why}; "
+                f"accepted: torchvision's layout {cls.__name__}/raw/*-ubyte under the data root "
+                "(data_root/--data-root or $RANKBIAS_DATA), or download=True with internet")
     try:
-        ds = cls(str(root), train=train, download=download)
+        ds = cls(str(root), train=train, download=False)
     except RuntimeError as e:
         raise _not_found(key, root, f"{cls.__name__}/raw/*-ubyte") from e
     x = ds.data.to(torch.float32).div_(255).unsqueeze(1)
     return ImageData(x, ds.targets.to(torch.long), list(ds.classes), key)
+
+
+def _grey_present(cls, root: Path) -> bool:
+    # torchvision's own test (MNIST._check_exists): the four extracted idx files
+    raw = root / cls.__name__ / "raw"
+    return all((raw / Path(name).stem).is_file() for name, _ in cls.resources)
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    # torchvision opens its URLs without a timeout: a dropped connection would block forever
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _probe(urls: list[str], timeout: float) -> str | None:
+    """None when one of ``urls`` answers within ``timeout`` s (any HTTP status), else why none did."""
+    import urllib.error
+    import urllib.request
+
+    errors = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                return None
+        except urllib.error.HTTPError:
+            return None  # the server answered; the download itself checks the file
+        except (OSError, ValueError) as e:
+            errors.append(f"{url}: {_short(e)}")
+    return "; ".join(errors) or "no mirror configured"
+
+
+def _download_grey(cls, root: Path) -> str | None:
+    """torchvision's download of ``cls`` into ``root``: None when done, else why not (in
+    seconds without internet: the mirrors are probed first, every read has a timeout)."""
+    why = _probe([m + cls.resources[0][0] for m in cls.mirrors], PROBE_TIMEOUT_S)
+    if why is not None:
+        return f"no download mirror reachable within {PROBE_TIMEOUT_S:g} s ({why})"
+    try:
+        with _socket_timeout(READ_TIMEOUT_S):
+            cls(str(root), train=True, download=True)
+    except (RuntimeError, OSError) as e:  # md5 mismatch, HTTP error, timeout, read-only root
+        return f"download failed ({_short(e)})"
+    return None
 
 
 def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
@@ -254,32 +359,69 @@ def _cifar10(train: bool, root: Path, download: bool) -> ImageData:
 def noisy_canvas(
     images: torch.Tensor,
     canvas: int | tuple[int, int],
-    sigmas,
+    sigmas: float | Sequence[float] | torch.Tensor,
     *,
-    position: str = "center",
-    noise_region: str = "background",
+    position: CanvasPosition = "center",
+    noise_region: NoiseRegion = "background",
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Place images (N, C, h, w) on a larger canvas whose background is Gaussian noise.
 
-    Returns ``(noisy, clean)``: ``noisy`` (S, N, C, H, W) for the S noise standard
-    deviations in ``sigmas`` and ``clean`` (N, C, H, W) with a zero background.
-    ``position``: ``"center"`` or ``"random"`` (a uniform offset per image).
-    ``noise_region``: ``"background"`` (noise outside the image only: paper 1's
-    canvas noise model, docs/paper1.md) or ``"all"`` (also over the image). The noise
-    directions are drawn once and scaled by each sigma (common random numbers across
-    noise levels).
+    The noise directions are drawn once and scaled by each sigma (common random
+    numbers across noise levels).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        (N, C, h, w).
+    canvas : int or (int, int)
+        The canvas size H x W (a square for an int), at least the images' size.
+    sigmas : float, sequence of float or torch.Tensor
+        The S noise standard deviations (finite, >= 0).
+    position : {"center", "random"}, default "center"
+        Where an image sits: centred, or a uniform offset per image.
+    noise_region : {"background", "all"}, default "background"
+        Noise outside the image only (paper 1's canvas noise model,
+        docs/paper1.md) or also over the image.
+    generator : torch.Generator, optional
+        The source of the noise and of the random positions.
+
+    Returns
+    -------
+    noisy : torch.Tensor
+        (S, N, C, H, W), one slice per sigma.
+    clean : torch.Tensor
+        (N, C, H, W) with a zero background.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``images`` not 4-D; a canvas smaller than the images; an unknown
+        ``position`` or ``noise_region``; a negative or non-finite sigma.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import noisy_canvas
+    >>> noisy, clean = noisy_canvas(torch.ones(2, 1, 4, 4), 8, [0.0, 1.0],
+    ...                             generator=torch.Generator().manual_seed(0))
+    >>> tuple(noisy.shape), tuple(clean.shape)
+    ((2, 2, 1, 8, 8), (2, 1, 8, 8))
+    >>> torch.equal(noisy[0], clean), float(clean.sum())  # sigma 0: the clean canvas
+    (True, 32.0)
+    >>> torch.equal(noisy[1, :, :, 2:6, 2:6], clean[:, :, 2:6, 2:6])  # the image is left alone
+    True
     """
     if images.dim() != 4:
-        raise ValueError(f"images must be (N, C, h, w); got shape {tuple(images.shape)}")
+        raise InvalidParameterError(f"images must be (N, C, h, w); got shape {tuple(images.shape)}")
     H, W = (canvas, canvas) if isinstance(canvas, int) else tuple(canvas)
     N, C, h, w = images.shape
     if H < h or W < w:
-        raise ValueError(f"canvas {H}x{W} is smaller than the images ({h}x{w})")
-    if position not in ("center", "random"):
-        raise ValueError(f"position must be 'center' or 'random', got {position!r}")
-    if noise_region not in ("background", "all"):
-        raise ValueError(f"noise_region must be 'background' or 'all', got {noise_region!r}")
+        raise InvalidParameterError(f"canvas {H}x{W} is smaller than the images ({h}x{w})")
+    if position not in get_args(CanvasPosition):
+        raise InvalidParameterError(f"position must be 'center' or 'random', got {position!r}")
+    if noise_region not in get_args(NoiseRegion):
+        raise InvalidParameterError(f"noise_region must be 'background' or 'all', got {noise_region!r}")
     sig = _check_sigmas(sigmas, images.dtype)
     if position == "center":
         top = torch.full((N,), (H - h) // 2)
@@ -302,7 +444,7 @@ def noisy_canvas(
 
 def background_pixel_noise(
     images: torch.Tensor,
-    sigmas,
+    sigmas: float | Sequence[float] | torch.Tensor,
     *,
     threshold: float = 0.0,
     generator: torch.Generator | None = None,
@@ -311,17 +453,53 @@ def background_pixel_noise(
 
     No canvas: a pixel is background when every channel is ``<= threshold`` (MNIST's
     and Fashion-MNIST's zero pixels at the default 0); those pixels get
-    ``sigma * xi``, xi ~ N(0, 1), the object's pixels stay as they are. Returns
-    ``(noisy, clean)``, ``noisy`` (S, N, C, H, W) for the S values in ``sigmas`` and
-    ``clean`` = ``images``. The noise is drawn once and scaled by each sigma (common
-    random numbers across noise levels, as in :func:`noisy_canvas`).
+    ``sigma * xi``, xi ~ N(0, 1), the object's pixels stay as they are. The noise is
+    drawn once and scaled by each sigma (common random numbers across noise levels, as
+    in :func:`noisy_canvas`).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        (N, C, H, W).
+    sigmas : float, sequence of float or torch.Tensor
+        The S noise standard deviations (finite, >= 0).
+    threshold : float, default 0.0
+        A pixel is background when every channel is ``<= threshold``.
+    generator : torch.Generator, optional
+        The source of the noise.
+
+    Returns
+    -------
+    noisy : torch.Tensor
+        (S, N, C, H, W), one slice per sigma.
+    clean : torch.Tensor
+        ``images`` itself.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``images`` not 4-D; a negative or non-finite sigma; no background pixel at
+        all (use the canvas noise model for such images, e.g. CIFAR-10).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import background_pixel_noise
+    >>> images = torch.zeros(1, 1, 2, 2)
+    >>> images[0, 0, 0, 0] = 1.0  # one object pixel, three background pixels
+    >>> noisy, clean = background_pixel_noise(images, [0.0, 0.5],
+    ...                                       generator=torch.Generator().manual_seed(0))
+    >>> tuple(noisy.shape), torch.equal(noisy[0], clean)
+    ((2, 1, 1, 2, 2), True)
+    >>> float(noisy[1, 0, 0, 0, 0]), int((noisy[1] != 0).sum())  # the object is left alone
+    (1.0, 4)
     """
     if images.dim() != 4:
-        raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
+        raise InvalidParameterError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
     sig = _check_sigmas(sigmas, images.dtype)
     background = (images <= threshold).all(dim=1, keepdim=True)  # (N, 1, H, W)
     if not bool(background.any()):
-        raise ValueError(
+        raise InvalidParameterError(
             f"no pixel of these images is background (every channel <= {threshold}); "
             "use noise_model='canvas' for images without a plain background (CIFAR-10)"
         )
@@ -333,19 +511,50 @@ def background_pixel_noise(
 def _check_sigmas(sigmas, dtype: torch.dtype) -> torch.Tensor:
     sig = torch.atleast_1d(torch.as_tensor(sigmas, dtype=dtype))
     if sig.numel() == 0 or not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
-        raise ValueError(f"sigmas must be finite values >= 0, got {sigmas!r}")
+        raise InvalidParameterError(f"sigmas must be finite values >= 0, got {sigmas!r}")
     return sig
 
 
 def extract_patches(images: torch.Tensor, k: int, stride: int | None = None) -> torch.Tensor:
     """k x k patches of images (..., C, H, W) at ``stride`` (default k: non-overlapping),
-    flattened channel-major as a conv weight reads them: (..., P, C k k)."""
+    flattened channel-major as a conv weight reads them: (..., P, C k k).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        (..., C, H, W).
+    k : int
+        The patch size (>= 1, <= H and W).
+    stride : int, optional
+        The step between patches (default k).
+
+    Returns
+    -------
+    torch.Tensor
+        (..., P, C k k): P patches per image, row-major over positions.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``k`` or ``stride`` < 1, or ``k`` larger than the image.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import extract_patches
+    >>> images = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> patches = extract_patches(images, 2)
+    >>> tuple(patches.shape)
+    (1, 4, 4)
+    >>> patches[0, 0].tolist()  # the top-left 2 x 2 block
+    [0.0, 1.0, 4.0, 5.0]
+    """
     stride = k if stride is None else stride
     if k < 1 or stride < 1:
-        raise ValueError(f"patch size and stride must be >= 1, got k={k}, stride={stride}")
+        raise InvalidParameterError(f"patch size and stride must be >= 1, got k={k}, stride={stride}")
     *lead, C, H, W = images.shape
     if k > H or k > W:
-        raise ValueError(f"patch size {k} exceeds the image size {H}x{W}")
+        raise InvalidParameterError(f"patch size {k} exceeds the image size {H}x{W}")
     x = images.reshape(-1, C, H, W)
     p = torch.nn.functional.unfold(x, kernel_size=k, stride=stride)  # (B, C k k, P)
     return p.transpose(1, 2).reshape(*lead, p.shape[-1], C * k * k)

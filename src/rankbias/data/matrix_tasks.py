@@ -10,14 +10,16 @@ The trainers live in :mod:`rankbias.fit.deep_linear`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
+
+from rankbias.errors import InvalidParameterError
 
 __all__ = ["MatrixFitTask", "TARGETS", "TargetKind", "make_task"]
 
 TargetKind = Literal["low_rank", "full_rank"]
-TARGETS: tuple[TargetKind, ...] = ("low_rank", "full_rank")
+TARGETS: tuple[TargetKind, ...] = get_args(TargetKind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +57,13 @@ def make_task(
     ``noise``: std of i.i.d. Gaussian noise added to the training outputs (the
     test outputs stay clean, so the test loss is ||W - W*||_F^2 / n in expectation)."""
     if kind not in TARGETS:
-        raise ValueError(f"kind must be 'low_rank' or 'full_rank', got {kind!r}")
+        raise InvalidParameterError(f"kind must be 'low_rank' or 'full_rank', got {kind!r}")
     if not 1 <= rank <= n:
-        raise ValueError(f"rank must be in [1, n={n}], got {rank}")
+        raise InvalidParameterError(f"rank must be in [1, n={n}], got {rank}")
     if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise InvalidParameterError(f"noise must be >= 0, got {noise}")
     if n_train < 1 or n_test < 1:
-        raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
+        raise InvalidParameterError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
     kw = dict(generator=generator, dtype=dtype, device=device)
     if kind == "low_rank":
         U, _ = torch.linalg.qr(torch.randn(n, rank, **kw))

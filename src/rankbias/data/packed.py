@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rankbias.errors import LoadError, UnsupportedError
+from rankbias.errors import InvalidParameterError, LoadError, UnsupportedError
 from rankbias.framework.paths import data_root
 
 __all__ = ["MANIFEST", "PART_LIMIT", "TOTAL_LIMIT", "is_packed", "load_packed", "load_packed_uint8",
@@ -206,7 +206,7 @@ def _parts(folder: Path, name: str, split: str):
     if name not in m["datasets"]:
         raise LoadError(f"{folder}: dataset {name!r} is not packed there (has: {', '.join(m['datasets'])})")
     if split not in _SPLITS:
-        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+        raise InvalidParameterError(f"split must be 'train' or 'test'; got {split!r}")
     entry = m["datasets"][name]
     for p in entry[split]["parts"]:
         path = folder / p["file"]
@@ -244,7 +244,7 @@ def load_packed_uint8(folder: str | os.PathLike, name: str, train: bool = True):
 def load_packed(folder: str | os.PathLike, name: str, train: bool = True):
     """A packed split as :class:`rankbias.data.images.ImageData` (float32 in [0, 1]),
     the pixels :func:`~rankbias.data.images.load_image_dataset` gives for the source."""
-    from rankbias.data.images import ImageData
+    from rankbias.data.image_data import ImageData
 
     x, y, classes = load_packed_uint8(folder, name, train)
     return ImageData(x.float().div_(255), y, classes, name)

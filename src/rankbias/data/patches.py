@@ -22,18 +22,48 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
+from rankbias.errors import InvalidParameterError
 from rankbias.measures import rank_measures
 
-__all__ = ["PatchData", "make_patch_data", "signal_dictionary", "data_rank_measures"]
+__all__ = ["PatchData", "SignalPosition", "make_patch_data", "signal_dictionary", "data_rank_measures"]
+
+SignalPosition = Literal["random", "fixed"]
 
 
 @dataclasses.dataclass
 class PatchData:
-    """Train and test sets of the patch model, for S noise levels."""
+    """Train and test sets of the patch model, for S noise levels.
+
+    Made by :func:`make_patch_data`; the fields below are its parameters too.
+
+    Parameters
+    ----------
+    X, X_clean, y, X_test, X_test_clean, y_test, signals, sigmas, signal_index, signal_patch : torch.Tensor
+        The fields, documented under each one below.
+
+    Attributes
+    ----------
+    K : int
+        Signals per class.
+    clean_rank : int
+        The intrinsic rank of the data, 2K.
+
+    Raises
+    ------
+    Nothing
+        A plain container: :func:`make_patch_data` checks the values.
+
+    Examples
+    --------
+    >>> from rankbias.papers import make_patch_data
+    >>> data = make_patch_data(n_train=10, n_test=20, patches=4, dim=16, K=2)
+    >>> data.K, data.clean_rank, tuple(data.signals.shape)
+    (2, 4, (4, 16))
+    """
 
     X: torch.Tensor
     """(S, n_train, P, d) noisy training images, one slice per sigma_p."""
@@ -75,7 +105,7 @@ def signal_dictionary(
     the measures can exploit axis alignment.
     """
     if 2 * K > dim:
-        raise ValueError(f"2K orthogonal signals need dim >= 2K; got K={K}, dim={dim}")
+        raise InvalidParameterError(f"2K orthogonal signals need dim >= 2K; got K={K}, dim={dim}")
     G = torch.randn(dim, 2 * K, generator=generator, dtype=torch.float64)
     Q, R = torch.linalg.qr(G)
     Q = Q * torch.sign(torch.diagonal(R))  # unique Q: Haar-distributed columns
@@ -121,7 +151,7 @@ def make_patch_data(
     K: int = 2,
     signal_norm: float = 1.0,
     sigmas: Sequence[float] | float = (0.0,),
-    signal_position: Literal["random", "fixed"] | int = "random",
+    signal_position: SignalPosition | int = "random",
     orthogonal_noise: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
@@ -129,11 +159,54 @@ def make_patch_data(
 ) -> PatchData:
     """Draw the train and test sets of the patch model for every noise level in ``sigmas``.
 
-    ``signal_position``: ``"random"`` (uniform over the P patches), ``"fixed"``
-    (patch 0) or an int patch index. ``orthogonal_noise``: project the background
-    noise onto the orthogonal complement of the signal span (then the noise
-    cannot correlate with any signal). ``seed`` fixes everything (dictionary,
-    labels, positions, noise); the test set uses the same dictionary.
+    Parameters
+    ----------
+    n_train, n_test : int, default 200 and 1000
+        Training and test images (>= 1).
+    patches : int, default 8
+        P, the patches per image (>= 1).
+    dim : int, default 100
+        d, the dimension of a patch (>= 2K, + 1 with ``orthogonal_noise``).
+    K : int, default 2
+        Signals per class (>= 1); the clean data has rank 2K.
+    signal_norm : float, default 1.0
+        The norm of every signal vector (> 0).
+    sigmas : float or sequence of float, default (0.0,)
+        The S background noise levels sigma_p (finite, >= 0).
+    signal_position : {"random", "fixed"} or int, default "random"
+        ``"random"`` (uniform over the P patches), ``"fixed"`` (patch 0) or an int
+        patch index.
+    orthogonal_noise : bool, default False
+        Project the background noise onto the orthogonal complement of the signal
+        span (then the noise cannot correlate with any signal).
+    seed : int, default 0
+        Fixes everything (dictionary, labels, positions, noise); the test set uses
+        the same dictionary.
+    dtype : torch.dtype, default torch.float32
+        The images' dtype.
+    device : str or torch.device, default "cpu"
+        Where the tensors are put.
+
+    Returns
+    -------
+    PatchData
+        ``X`` (S, n_train, P, d), ``X_clean`` (n_train, P, d), labels ``y`` in
+        {+1, -1}, the same for the test set, the dictionary and the noise levels.
+
+    Raises
+    ------
+    InvalidParameterError
+        Every argument out of range, all named in one message.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import make_patch_data
+    >>> data = make_patch_data(n_train=10, n_test=20, patches=4, dim=16, sigmas=[0.0, 0.1])
+    >>> tuple(data.X.shape), tuple(data.X_test.shape), sorted(data.y.unique().tolist())
+    ((2, 10, 4, 16), (2, 20, 4, 16), [-1.0, 1.0])
+    >>> torch.equal(data.X[0], data.X_clean)  # sigma_p = 0: the clean images
+    True
     """
     sig = torch.atleast_1d(torch.as_tensor(sigmas, dtype=torch.float64))
     errors = []
@@ -153,12 +226,12 @@ def make_patch_data(
     if sig.numel() == 0 or not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
         errors.append(f"sigmas must be a non-empty list of finite values >= 0 (got {sigmas!r})")
     if isinstance(signal_position, str):
-        if signal_position not in ("random", "fixed"):
+        if signal_position not in get_args(SignalPosition):
             errors.append(f"signal_position must be 'random', 'fixed' or a patch index (got {signal_position!r})")
     elif not 0 <= int(signal_position) < patches:
         errors.append(f"signal_position index must be in 0..{patches - 1} (got {signal_position})")
     if errors:
-        raise ValueError("; ".join(errors))
+        raise InvalidParameterError("; ".join(errors))
     gen = torch.Generator().manual_seed(int(seed))
     signals = signal_dictionary(K, dim, signal_norm, gen, dtype=dtype)
     X, Xc, y, idx, pos = _sample(n_train, sig, signals, patches, signal_position, orthogonal_noise, gen)

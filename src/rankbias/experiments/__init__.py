@@ -7,19 +7,14 @@ Use :func:`rankbias.run_experiment` (defined in :mod:`rankbias.runner`) or
 from rankbias.experiments.registry import (
     Experiment,
     build_config,
-    experiments,
+    check_contract,
+    check_summary,
     get_experiment,
     list_experiments,
     register,
+    registered,
+    unregister,
 )
 
-__all__ = ["Experiment", "build_config", "experiments", "get_experiment", "list_experiments", "register"]
-
-
-def __getattr__(name: str):
-    # kept where it used to live; lazy, since rankbias.runner imports this package
-    if name == "run_experiment":
-        from rankbias.runner import run_experiment
-
-        return run_experiment
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["Experiment", "build_config", "check_contract", "check_summary", "get_experiment", "list_experiments", "register",
+           "registered", "unregister"]

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
 from rankbias.data.matrix_tasks import TARGETS, MatrixFitTask, make_task
-from rankbias.fit.deep_linear import FitResult, fit_deep_linear
+from rankbias.fit.deep_linear import FitResult, ScaleOf, fit_deep_linear
 from rankbias.framework.config import Config
 from rankbias.measures import rank_measures
+from rankbias.models.deep_linear import Init
 from rankbias.verdicts import mean_std, verdict
 
 __all__ = ["DeepLinearFitConfig", "DeepLinearTaskConfig", "DepthConfig", "SweepGroup",
            "fit_sweep", "paper_preset", "per_depth_rows", "rank_against_steps", "select_lr",
            "target_entropy_rank"]
-
-Init = Literal["normal", "uniform", "orthogonal"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +67,7 @@ class DeepLinearTaskConfig(DepthConfig):
     """Held-out test pairs per task (clean outputs)."""
     noise: float = 0.5
     """Std of the Gaussian noise on the training outputs (outputs have unit variance per coordinate)."""
-    scale_of: Literal["factor", "end_to_end"] = "factor"
+    scale_of: ScaleOf = "factor"
     """What the initial scale sets: each factor's gain, or the end-to-end map's gain at every depth."""
     batch_size: int | None = None
     """Training pairs per step (mini-batch SGD); null: full batch."""

@@ -19,21 +19,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from rankbias.experiments._statements import PAPER1_NOISE
+from rankbias.fit.two_layer_cnn import CnnOptimizer
 from rankbias.framework.config import Config
 from rankbias.verdicts import mean_std, relative_rank_verdict
 
 __all__ = [
-    "ACC_THRESHOLD",
-    "DATA_FACTOR",
-    "FILTER_FACTOR",
-    "FLAT_FACTOR",
     "NoiseSweepConfig",
-    "absolute_test",
+    "SweepLabels",
+    "SweepTable",
     "claim_verdict",
     "history_rows",
     "model_index",
@@ -42,17 +40,6 @@ __all__ = [
     "status_rows",
     "train_sweep",
 ]
-
-# The absolute test used before the relative one (kept in the summary for comparison,
-# docs/paper1.md "Verdict"); it decides nothing.
-ACC_THRESHOLD = 0.9
-"""Test accuracy at which a noise level counts as generalising (absolute test)."""
-DATA_FACTOR = 10.0
-"""The data's patch-matrix stable rank must reach this multiple of the clean rank."""
-FILTER_FACTOR = 1.25
-"""Absolute test: filter stable rank bound, as a multiple of the clean rank."""
-FLAT_FACTOR = 1.5
-"""Absolute test: filter stable rank may vary by less than this factor."""
 
 PAPER_CLAIM = (
     "background noise inflates the data's rank by an order of magnitude or more while the "
@@ -84,7 +71,7 @@ class NoiseSweepConfig(Config):
     """Power of the Huberised ReLU (>= 1)."""
     kappa: float = 1.0
     """Threshold of the Huberised ReLU (> 0)."""
-    optimizer: Literal["gd", "sgd"] = "gd"
+    optimizer: CnnOptimizer = "gd"
     """gd: full-batch gradient descent; sgd: mini-batches of batch_size."""
     batch_size: int = 50
     """Mini-batch size for optimizer=sgd (ignored by gd)."""
@@ -125,10 +112,10 @@ def model_index(seed_index: int, sigma_index: int, n_sigmas: int) -> int:
 
 def train_sweep(cfg: NoiseSweepConfig, X, y, X_test, y_test):
     """Train the sweep's networks (data (M, n, P, d) in :func:`model_index` order) as one batch."""
-    from rankbias.fit.two_layer_cnn import train_two_layer_cnn
+    from rankbias.fit.two_layer_cnn import fit_two_layer_cnn
 
     S = len(cfg.sigmas)
-    return train_two_layer_cnn(
+    return fit_two_layer_cnn(
         X, y, X_test, y_test, filters=cfg.filters, steps=cfg.steps, lr=cfg.lr, init_std=cfg.init_std,
         q=cfg.q, kappa=cfg.kappa, optimizer=cfg.optimizer, batch_size=min(cfg.batch_size, X.shape[1]),
         target_train_loss=cfg.target_train_loss, init_seeds=[s for s in cfg.seeds for _ in range(S)],
@@ -200,33 +187,6 @@ def claim_verdict(fit, cfg: NoiseSweepConfig, data_patch_stable_rank: np.ndarray
     return {**v, "statement": PAPER1_NOISE, "paper": PAPER_CLAIM, "measured": measured}
 
 
-def absolute_test(per_sigma: Sequence[Mapping[str, Any]], clean_rank: float) -> dict[str, Any]:
-    """The former absolute criterion, on seed means (reported, not deciding): over levels with
-    test accuracy >= ACC_THRESHOLD, the data's patch stable rank reaches DATA_FACTOR x the
-    clean rank, the filters' stays <= FILTER_FACTOR x it and varies by < FLAT_FACTOR."""
-    gen = [r for r in per_sigma if r["n_diverged"] == 0 and math.isfinite(r["test_acc_mean"])
-           and r["test_acc_mean"] >= ACC_THRESHOLD]
-    criterion = (f"over noise levels with test acc >= {ACC_THRESHOLD}: data patch stable rank reaches "
-                 f">= {DATA_FACTOR:g} x clean rank; filter stable rank <= {FILTER_FACTOR:g} x clean "
-                 f"rank and max/min < {FLAT_FACTOR:g}")
-    if not gen:
-        return {"passes": False, "criterion": criterion, "clean_rank": clean_rank,
-                "reason": f"no noise level with test accuracy >= {ACC_THRESHOLD}"}
-    fsr = [r["filter_stable_rank_mean"] for r in gen]
-    data_ratio = [r["data_patch_stable_rank"] / clean_rank for r in gen]
-    reach = max(data_ratio) >= DATA_FACTOR
-    bound = max(fsr) <= FILTER_FACTOR * clean_rank
-    flat = max(fsr) / min(fsr) < FLAT_FACTOR
-    return {
-        "passes": bool(reach and bound and flat), "criterion": criterion, "clean_rank": clean_rank,
-        "generalising_sigmas": [r["sigma"] for r in gen],
-        "max_data_patch_stable_rank_over_clean": max(data_ratio), "data_reaches_10x": bool(reach),
-        "max_filter_stable_rank": max(fsr), "filter_bound": FILTER_FACTOR * clean_rank,
-        "filter_within_bound": bool(bound), "filter_stable_rank_max_over_min": max(fsr) / min(fsr),
-        "filter_flat": bool(flat),
-    }
-
-
 def status_rows(fit, cfg: NoiseSweepConfig) -> list[dict[str, Any]]:
     """Per network: sigma, seed, status, when it diverged and when it reached the loss target."""
     S = len(cfg.sigmas)
@@ -244,17 +204,44 @@ def history_rows(fit, cfg: NoiseSweepConfig) -> list[dict[str, Any]]:
             for r in fit.history]
 
 
-def write_outputs(run, cfg: NoiseSweepConfig, fit, data_ranks: Mapping[str, np.ndarray],
-                  clean_rank: float, *, n_test: int, title: str, claim: str, clean_label: str, sigma_label: str,
-                  figure_title: str, name: str, columns: Sequence[str],
-                  table_heading: str = "Per noise level (means over seeds)",
-                  sections: Sequence[tuple[str, str]] = (), extra: Mapping[str, Any] | None = None,
-                  clean_data_key: str | None = None, image_key: str | None = "data_image_stable_rank",
-                  ) -> dict[str, Any]:
-    """metrics.csv, the three figures and report.md of a sweep; returns the summary."""
-    from rankbias.experiments import _noise_figures as figs
-    from rankbias.report import markdown_table, write_run_report
+@dataclasses.dataclass(frozen=True)
+class SweepLabels:
+    """How a noise sweep's report and figures name things."""
 
+    title: str
+    """The report's title."""
+    claim: str
+    """The claim the report tests."""
+    name: str
+    """The data's short name, in the figures' titles."""
+    clean_label: str
+    """The clean rank's line label."""
+    sigma_label: str
+    """The noise axis label."""
+    figure_title: str
+    """The title of the ranks-against-sigma figure."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepTable:
+    """What the report's per-sigma table and ranks figure show."""
+
+    columns: Sequence[str]
+    """Columns of the per-sigma table."""
+    heading: str = "Per noise level (means over seeds)"
+    """Heading of the per-sigma table."""
+    sections: Sequence[tuple[str, str]] = ()
+    """Report sections before the table: (heading, markdown)."""
+    clean_data_key: str | None = None
+    """The clean data's rank per sigma, drawn beside the noisy one (None: not drawn)."""
+    image_key: str | None = "data_image_stable_rank"
+    """The whole images' rank per sigma, drawn beside the patches' (None: not drawn)."""
+
+
+def write_outputs(run, cfg: NoiseSweepConfig, fit, data_ranks: Mapping[str, np.ndarray], clean_rank: float, *,
+                  n_test: int, labels: SweepLabels, table: SweepTable,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """metrics.csv, the three figures and report.md of a sweep; returns the summary."""
     history = history_rows(fit, cfg)
     run.write_csv("metrics.csv", history)
     per_sigma = per_sigma_table(fit, cfg, data_ranks, clean_rank)
@@ -262,32 +249,46 @@ def write_outputs(run, cfg: NoiseSweepConfig, fit, data_ranks: Mapping[str, np.n
     band = verdict.get("accuracy_band", {})
     for r in per_sigma:  # the figures shade what the verdict's band leaves out
         r["in_accuracy_band"] = r["sigma"] == 0 or band.get(str(float(r["sigma"])), {}).get("noninferior", False)
+    _write_figures(run, cfg, history, per_sigma, clean_rank, labels, table)
+    statuses = status_rows(fit, cfg)
+    summary = {"per_sigma": per_sigma, "verdict": verdict, "clean_rank": clean_rank, **(extra or {}),
+               "status": statuses, "steps": cfg.steps}
+    _write_report(run, cfg, summary, labels, table)
+    return summary
+
+
+def _write_figures(run, cfg: NoiseSweepConfig, history: list[dict[str, Any]], per_sigma: list[dict[str, Any]],
+                   clean_rank: float, labels: SweepLabels, table: SweepTable) -> None:
+    from rankbias.experiments import _noise_figures as figs
+
     clean_acc = per_sigma[cfg.clean_index]["test_acc_mean"]
     figs.plot_ranks_vs_sigma(
-        per_sigma, run.figure_path("stable_rank_vs_sigma"), clean_rank=clean_rank, clean_label=clean_label,
-        sigma_label=sigma_label, title=figure_title, clean_acc=clean_acc, image_key=image_key,
-        clean_data_key=clean_data_key,
+        per_sigma, run.figure_path("stable_rank_vs_sigma"), clean_rank=clean_rank,
+        clean_label=labels.clean_label, sigma_label=labels.sigma_label, title=labels.figure_title,
+        clean_acc=clean_acc, image_key=table.image_key, clean_data_key=table.clean_data_key,
     )
     figs.plot_filter_rank_over_steps(
         history, cfg.sigmas, run.figure_path("filter_stable_rank_over_steps"), clean_rank=clean_rank,
-        clean_label=clean_label.split(" (")[0], title=f"{name}: filter stable rank during GD (lr={cfg.lr:g})",
+        clean_label=labels.clean_label.split(" (")[0],
+        title=f"{labels.name}: filter stable rank during GD (lr={cfg.lr:g})",
     )
-    figs.plot_acc_vs_sigma(per_sigma, run.figure_path("accuracy_vs_sigma"), sigma_label=sigma_label,
-                           title=f"{name}: accuracy against background noise", clean_acc=clean_acc)
-    statuses = status_rows(fit, cfg)
-    summary = {"per_sigma": per_sigma, "verdict": verdict, "absolute_test": absolute_test(per_sigma, clean_rank),
-               "clean_rank": clean_rank, **(extra or {}), "status": statuses, "steps": cfg.steps}
-    diverged = [r for r in statuses if r["status"] != "ok"]
+    figs.plot_acc_vs_sigma(per_sigma, run.figure_path("accuracy_vs_sigma"), sigma_label=labels.sigma_label,
+                           title=f"{labels.name}: accuracy against background noise", clean_acc=clean_acc)
+
+
+def _write_report(run, cfg: NoiseSweepConfig, summary: dict[str, Any], labels: SweepLabels,
+                  table: SweepTable) -> None:
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
+
+    diverged = [r for r in summary["status"] if r["status"] != "ok"]
     write_run_report(
-        run, title=title, claim=claim, verdict=verdict,
+        run, title=labels.title, claim=labels.claim, verdict=summary["verdict"],
         sections=[
-            *sections,
-            (table_heading, markdown_table(per_sigma, columns)),
-            ("Former absolute test (for comparison; it decides nothing)",
-             markdown_table([{k: v for k, v in summary["absolute_test"].items()}])),
+            *table.sections,
+            (table.heading, markdown_table(summary["per_sigma"], table.columns)),
             ("Diverged runs", markdown_table(diverged) if diverged else "none"),
         ],
         figures=["stable_rank_vs_sigma", "filter_stable_rank_over_steps", "accuracy_vs_sigma"],
-        config=cfg.to_dict(),
+        config=cfg.to_dict(), notices=summary.get("notices", ()),
     )
-    return summary

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-ACCURACY_DROP = 0.01
-"""The verdict's accuracy band below the clean accuracy (rankbias.verdicts.relative_rank_verdict)."""
-
+from rankbias.verdicts import ACCURACY_DROP  # the verdict's accuracy band below the clean accuracy
 
 
 def _sigma_axis(ax, sigmas: Sequence[float], label: str) -> None:

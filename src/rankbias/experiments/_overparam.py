@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankbias.fit.fast_classify import check_sgd_fields
 from rankbias.framework.config import Config
 from rankbias.measures import KernelSpectrum
 
@@ -24,9 +25,11 @@ AUTO_CROP = {"digits": 1, "mnist": 2, "fashion-mnist": 2, "cifar10": 4}
 AUTO_FLIP = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
 
 
-def validate_depths_seeds(cfg: Config, ints: tuple[str, ...]) -> None:
-    """The checks both configs make: depths (1 included, distinct), seeds, width, and the
-    fields ``ints`` that must be ints >= 1."""
+def validate_depths_seeds(cfg: Config, ints: tuple[str, ...], sgd: bool = True) -> None:
+    """The checks both configs make: depths (1 included, distinct), seeds, width, the
+    fields ``ints`` that must be ints >= 1, and with ``sgd`` the SGD fields of a config that
+    has them itself (:func:`rankbias.fit.fast_classify.check_sgd_fields`; overparam-cifar's
+    are in its ``train`` settings, which check themselves)."""
     cfg._require(all(d >= 1 for d in cfg.depths) and 1 in cfg.depths, "depths",
                  "a list of ints >= 1 that includes the baseline 1")
     cfg._require(len(set(cfg.depths)) == len(cfg.depths), "depths", "distinct depths")
@@ -35,12 +38,8 @@ def validate_depths_seeds(cfg: Config, ints: tuple[str, ...]) -> None:
     cfg._require(cfg.width > 0 and math.isfinite(cfg.width), "width", "a finite number > 0")
     for name in ints:
         cfg._require(getattr(cfg, name) >= 1, name, "an int >= 1")
-    cfg._require(cfg.lr > 0, "lr", "a number > 0")
-    cfg._require(0 <= cfg.momentum < 1, "momentum", "a number in [0, 1)")
-    cfg._require(cfg.weight_decay >= 0, "weight_decay", "a number >= 0")
-    cfg._require(cfg.warmup_epochs >= 0, "warmup_epochs", "a number >= 0")
-    cfg._require(cfg.crop_padding is None or cfg.crop_padding >= 0, "crop_padding",
-                 "an int >= 0 or null")
+    if sgd:
+        check_sgd_fields(cfg)
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rankbias.errors import InvalidParameterError
 from rankbias.experiments._depth import DepthConfig
 from rankbias.experiments._statements import PAPER2_INIT
 from rankbias.experiments.registry import register
@@ -78,7 +79,7 @@ def variance_preserving_gain(activation: str, order: int = 101) -> float:
     """g with g^2 E[phi(z)^2] = 1, z ~ N(0, 1): unit pre-activation variance is
     then a fixed point of layer-to-layer propagation (Gauss-Hermite quadrature)."""
     if activation not in ACTIVATION_FNS:
-        raise ValueError(f"unknown activation {activation!r}; accepted: {', '.join(ACTIVATIONS)}")
+        raise InvalidParameterError(f"unknown activation {activation!r}; accepted: {', '.join(ACTIVATIONS)}")
     z, w = np.polynomial.hermite_e.hermegauss(order)
     phi = ACTIVATION_FNS[activation](torch.as_tensor(z, dtype=torch.float64)).numpy()
     return float(1.0 / np.sqrt((w * phi**2).sum() / w.sum()))
@@ -204,7 +205,8 @@ def strictly_decreasing(xs) -> bool:
 )
 def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
     import rankbias.plots as plots
-    from rankbias.report import markdown_table, write_run_report
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
 
     ranks = entropy_ranks_by_depth(cfg)
     per_depth = [{"depth": d, **describe(v)} for d, v in ranks.items()]
@@ -212,15 +214,7 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
         "metrics.csv",
         ({"depth": d, "draw": i, "entropy_rank": float(x)} for d, v in ranks.items() for i, x in enumerate(v)),
     )
-    medians = [r["median"] for r in per_depth]
-    linear_falls = strictly_decreasing(medians)
-    linear_measured = (f"median entropy rank {medians[0]:.3f} (L={cfg.depths[0]}) -> {medians[-1]:.3f} "
-                       f"(L={cfg.depths[-1]}), " + ("strictly falling" if linear_falls else "not strictly falling"))
-    verdict_ = verdict(
-        "holds" if linear_falls else "does not hold",
-        "median entropy rank strictly decreasing in depth", linear_measured,
-        median_by_depth={str(r["depth"]): r["median"] for r in per_depth},
-        statement=PAPER2_INIT, paper=PAPER_LINEAR, measured=linear_measured)
+    verdict_, linear_falls, linear_measured = _linear_verdict(cfg, per_depth)
     plots.distributions_by_group(
         {f"L={d}": v for d, v in ranks.items()},
         run.figure_path("entropy_rank_by_depth"),
@@ -233,27 +227,7 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
                  f"{np.log(cfg.n):.3f})", markdown_table(per_depth))]
     figures = ["entropy_rank_by_depth"]
     if cfg.network == "mlp":
-        per_activation = _run_mlp(cfg, run)
-        falls = {a["activation"]: a["strictly_decreasing"] for a in per_activation}
-        flat = [a for a, f in falls.items() if not f]
-        kernel_measured = ("the median kernel entropy rank falls strictly for every activation"
-                           if not flat else "not strictly falling for " + ", ".join(flat))
-        verdict_ = verdict(
-            "holds" if linear_falls and not flat else "does not hold",
-            "median entropy rank strictly decreasing in depth, for the linear end-to-end map and "
-            "for every activation's kernel", f"{linear_measured}; {kernel_measured}",
-            median_by_depth=verdict_["median_by_depth"], linear_end_to_end_falls=linear_falls,
-            kernel_falls_by_activation=falls, statement=PAPER2_INIT, paper=f"{PAPER_LINEAR}; {PAPER_MLP}",
-            measured=f"linear: {linear_measured}; MLP kernels: {kernel_measured}")
-        summary.update(verdict=verdict_, per_activation=per_activation,
-                       max_kernel_entropy_rank=float(np.log(min(cfg.n_inputs, cfg.width))))
-        rows = [{"activation": a["activation"], "gain": a["gain"],
-                 **{f"L={r['depth']}": r["median"] for r in a["per_depth"]},
-                 "falls": a["strictly_decreasing"]} for a in per_activation]
-        sections.append((
-            f"Kernel entropy rank of deep MLPs (median over {cfg.draws} draws, nats; N = "
-            f"{cfg.n_inputs} inputs, width {cfg.width}, max log {min(cfg.n_inputs, cfg.width)} = "
-            f"{np.log(min(cfg.n_inputs, cfg.width)):.3f})", markdown_table(rows)))
+        sections.append(_mlp_kernels(cfg, run, summary, linear_falls, linear_measured))
         figures.append("kernel_entropy_rank_by_depth")
     write_run_report(
         run,
@@ -265,6 +239,47 @@ def run(cfg: DepthRankInitConfig, run: RunDir) -> dict:
         config=cfg.to_dict(),
     )
     return summary
+
+
+def _linear_verdict(cfg: DepthRankInitConfig, per_depth: list[dict]) -> tuple[dict, bool, str]:
+    """(the verdict on the linear end-to-end map, whether its median falls strictly, what was measured)."""
+    medians = [r["median"] for r in per_depth]
+    linear_falls = strictly_decreasing(medians)
+    linear_measured = (f"median entropy rank {medians[0]:.3f} (L={cfg.depths[0]}) -> {medians[-1]:.3f} "
+                       f"(L={cfg.depths[-1]}), " + ("strictly falling" if linear_falls else "not strictly falling"))
+    verdict_ = verdict(
+        "holds" if linear_falls else "does not hold",
+        "median entropy rank strictly decreasing in depth", linear_measured,
+        median_by_depth={str(r["depth"]): r["median"] for r in per_depth},
+        statement=PAPER2_INIT, paper=PAPER_LINEAR, measured=linear_measured)
+    return verdict_, linear_falls, linear_measured
+
+
+def _mlp_kernels(cfg: DepthRankInitConfig, run: RunDir, summary: dict, linear_falls: bool,
+                 linear_measured: str) -> tuple[str, str]:
+    """The MLP kernels' part: measured, joined to ``summary`` and its verdict; returns the report section."""
+    from rankbias.framework.tables import markdown_table
+
+    per_activation = _run_mlp(cfg, run)
+    falls = {a["activation"]: a["strictly_decreasing"] for a in per_activation}
+    flat = [a for a, f in falls.items() if not f]
+    kernel_measured = ("the median kernel entropy rank falls strictly for every activation"
+                       if not flat else "not strictly falling for " + ", ".join(flat))
+    verdict_ = verdict(
+        "holds" if linear_falls and not flat else "does not hold",
+        "median entropy rank strictly decreasing in depth, for the linear end-to-end map and "
+        "for every activation's kernel", f"{linear_measured}; {kernel_measured}",
+        median_by_depth=summary["verdict"]["median_by_depth"], linear_end_to_end_falls=linear_falls,
+        kernel_falls_by_activation=falls, statement=PAPER2_INIT, paper=f"{PAPER_LINEAR}; {PAPER_MLP}",
+        measured=f"linear: {linear_measured}; MLP kernels: {kernel_measured}")
+    summary.update(verdict=verdict_, per_activation=per_activation,
+                   max_kernel_entropy_rank=float(np.log(min(cfg.n_inputs, cfg.width))))
+    rows = [{"activation": a["activation"], "gain": a["gain"],
+             **{f"L={r['depth']}": r["median"] for r in a["per_depth"]},
+             "falls": a["strictly_decreasing"]} for a in per_activation]
+    return (f"Kernel entropy rank of deep MLPs (median over {cfg.draws} draws, nats; N = "
+            f"{cfg.n_inputs} inputs, width {cfg.width}, max log {min(cfg.n_inputs, cfg.width)} = "
+            f"{np.log(min(cfg.n_inputs, cfg.width)):.3f})", markdown_table(rows))
 
 
 def _run_mlp(cfg: DepthRankInitConfig, run: RunDir) -> list[dict]:

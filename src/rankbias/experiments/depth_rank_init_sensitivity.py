@@ -49,6 +49,7 @@ from rankbias.experiments._depth import (
 )
 from rankbias.experiments._statements import PAPER2_RESILIENT
 from rankbias.experiments.registry import register
+from rankbias.fit.deep_linear import ScaleOf
 from rankbias.framework.runs import RunDir
 from rankbias.verdicts import mean_std, paired_gain_verdict, verdict
 
@@ -69,10 +70,10 @@ class DepthRankInitSensitivityConfig(DeepLinearTaskConfig):
     """Distributions of the initial factors (each with every scale of init_scales)."""
     init_scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
     """Initial scales (gain of the end-to-end map or of each factor, see scale_of); 1 is the default."""
-    scale_of: Literal["factor", "end_to_end"] = "end_to_end"
+    scale_of: ScaleOf = "end_to_end"
     """What init_scales set: the end-to-end map's gain at every depth, or each factor's gain."""
     optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adam"] = "gd"
-    """Optimiser (rankbias.train); all networks train as one batch."""
+    """Optimiser (rankbias.training); all networks train as one batch."""
     lr: float = 0.01
     """Learning rate: the centre of the grid lr x lr_factors (chosen per init and depth)."""
     min_fall: float = 0.1
@@ -151,9 +152,6 @@ def resilience_verdict(first_minus_last: dict[str, list[float]], means: dict[str
     claim=CLAIM,
 )
 def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
-    import rankbias.plots as plots
-    from rankbias.report import markdown_table, write_run_report
-
     groups = cfg.groups()
     labels = [init_label(g) for g in groups]
     layout, tasks, res = fit_sweep(cfg, groups, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
@@ -174,6 +172,15 @@ def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
                            min_fall=cfg.min_fall, confidence=cfg.confidence)
     record = training_record(cfg, res, layout, labels, cfg.optimizer)
     run.write_csv("metrics.csv", history_rows(res.history, layout, labels, cfg.seeds, key="init"))
+    _write_figures(cfg, run, groups, labels, layout, res, per_init, h_target)
+    _write_report(cfg, run, per_init, v, record, h_target)
+    return {"per_init": per_init, "target_entropy_rank": h_target, "verdict": v, "training": record}
+
+
+def _write_figures(cfg: DepthRankInitSensitivityConfig, run: RunDir, groups, labels: list[str], layout, res,
+                   per_init: list[dict], h_target: float) -> None:
+    import rankbias.plots as plots
+
     shown = [gi for gi, g in enumerate(groups) if g.init_scale == min(cfg.init_scales, key=lambda x: abs(x - 1))]
     plots.rank_against_steps(
         {labels[gi]: rank_against_steps(res.history, layout, gi, cfg.depths) for gi in shown},
@@ -195,6 +202,13 @@ def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
         title=f"Deep linear nets, rank-{cfg.target_rank} target, n={cfg.n}, init scale = gain of "
               f"{'the end-to-end map' if cfg.scale_of == 'end_to_end' else 'each factor'} "
               f"(error bars: std over {cfg.n_seeds} seeds)")
+
+
+def _write_report(cfg: DepthRankInitSensitivityConfig, run: RunDir, per_init: list[dict], v: dict, record: dict,
+                  h_target: float) -> None:
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
+
     table = [{"init": p["init"],
               **{f"L={r['depth']}": f"{r['entropy_rank']:.3f} ± {r['entropy_rank_std']:.3f}"
                  for r in p["per_depth"]},
@@ -211,7 +225,6 @@ def run(cfg: DepthRankInitSensitivityConfig, run: RunDir) -> dict:
                   (f"Training ({record['stopping']['rule']}): learning rate chosen per init and depth, "
                    "steps taken per seed, seeds stopped by the cap", markdown_table(training_table(record)))],
         figures=["entropy_rank_by_init", "rank_against_steps"], config=cfg.to_dict())
-    return {"per_init": per_init, "target_entropy_rank": h_target, "verdict": v, "training": record}
 
 
 def initial_rows(history, layout, n_groups: int, depths) -> list[list[dict]]:

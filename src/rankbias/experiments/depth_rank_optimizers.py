@@ -5,7 +5,7 @@
 The low-rank fitting problem of ``depth-rank-trained`` is solved with several
 optimisers -- SGD (mini-batch), SGD with Nesterov momentum, Adam, L-BFGS and,
 for contrast, gradient-free random search ((1+lambda)-ES with the 1/5 success
-rule, :func:`rankbias.fit.random_search.random_search`) -- and the converged
+rule, :func:`rankbias.fit.random_search.fit_random_search`) -- and the converged
 entropy rank of the end-to-end map is compared across depths. Every optimiser
 except L-BFGS trains the whole sweep (depths x seeds) as one batched
 computation; L-BFGS, whose line search couples the models of a batch, trains
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from rankbias.experiments._depth import (
     FIRST_ORDER,
@@ -43,14 +43,15 @@ CLAIM = (
     "of a deep linear network fitted to a low-rank target is lower at the largest depth than at "
     "depth 1 (Huh et al. 2023, sec. 4)."
 )
-OPTIMIZER_NAMES = ("sgd", "nesterov", "adam", "lbfgs", "random_search")
+OptimizerName = Literal["sgd", "nesterov", "adam", "lbfgs", "random_search"]
+OPTIMIZER_NAMES: tuple[OptimizerName, ...] = get_args(OptimizerName)
 LABELS = {"sgd": "SGD", "nesterov": "SGD + Nesterov", "adam": "Adam", "lbfgs": "L-BFGS",
           "random_search": "random search (1+λ)-ES"}
 
 
 @dataclasses.dataclass(frozen=True)
 class DepthRankOptimizersConfig(DeepLinearFitConfig):
-    optimizers: list[Literal["sgd", "nesterov", "adam", "lbfgs", "random_search"]] = dataclasses.field(
+    optimizers: list[OptimizerName] = dataclasses.field(
         default_factory=lambda: list(OPTIMIZER_NAMES))
     """Optimisers to compare."""
     batch_size: int | None = 8
@@ -107,26 +108,12 @@ def _settings(cfg: DepthRankOptimizersConfig, name: str) -> dict:
 def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
     from tqdm.auto import tqdm
 
-    import rankbias.plots as plots
-    from rankbias.report import markdown_table, write_run_report
-
     per_optimizer, history_rows, h_target = [], [], None
     # an optimizer's part is reused (resume) by a run of the same settings, whatever its
     # list of optimizers
     chash = config_hash({k: v for k, v in cfg.to_dict().items() if k != "optimizers"})
     for name in tqdm(cfg.optimizers, desc="optimizers", disable=None, leave=False):
-        part = run.part(f"optimizer-{name}", identity=chash)
-        if part is None:
-            layout, tasks, res = fit_sweep(cfg, [SweepGroup("low_rank", cfg.init, cfg.init_scale)],
-                                           **_settings(cfg, name))
-            rows = per_depth_rows(layout, res, 0, cfg.depths)
-            part = {"rows": rows, "target_entropy_rank": target_entropy_rank(tasks[0]),
-                    "history": [{"optimizer": name, **r} for r in res.history],
-                    "layout": layout,
-                    "training": training_record(cfg, res, layout, [name], _settings(cfg, name)["optimizer"]),
-                    "rank_against_steps": {str(d): v for d, v in
-                                           rank_against_steps(res.history, layout, 0, cfg.depths).items()}}
-            run.save_part(f"optimizer-{name}", part, identity=chash)
+        part = _optimizer_part(cfg, run, name, chash)
         h_target = part["target_entropy_rank"]
         history_rows += part["history"]
         rows = part["rows"]
@@ -142,6 +129,30 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
                                    "seed": cfg.seeds[layout[r["model"]][2]],
                                    **{k: v for k, v in r.items() if k != "optimizer"}}
                                   for r in history_rows))
+    verdict_ = _verdict(cfg, per_optimizer, h_target)
+    figures = _write_figures(cfg, run, per_optimizer, h_target)
+    _write_report(cfg, run, per_optimizer, h_target, verdict_, figures)
+    return {"per_optimizer": per_optimizer, "target_entropy_rank": h_target, "verdict": verdict_}
+
+
+def _optimizer_part(cfg: DepthRankOptimizersConfig, run: RunDir, name: str, chash: str) -> dict:
+    """One optimiser's sweep over depths and seeds: saved as a part, reused when saved under ``chash``."""
+    part = run.part(f"optimizer-{name}", identity=chash)
+    if part is None:
+        layout, tasks, res = fit_sweep(cfg, [SweepGroup("low_rank", cfg.init, cfg.init_scale)],
+                                       **_settings(cfg, name))
+        rows = per_depth_rows(layout, res, 0, cfg.depths)
+        part = {"rows": rows, "target_entropy_rank": target_entropy_rank(tasks[0]),
+                "history": [{"optimizer": name, **r} for r in res.history],
+                "layout": layout,
+                "training": training_record(cfg, res, layout, [name], _settings(cfg, name)["optimizer"]),
+                "rank_against_steps": {str(d): v for d, v in
+                                       rank_against_steps(res.history, layout, 0, cfg.depths).items()}}
+        run.save_part(f"optimizer-{name}", part, identity=chash)
+    return part
+
+
+def _verdict(cfg: DepthRankOptimizersConfig, per_optimizer: list[dict], h_target: float) -> dict:
     falls = [p["optimizer"] for p in per_optimizer if p["holds"]]
     measured = "; ".join(f"{LABELS[p['optimizer']]} {p['rank_depth_1']:.3f} -> {p['rank_largest_depth']:.3f}"
                          for p in per_optimizer)
@@ -154,14 +165,14 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
         target_entropy_rank=h_target, statement=PAPER2_OPTIMIZERS,
         paper="the low-rank bias of depth holds for SGD, momentum, Adam and L-BFGS alike",
         measured=measured)
-    verdict_ = require_seeds(verdict_, cfg.n_seeds)
-    table = [{"optimizer": LABELS[p["optimizer"]],
-              **{f"L={r['depth']}": f"{r['entropy_rank']:.3f} ± {r['entropy_rank_std']:.3f}"
-                 for r in p["per_depth"]},
-              "falls": p["holds"]} for p in per_optimizer]
-    losses = [{"optimizer": LABELS[p["optimizer"]], "depth": r["depth"], "train_loss": r["train_loss"],
-               "test_loss": r["test_loss"], "entropy_rank": r["entropy_rank"], "diverged": r["diverged"]}
-              for p in per_optimizer for r in p["per_depth"]]
+    return require_seeds(verdict_, cfg.n_seeds)
+
+
+def _write_figures(cfg: DepthRankOptimizersConfig, run: RunDir, per_optimizer: list[dict],
+                   h_target: float) -> list[str]:
+    """The figures of the run; returns their names."""
+    import rankbias.plots as plots
+
     plots.depth_sweep_lines(
         [{"label": LABELS[p["optimizer"]], "per_depth": p["per_depth"]} for p in per_optimizer],
         run.figure_path("depth_rank_optimizers"), label_key="label",
@@ -182,6 +193,21 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
             title=f"Rank-{cfg.target_rank} target, n={cfg.n}, lr per depth, plateau "
                   f"{cfg.plateau_tol}/{cfg.plateau_window}, cap {cfg.steps}, {cfg.n_seeds} seeds")
         figures.append("rank_against_steps")
+    return figures
+
+
+def _write_report(cfg: DepthRankOptimizersConfig, run: RunDir, per_optimizer: list[dict], h_target: float,
+                  verdict_: dict, figures: list[str]) -> None:
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
+
+    table = [{"optimizer": LABELS[p["optimizer"]],
+              **{f"L={r['depth']}": f"{r['entropy_rank']:.3f} ± {r['entropy_rank_std']:.3f}"
+                 for r in p["per_depth"]},
+              "falls": p["holds"]} for p in per_optimizer]
+    losses = [{"optimizer": LABELS[p["optimizer"]], "depth": r["depth"], "train_loss": r["train_loss"],
+               "test_loss": r["test_loss"], "entropy_rank": r["entropy_rank"], "diverged": r["diverged"]}
+              for p in per_optimizer for r in p["per_depth"]]
     training = [{**r, "group": LABELS[p["optimizer"]]} for p in per_optimizer
                 for r in training_table(p["training"])]
     write_run_report(
@@ -194,5 +220,4 @@ def run(cfg: DepthRankOptimizersConfig, run: RunDir) -> dict:
                    f"{cfg.lr_factors}), steps taken per seed, seeds stopped by the cap",
                    markdown_table(training))],
         figures=figures, config=cfg.to_dict())
-    return {"per_optimizer": per_optimizer, "target_entropy_rank": h_target, "verdict": verdict_}
 

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from rankbias.data.matrix_tasks import TARGETS
+from rankbias.data.matrix_tasks import TARGETS, TargetKind
 from rankbias.experiments._depth import (
     DeepLinearFitConfig,
     SweepGroup,
@@ -52,11 +52,11 @@ PAPER = ("deeper linear networks converge to lower effective-rank solutions; for
 
 @dataclasses.dataclass(frozen=True)
 class DepthRankTrainedConfig(DeepLinearFitConfig):
-    targets: list[Literal["low_rank", "full_rank"]] = dataclasses.field(
+    targets: list[TargetKind] = dataclasses.field(
         default_factory=lambda: list(TARGETS))
     """Targets to fit: low_rank (rank target_rank, equal singular values), full_rank (Gaussian)."""
     optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adam", "lbfgs"] = "gd"
-    """Optimiser (rankbias.train); lbfgs trains one network at a time."""
+    """Optimiser (rankbias.training); lbfgs trains one network at a time."""
     lr: float = 0.01
     """Learning rate (L-BFGS: initial step); the centre of the grid lr x lr_factors."""
     log_every: int = 50
@@ -139,7 +139,8 @@ def full_rank_verdict(rows) -> dict:
 )
 def run(cfg: DepthRankTrainedConfig, run: RunDir) -> dict:
     import rankbias.plots as plots
-    from rankbias.report import markdown_table, write_run_report
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
 
     groups = [SweepGroup(t, cfg.init, cfg.init_scale) for t in cfg.targets]
     layout, tasks, res = fit_sweep(

@@ -17,11 +17,11 @@ docs/paper1.md ("Verdict").
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import numpy as np
 import torch
 
+from rankbias.data.patches import SignalPosition
 from rankbias.experiments import _noise
 from rankbias.experiments.registry import register
 from rankbias.framework.runs import RunDir
@@ -50,7 +50,7 @@ class NoiseRobustnessConfig(_noise.NoiseSweepConfig):
     """Signal vectors per class; the clean data has rank 2K."""
     signal_norm: float = 5.0
     """||mu||, the norm of every signal vector. A noise patch has norm ~ sigma_p * sqrt(d)."""
-    signal_position: Literal["random", "fixed"] = "random"
+    signal_position: SignalPosition = "random"
     """Which patch holds the signal: uniformly random, or always patch 0."""
     orthogonal_noise: bool = False
     """Project the background noise onto the orthogonal complement of the signal span."""
@@ -121,18 +121,22 @@ def run(cfg: NoiseRobustnessConfig, run: RunDir) -> dict:
     X, y, Xt, yt, data_ranks = build_data(cfg)
     fit = _noise.train_sweep(cfg, X, y, Xt, yt)
     clean_rank = 2 * cfg.K
-    return _noise.write_outputs(
-        run, cfg, fit, data_ranks, clean_rank, n_test=cfg.n_test,
+    labels = _noise.SweepLabels(
         title="noise-robustness: filter rank vs data rank under background noise", claim=CLAIM,
         clean_label=f"2K = {clean_rank} (clean rank)", sigma_label="background noise σ_p (symlog scale)",
         figure_title=(f"Patch model: n={cfg.n_train}, P={cfg.patches}, d={cfg.dim}, K={cfg.K}, "
                       f"||μ||={cfg.signal_norm:g}"),
         name="patch model",
-        table_heading=("Per noise level (means over seeds; noise patch norm ≈ σ_p·√d = "
-                       f"σ_p·{cfg.dim ** 0.5:.3g}, signal norm {cfg.signal_norm:g})"),
+    )
+    table = _noise.SweepTable(
+        heading=("Per noise level (means over seeds; noise patch norm ≈ σ_p·√d = "
+                 f"σ_p·{cfg.dim ** 0.5:.3g}, signal norm {cfg.signal_norm:g})"),
         columns=["sigma", "filter_stable_rank_mean", "filter_stable_rank_std", "filter_effective_rank_mean",
                  "filter_stable_rank_over_clean_rank", "data_patch_stable_rank", "data_image_stable_rank",
                  "clean_rank", "train_acc_mean",
                  "test_acc_mean", "n_diverged"],
+    )
+    return _noise.write_outputs(
+        run, cfg, fit, data_ranks, clean_rank, n_test=cfg.n_test, labels=labels, table=table,
         extra={"clean_patch_numerical_rank": float(np.min(data_ranks["data_patch_numerical_rank_clean"]))},
     )

@@ -5,7 +5,7 @@ inflates the data's rank enormously while gradient descent keeps the filters'
 rank near the clean data's; deeper networks, intermediate embeddings and
 vision transformers are named open. Here a plain CNN, a CIFAR ResNet, a small
 ViT and an MLP (:mod:`rankbias.models`) are trained through the one trainer
-(:func:`rankbias.train.train`, SGD or Adam on mini-batches, cross-entropy) on
+(:func:`rankbias.training.train`, SGD or Adam on mini-batches, cross-entropy) on
 images carrying paper 1's background noise (``canvas``: the image on a larger
 canvas of N(0, sigma^2) noise, :func:`~rankbias.data.images.noisy_canvas`;
 ``background_pixels``: noise on the image's own background pixels,
@@ -35,6 +35,8 @@ from typing import Literal
 
 import torch
 
+from rankbias.data.images import DatasetName
+from rankbias.errors import InvalidParameterError
 from rankbias.experiments import noise_robustness_deep_summary as summary_mod
 from rankbias.experiments.noise_robustness_deep_data import (
     add_noise,
@@ -46,6 +48,7 @@ from rankbias.experiments.noise_robustness_deep_data import (
 from rankbias.experiments.registry import register
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
+from rankbias.verdicts import ACCURACY_DROP
 
 CLAIM = summary_mod.CLAIM
 PENULTIMATE = summary_mod.PENULTIMATE
@@ -54,7 +57,7 @@ MODEL_NAMES = Literal["plain-cnn", "resnet8", "resnet20", "vit", "mlp"]
 
 @dataclasses.dataclass(frozen=True)
 class DeepNoiseConfig(Config):
-    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = "digits"
+    dataset: DatasetName = "digits"
     """Image dataset (digits: scikit-learn's 8x8, always present; the others from data_root)."""
     classes: list[int] | None = None
     """Classes of the task, relabelled 0..k-1 (null: all ten; two for a binary task as in paper 1)."""
@@ -103,7 +106,7 @@ class DeepNoiseConfig(Config):
     """Mini-batch size."""
     log_every: int = 50
     """Steps between logged losses and weight ranks (RankTracker)."""
-    accuracy_drop: float = 0.01
+    accuracy_drop: float = ACCURACY_DROP
     """A noise level counts where the mean test accuracy is within this of the clean one."""
     data_factor: float = 10.0
     """The data's stable rank must grow this much for the claim to be testable."""
@@ -174,15 +177,16 @@ def model_kwargs(cfg: DeepNoiseConfig, name: str, side: int) -> dict:
 
 def train_network(cfg: DeepNoiseConfig, name: str, x: torch.Tensor, y: torch.Tensor, n_classes: int,
                   seed: int, desc: str = "train"):
-    """Train model ``name`` on (x, y) through :func:`rankbias.train.train`; returns
+    """Train model ``name`` on (x, y) through :func:`rankbias.training.train`; returns
     (model, TrainResult). The weight ranks over training come from a RankTracker callback."""
-    import rankbias.train as trainer  # looked up at call time: tests spy on the one trainer
+    import rankbias.training as trainer  # looked up at call time: tests spy on the one trainer
     from rankbias.analysis import RankTracker
     from rankbias.models import build_model
 
     side = x.shape[-1]
     if name == "vit" and side % cfg.patch_size:
-        raise ValueError(f"vit: image side {side} is not a multiple of patch_size {cfg.patch_size}")
+        raise InvalidParameterError(f"vit: image side {side} is not a multiple of patch_size "
+                                    f"{cfg.patch_size}; accepted: a patch_size that divides the side")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(name, x.shape[1], n_classes, **model_kwargs(cfg, name, side))

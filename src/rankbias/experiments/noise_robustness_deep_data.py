@@ -1,19 +1,21 @@
 """noise-robustness-deep's data: the seeded subsets, the two noise models and the data's ranks
-and intrinsic dimension (the experiment: :mod:`noise_robustness_deep`)."""
+and intrinsic dimension (the experiment: :mod:`noise_robustness_deep`).
+
+Every function takes the experiment's ``DeepNoiseConfig``, typed here as its base
+:class:`~rankbias.framework.config.Config`: the experiment module imports this one, so
+naming its class here would make the two import each other."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from rankbias.experiments.noise_robustness_deep import DeepNoiseConfig
+from rankbias.errors import InvalidParameterError
+from rankbias.framework.config import Config
 
 __all__ = ["add_noise", "canvas_side", "data_measures", "intrinsic", "load_split"]
 
 
-def load_split(cfg: DeepNoiseConfig, train: bool, seed: int):
+def load_split(cfg: Config, train: bool, seed: int):
     """The seeded stratified subset of one split: images (N, C, h, w), labels, class names."""
     from rankbias.data.images import load_image_dataset
 
@@ -24,14 +26,14 @@ def load_split(cfg: DeepNoiseConfig, train: bool, seed: int):
     return sub.images, sub.labels, sub.classes
 
 
-def canvas_side(cfg: DeepNoiseConfig, image_side: int) -> int:
+def canvas_side(cfg: Config, image_side: int) -> int:
     side = cfg.canvas if cfg.canvas is not None else 2 * image_side
     if side < image_side:
-        raise ValueError(f"canvas {side} is smaller than the {cfg.dataset} images ({image_side})")
+        raise InvalidParameterError(f"canvas {side} is smaller than the {cfg.dataset} images ({image_side})")
     return side
 
 
-def add_noise(cfg: DeepNoiseConfig, noise: str, images: torch.Tensor, sigma: float,
+def add_noise(cfg: Config, noise: str, images: torch.Tensor, sigma: float,
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(noisy, clean) images of one noise level. The generator is seeded by ``seed``
     alone, so every sigma scales the same noise draw (common random numbers)."""
@@ -45,7 +47,7 @@ def add_noise(cfg: DeepNoiseConfig, noise: str, images: torch.Tensor, sigma: flo
     return noisy[0], clean
 
 
-def data_measures(cfg: DeepNoiseConfig, x: torch.Tensor, id_seed: int) -> dict[str, float]:
+def data_measures(cfg: Config, x: torch.Tensor, id_seed: int) -> dict[str, float]:
     """Ranks of images x (N, C, H, W): the pixel matrix (N x CHW) and the patch matrix
     (N P x C p p, non-overlapping p x p patches), and the pixel matrix's intrinsic dimension."""
     from rankbias.data.images import extract_patches
@@ -60,7 +62,7 @@ def data_measures(cfg: DeepNoiseConfig, x: torch.Tensor, id_seed: int) -> dict[s
     return out
 
 
-def intrinsic(cfg: DeepNoiseConfig, X: torch.Tensor, seed: int, prefix: str) -> dict[str, float]:
+def intrinsic(cfg: Config, X: torch.Tensor, seed: int, prefix: str) -> dict[str, float]:
     """TwoNN and MLE intrinsic dimension of the rows of X, or {} when they are not wanted or
     scikit-dimension is missing (the report says which)."""
     import rankbias.intrinsic as idmod

@@ -86,65 +86,18 @@ def summarize(cfg, run: RunDir, data_rows: list[dict], results: list[dict], info
     run.write_csv("metrics.csv", history)
     per_run = [{k: v for k, v in r.items() if k not in ("layers", "history")} for r in results]
     run.write_csv("runs.csv", per_run)
-
-    per_data, data_rank = [], {}
-    for noise in cfg.noise_models:
-        by = {(r["sigma"], r["seed"]): r for r in data_rows if r["noise"] == noise}
-        data_rank[noise] = _array(by, sig, seeds, lambda r: r[DATA_KEY])
-        keys = [k for k, v in data_rows[0].items() if isinstance(v, float) and k != "sigma"]
-        for j, s in enumerate(sig):
-            row: dict[str, Any] = {"noise": noise, "sigma": s}
-            for k in keys:
-                row[k] = mean_std([by[(s, sd)].get(k) for sd in seeds if (s, sd) in by])[0]
-            row["pixel_stable_rank_growth"] = float(np.nanmean(data_rank[noise][:, j] / data_rank[noise][:, clean]))
-            per_data.append(row)
+    per_data, data_rank = _per_data(cfg, data_rows, sig, seeds, clean)
 
     per_sigma, layer_tables, layer_verdicts, figures = [], [], [], []
     for noise in cfg.noise_models:
         for name in cfg.models:
             by = {(r["sigma"], r["seed"]): r for r in results if r["noise"] == noise and r["model"] == name}
-            ok = [r for r in by.values() if r.get("layers")]
-            layers = [r["layer"] for r in ok[0]["layers"]] if ok else []
             acc = _array(by, sig, seeds, lambda r: r.get("test_acc"))
-            dr = data_rank[noise]
-            for s in sig:
-                rs = [by.get((s, sd)) for sd in seeds]
-                rs = [r for r in rs if r is not None]
-                row = {"model": name, "noise": noise, "sigma": s}
-                for k in ("test_acc", "test_acc_clean", "train_acc"):
-                    row[f"{k}_mean"], row[f"{k}_std"] = mean_std([r.get(k) for r in rs])
-                for k in ("emb_effective_rank_noisy", "emb_effective_rank_clean"):
-                    row[f"penultimate_{k}"] = mean_std([_layer_value(r, PENULTIMATE, k) for r in rs])[0]
-                for k in [k for k in (rs[0] if rs else {}) if k.startswith("penultimate_id_")]:
-                    row[k] = mean_std([r.get(k) for r in rs])[0]
-                row["n_diverged"] = sum(r["status"] != "ok" for r in rs)
-                per_sigma.append(row)
-            table: dict[str, Any] = {"model": name, "noise": noise, "layers": layers,
-                                     "sigmas": sig, "measures": {}}
-            for mkey in MEASURES:
-                vals, ratios, vstd, rstd, verdicts_m = [], [], [], [], []
-                for layer in layers:
-                    a = _array(by, sig, seeds, lambda r, layer=layer, mkey=mkey: _layer_value(r, layer, mkey))
-                    m, sd = _ms(a)
-                    rm, rsd = _ms(log_ratio(a, dr, clean))
-                    vals.append(m), vstd.append(sd), ratios.append(rm), rstd.append(rsd)
-                    if np.isnan(a).all():  # the penultimate row has no weight
-                        continue
-                    v = relative_rank_verdict(sig, acc, dr, a, n_test=info["n_test"],
-                                              n_classes=len(info["classes"]), clean_index=clean,
-                                              accuracy_drop=cfg.accuracy_drop,
-                                              data_factor=cfg.data_factor, max_ratio=cfg.max_ratio)
-                    v["statement"], v["paper"] = PAPER1_NOISE, PAPER
-                    v["measured"] = (f"log ratio {v['ratio_mean']:.3f} [{v['ratio_lo']:.3f}, {v['ratio_hi']:.3f}] "
-                                     f"at σ={v['sigma']:g}"
-                                     if "ratio_mean" in v else v["reason"])
-                    verdicts_m.append({"model": name, "noise": noise, "layer": layer, "measure": mkey,
-                                       "status": v["status"], "verdict": v})
-                table["measures"][mkey] = {"mean": vals, "std": vstd, "log_ratio_mean": ratios,
-                                           "log_ratio_std": rstd}
-                layer_verdicts.extend(verdicts_m)
+            per_sigma += _per_sigma_rows(name, noise, by, sig, seeds)
+            table, verdicts_ = _layer_table(cfg, info, name, noise, by, acc, data_rank[noise], sig, seeds, clean)
+            layer_verdicts += verdicts_
             layer_tables.append(table)
-            figures += _model_figures(cfg, run, table, acc, dr, clean)
+            figures += _model_figures(cfg, run, table, acc, data_rank[noise], clean)
         figures.append(_accuracy_figure(cfg, run, noise, per_sigma))
     figures.append(_data_figure(cfg, run, per_data))
 
@@ -157,6 +110,73 @@ def summarize(cfg, run: RunDir, data_rows: list[dict], results: list[dict], info
                "notes": notes, "figures": figures}
     _write_report(cfg, run, summary)
     return summary
+
+
+def _per_data(cfg, data_rows: list[dict], sig: list[float], seeds: list[int],
+              clean: int) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Per (noise model, sigma): the data's measures, means over seeds; and the data's
+    stable rank per noise model, (seeds, sigmas)."""
+    per_data, data_rank = [], {}
+    for noise in cfg.noise_models:
+        by = {(r["sigma"], r["seed"]): r for r in data_rows if r["noise"] == noise}
+        data_rank[noise] = _array(by, sig, seeds, lambda r: r[DATA_KEY])
+        keys = [k for k, v in data_rows[0].items() if isinstance(v, float) and k != "sigma"]
+        for j, s in enumerate(sig):
+            row: dict[str, Any] = {"noise": noise, "sigma": s}
+            for k in keys:
+                row[k] = mean_std([by[(s, sd)].get(k) for sd in seeds if (s, sd) in by])[0]
+            row["pixel_stable_rank_growth"] = float(np.nanmean(data_rank[noise][:, j] / data_rank[noise][:, clean]))
+            per_data.append(row)
+    return per_data, data_rank
+
+
+def _per_sigma_rows(name: str, noise: str, by: dict, sig: list[float], seeds: list[int]) -> list[dict]:
+    """Per sigma: one model's accuracies and penultimate-layer measures, means over seeds."""
+    rows = []
+    for s in sig:
+        rs = [by.get((s, sd)) for sd in seeds]
+        rs = [r for r in rs if r is not None]
+        row = {"model": name, "noise": noise, "sigma": s}
+        for k in ("test_acc", "test_acc_clean", "train_acc"):
+            row[f"{k}_mean"], row[f"{k}_std"] = mean_std([r.get(k) for r in rs])
+        for k in ("emb_effective_rank_noisy", "emb_effective_rank_clean"):
+            row[f"penultimate_{k}"] = mean_std([_layer_value(r, PENULTIMATE, k) for r in rs])[0]
+        for k in [k for k in (rs[0] if rs else {}) if k.startswith("penultimate_id_")]:
+            row[k] = mean_std([r.get(k) for r in rs])[0]
+        row["n_diverged"] = sum(r["status"] != "ok" for r in rs)
+        rows.append(row)
+    return rows
+
+
+def _layer_table(cfg, info: dict, name: str, noise: str, by: dict, acc: np.ndarray, dr: np.ndarray,
+                 sig: list[float], seeds: list[int], clean: int) -> tuple[dict, list[dict]]:
+    """One model's per-layer measures and log ratios over sigma, and a verdict per (layer, measure)."""
+    ok = [r for r in by.values() if r.get("layers")]
+    layers = [r["layer"] for r in ok[0]["layers"]] if ok else []
+    table: dict[str, Any] = {"model": name, "noise": noise, "layers": layers, "sigmas": sig, "measures": {}}
+    layer_verdicts = []
+    for mkey in MEASURES:
+        vals, ratios, vstd, rstd = [], [], [], []
+        for layer in layers:
+            a = _array(by, sig, seeds, lambda r, layer=layer, mkey=mkey: _layer_value(r, layer, mkey))
+            m, sd = _ms(a)
+            rm, rsd = _ms(log_ratio(a, dr, clean))
+            vals.append(m), vstd.append(sd), ratios.append(rm), rstd.append(rsd)
+            if np.isnan(a).all():  # the penultimate row has no weight
+                continue
+            v = relative_rank_verdict(sig, acc, dr, a, n_test=info["n_test"],
+                                      n_classes=len(info["classes"]), clean_index=clean,
+                                      accuracy_drop=cfg.accuracy_drop,
+                                      data_factor=cfg.data_factor, max_ratio=cfg.max_ratio)
+            v["statement"], v["paper"] = PAPER1_NOISE, PAPER
+            v["measured"] = (f"log ratio {v['ratio_mean']:.3f} [{v['ratio_lo']:.3f}, {v['ratio_hi']:.3f}] "
+                             f"at σ={v['sigma']:g}"
+                             if "ratio_mean" in v else v["reason"])
+            layer_verdicts.append({"model": name, "noise": noise, "layer": layer, "measure": mkey,
+                                   "status": v["status"], "verdict": v})
+        table["measures"][mkey] = {"mean": vals, "std": vstd, "log_ratio_mean": ratios,
+                                   "log_ratio_std": rstd}
+    return table, layer_verdicts
 
 
 def overall_verdict(layer_verdicts: list[dict]) -> dict:
@@ -290,7 +310,8 @@ def layer_sigma_rows(table: dict, measure: str) -> list[dict]:
 
 
 def _write_report(cfg, run: RunDir, summary: dict) -> None:
-    from rankbias.report import markdown_table, write_run_report
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
 
     sections = [("Data", markdown_table([summary["data"]]))]
     if summary["notes"]:

@@ -24,11 +24,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from rankbias.data.images import CanvasPosition, DatasetName, NoiseRegion
 from rankbias.errors import UnsupportedError
 from rankbias.experiments import _noise
 from rankbias.experiments.registry import register
 from rankbias.framework.runs import RunDir
-from rankbias.report import markdown_table
+from rankbias.framework.tables import markdown_table
 
 MAX_DEFAULT_IMAGES = 1000
 """n_train / n_test = null take every image of the two classes, at most this many."""
@@ -46,7 +47,7 @@ CLAIM = (
 class NoiseImagesConfig(_noise.NoiseSweepConfig):
     """Real images with background noise (docs/paper1.md, "Real images") and the shared sweep fields."""
 
-    dataset: Literal["auto", "digits", "mnist", "fashion-mnist", "cifar10"] = "auto"
+    dataset: Literal["auto", DatasetName] = "auto"
     """Image dataset; auto: MNIST if it is at data_root (or download is on), else scikit-learn's
     digits (always present). The summary's data.dataset says which was used and why."""
     classes: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
@@ -66,9 +67,9 @@ class NoiseImagesConfig(_noise.NoiseSweepConfig):
     the image covers 4 of 16 patches: digits 4, MNIST 14, CIFAR-10 16)."""
     stride: int | None = None
     """Patch stride (null: k, non-overlapping patches as in the patch model)."""
-    position: Literal["center", "random"] = "center"
+    position: CanvasPosition = "center"
     """Where each image sits on the canvas (noise_model=canvas)."""
-    noise_region: Literal["background", "all"] = "background"
+    noise_region: NoiseRegion = "background"
     """Canvas noise on the background only (the paper's setting) or over the image too."""
     sigmas: list[float] = dataclasses.field(
         default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
@@ -104,24 +105,17 @@ class NoiseImagesConfig(_noise.NoiseSweepConfig):
 
 
 def _load(cfg: NoiseImagesConfig):
-    """The dataset to use, why, and its train and test splits (auto: MNIST if loadable)."""
-    from rankbias.data.images import DatasetNotFoundError, load_image_dataset
-    from rankbias.framework.paths import data_root
+    """The dataset to use, why, the command that gets MNIST where the digits stand in for it
+    (else ""), and its train and test splits."""
+    from rankbias.data.images import choose_mnist_or_digits, load_image_dataset
 
-    name, reason, train = cfg.dataset, "set by the dataset setting", None
+    name, reason, fix = cfg.dataset, "set by the dataset setting", ""
     if name == "auto":
-        root = data_root(cfg.data_root).resolve()
-        try:
-            train = load_image_dataset("mnist", train=True, root=cfg.data_root, download=cfg.download)
-            name, reason = "mnist", f"dataset=auto: MNIST found under {root}"
-        except DatasetNotFoundError:
-            name = "digits"
-            reason = (f"dataset=auto: MNIST not under {root} (set RANKBIAS_DATA or download=true), "
-                      "so scikit-learn's digits")
-    if train is None:
-        train = load_image_dataset(name, train=True, root=cfg.data_root, download=cfg.download)
+        choice = choose_mnist_or_digits(cfg.data_root, download=cfg.download)
+        name, reason, fix = choice.name, choice.reason, choice.fix
+    train = load_image_dataset(name, train=True, root=cfg.data_root, download=cfg.download)
     test = load_image_dataset(name, train=False, root=cfg.data_root, download=cfg.download)
-    return name, reason, train, test
+    return name, reason, fix, train, test
 
 
 def _binary(data, cfg: NoiseImagesConfig, n: int | None, what: str, seed: int):
@@ -142,7 +136,7 @@ def build_data(cfg: NoiseImagesConfig):
     from rankbias.data.images import background_pixel_noise, extract_patches, noisy_canvas
     from rankbias.data.patches import data_rank_measures
 
-    name, reason, train, test = _load(cfg)
+    name, reason, fix, train, test = _load(cfg)
     side = int(train.images.shape[-1])
     k = cfg.patch_size if cfg.patch_size is not None else max(1, side // 2)
     canvas = None
@@ -190,11 +184,22 @@ def build_data(cfg: NoiseImagesConfig):
         ranks["data_image_stable_rank_clean"].append(np.repeat(rc["image"]["stable_rank"].numpy(), S))
     dev = torch.device(cfg.device)
     X, Y, Xt, Yt = (t.to(dev) for t in (X, Y, Xt, Yt))
-    info = {"dataset": name, "dataset_reason": reason, "noise_model": cfg.noise_model, "classes": classes,
+    info = {"dataset": name, "dataset_reason": reason, "dataset_fallback": bool(fix), "dataset_fix": fix,
+            "noise_model": cfg.noise_model, "classes": classes,
             "image_shape": list(train.images.shape[1:]), "canvas": canvas, "patch_size": k,
             "patches_per_image": int(X.shape[-2]), "patch_dim": int(X.shape[-1]),
             "n_train": int(X.shape[1]), "n_test": int(Xt.shape[1])}
     return X, Y, Xt, Yt, {key: np.stack(v) for key, v in ranks.items()}, info
+
+
+def _fallback_notice(info: dict) -> dict:
+    """Where the digits stood in for MNIST: the notice the reports lead with, and a
+    ``provisional`` mark, so that a rerun once MNIST is there uses it (never this summary)."""
+    if not info["dataset_fallback"]:
+        return {}
+    notice = (f"Ran on scikit-learn's 8x8 digits instead of MNIST ({info['dataset_reason']}); "
+              f"the verdict is on the digits. To run it on MNIST: {info['dataset_fix']}.")
+    return {"notices": [notice], "provisional": "the digits stood in for MNIST"}
 
 
 @register(
@@ -225,15 +230,19 @@ def run(cfg: NoiseImagesConfig, run: RunDir) -> dict:
     c, k = info["image_shape"][0], info["patch_size"]
     name = f"{info['dataset']} {info['classes'][0]} vs {info['classes'][1]}"
     where = f"canvas {info['canvas']}" if info["canvas"] else "noise on the background pixels"
-    return _noise.write_outputs(
-        run, cfg, fit, data_ranks, clean_rank, n_test=info["n_test"],
+    labels = _noise.SweepLabels(
         title=f"noise-robustness-images ({name}, {cfg.noise_model})", claim=CLAIM,
         clean_label=f"{clean_rank:.2f} (clean data)", sigma_label="background noise σ (pixel units, symlog scale)",
         figure_title=f"{name}\n{where}, {k}x{k} patches (d={c * k * k}), m={cfg.filters}",
-        name=name, sections=[("Data", markdown_table([info]))], extra={"data": info},
+        name=name,
+    )
+    table = _noise.SweepTable(
+        sections=[("Data", markdown_table([{k: v for k, v in info.items() if k != "dataset_fix"}]))],
         clean_data_key="data_patch_stable_rank_clean",
         columns=["sigma", "filter_stable_rank_mean", "filter_stable_rank_std", "filter_effective_rank_mean",
                  "filter_stable_rank_over_clean_rank", "data_patch_stable_rank", "data_patch_stable_rank_clean",
                  "data_image_stable_rank",
                  "train_acc_mean", "test_acc_mean", "n_diverged"],
     )
+    return _noise.write_outputs(run, cfg, fit, data_ranks, clean_rank, n_test=info["n_test"], labels=labels,
+                                table=table, extra={"data": info, **_fallback_notice(info)})

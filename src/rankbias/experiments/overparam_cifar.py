@@ -37,14 +37,33 @@ from rankbias.experiments._overparam import (
     recording_embeddings,
     validate_depths_seeds,
 )
-from rankbias.experiments.overparam_cifar_summary import CLAIM, PAPER, summarise
+from rankbias.experiments.overparam_cifar_summary import CLAIM, PAPER, arms, summarise
 from rankbias.experiments.registry import register
+from rankbias.fit.fast_classify import FastTrainSettings
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir, config_hash
 
-# fields that do not change what a finished depth's training computed
+# fields (of the config or of its train settings) that do not change what a finished depth's
+# training computed
 _NOT_TRAINING = ("budget_minutes", "fit_epochs_to_budget", "batch_seeds", "num_threads", "depths",
                  "eval_batch_size", "epochs", "fit_threshold", "ablate_weight_decay")
+
+
+def training_key(cfg: OverparamCifarConfig) -> str:
+    """The identity of a finished depth's training: the hash of the settings that change it.
+    The train settings' keys sit beside the others, as before they were grouped under
+    ``train``, so the depths a run saved then are still reused."""
+    flat = {**{k: v for k, v in cfg.to_dict().items() if k != "train"}, **cfg.train.to_dict()}
+    return config_hash({k: v for k, v in flat.items() if k not in _NOT_TRAINING})
+
+
+def resolved_settings(cfg: OverparamCifarConfig) -> FastTrainSettings:
+    """``cfg.train`` with its nulls resolved: crop and flips by dataset, bf16 on CUDA only."""
+    s = cfg.train
+    return dataclasses.replace(
+        s, crop_padding=AUTO_CROP[cfg.dataset] if s.crop_padding is None else s.crop_padding,
+        hflip=AUTO_FLIP[cfg.dataset] if s.hflip is None else s.hflip,
+        bf16=(torch.device(cfg.device).type == "cuda") if s.bf16 is None else s.bf16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,56 +97,23 @@ class OverparamCifarConfig(Config):
     """Forward form of the expanded layers (same function and gradients; only the cost differs)."""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     """Seeds; each fixes the init, the data order and the augmentation (paired across depths)."""
-    epochs: int = 30
-    """Training epochs (an upper bound when fit_epochs_to_budget)."""
+    train: FastTrainSettings = dataclasses.field(default_factory=FastTrainSettings)
+    """The training settings, held whole (``--set train.lr=0.1``; the defaults are FastTrainSettings')."""
     fit_epochs_to_budget: bool = False
     """After the warm-up's last whole epoch (timed), lower the epochs so that every depth fits
     budget_minutes (the result then depends on the machine's speed; the chosen epochs are in
     the summary)."""
-    batch_size: int = 512
-    """Mini-batch size (the last partial batch of an epoch is dropped)."""
-    lr: float = 0.2
-    """Peak learning rate of SGD."""
-    momentum: float = 0.9
-    """SGD momentum."""
-    nesterov: bool = True
-    """Nesterov momentum."""
-    weight_decay: float = 5e-4
-    """Weight decay on the weights (factors included); none on biases and norm parameters."""
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    """Learning-rate schedule after the warm-up."""
-    warmup_epochs: float = 2.0
-    """Linear warm-up over this many epochs (>= 1 when fit_epochs_to_budget)."""
-    label_smoothing: float = 0.0
-    """Label smoothing of the cross-entropy (0: none)."""
-    crop_padding: int | None = None
-    """Random crop after zero padding by this many pixels (0: off; null: 4 CIFAR-10, 2 MNIST, 1 digits)."""
-    hflip: bool | None = None
-    """Random horizontal flips (null: on for CIFAR-10 and Fashion-MNIST)."""
     batch_seeds: Literal["auto", "yes", "no"] = "auto"
     """Train a depth's seeds as one vmapped model ("yes"), one after another ("no"), or time a
     few steps of both on the device and take the faster ("auto")."""
-    bf16: bool | None = None
-    """bf16 autocast for training and per-epoch evaluation of the one-after-another form (null: on
-    CUDA only; the batched form trains in float32: autocast does not reach convs under vmap).
-    The final measurements of the collapsed models are always float32."""
-    channels_last: bool = True
-    """channels_last memory format (the one-after-another path on CUDA; vmap picks its own layout, and
-    the CPU keeps the default one: fit.fast_classify.channels_last_is_safe)."""
     train_eval_limit: int | None = 10000
     """Training images (stratified sample) for the final train accuracy (null: all)."""
-    eval_batch_size: int = 1000
-    """Batch size of evaluation passes."""
     budget_minutes: float | None = None
     """Stop training cleanly when the next epoch would end after this (null: no limit)."""
     device: str = "cpu"
     """torch device, e.g. "cpu" or "cuda"."""
     num_threads: int | None = None
     """CPU threads for torch during the run (null: leave torch's setting)."""
-    weight_decay_on: Literal["factors", "collapsed"] = "factors"
-    """Where weight decay acts on the expanded layers: on each factor (the paper's protocol; L2
-    on the factors is a low-rank penalty the baseline lacks), or on the collapsed weight
-    (wd/2 * ||W_collapsed||^2 per expanded layer, the baseline's own penalty)."""
     ablate_weight_decay: bool = False
     """Also train every depth > 1 with the other weight_decay_on, same seeds (the ablation's
     paired interval is reported beside the verdict; the verdict uses weight_decay_on)."""
@@ -147,17 +133,15 @@ class OverparamCifarConfig(Config):
     reach this, else the verdict is "not testable" (null: no check)."""
 
     def validate(self) -> None:
-        validate_depths_seeds(self, ("model_width", "resnet_blocks", "epochs", "batch_size",
-                                     "eval_batch_size", "downsample"))
-        self._require(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
+        validate_depths_seeds(self, ("model_width", "resnet_blocks", "downsample"), sgd=False)
         for name in ("train_limit", "test_limit", "train_eval_limit"):
             v = getattr(self, name)
             self._require(v is None or v >= 2, name, "an int >= 2 or null")
         self._require(self.budget_minutes is None or self.budget_minutes > 0, "budget_minutes",
                       "a number > 0 or null")
         self._require(not self.fit_epochs_to_budget or (self.budget_minutes is not None
-                                                         and self.warmup_epochs >= 1),
-                      "fit_epochs_to_budget", "false, or true with budget_minutes set and warmup_epochs >= 1")
+                                                         and self.train.warmup_epochs >= 1),
+                      "fit_epochs_to_budget", "false, or true with budget_minutes set and train.warmup_epochs >= 1")
         self._require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an int >= 1 or null")
         self._require(all(v > 0 and v == v for v in self.lr_grid), "lr_grid", "a list of numbers > 0")
         self._require(0 < self.lr_holdout < 1, "lr_holdout", "a number in (0, 1)")
@@ -238,16 +222,6 @@ def holdout_split(cfg: OverparamCifarConfig, train):
     return tuple(DeviceImages(train.images[m], train.labels[m], dev, train.mean, train.std) for m in part)
 
 
-def arms(cfg: OverparamCifarConfig) -> list[dict]:
-    """What is trained: every depth with weight_decay_on (labels "depth<d>"), and with
-    ablate_weight_decay every depth > 1 again with the other placement ("depth<d>-wd-<placement>")."""
-    out = [{"label": f"depth{d}", "depth": d, "wd_on": cfg.weight_decay_on} for d in cfg.depths]
-    if cfg.ablate_weight_decay:
-        other = "collapsed" if cfg.weight_decay_on == "factors" else "factors"
-        out += [{"label": f"depth{d}-wd-{other}", "depth": d, "wd_on": other} for d in cfg.depths if d > 1]
-    return out
-
-
 def _train_arm(cfg, depth, seeds, in_ch, n_classes, models, train, curve, settings, sel: dict,
                batched, deadline, on_epoch, label: str, live: list):
     """Train an arm at its chosen lr; if a seed diverges there (the search trains on 800 images,
@@ -276,12 +250,12 @@ def select_lr(cfg: OverparamCifarConfig, arm: dict, train, settings, in_ch: int,
               run: RunDir, key: str) -> dict:
     """The learning rate of ``arm`` (its depth and weight-decay placement): the lr_grid value
     with the best mean held-out accuracy (after the full schedule on the rest of the training
-    set; ties: the first), or cfg.lr without a grid. A diverged value is never chosen. Saved as
+    set; ties: the first), or cfg.train.lr without a grid. A diverged value is never chosen. Saved as
     a part, so a rerun reuses it."""
     from rankbias.fit.fast_classify import train_group
 
     if not cfg.lr_grid:
-        return {"grid": [], "heldout_acc": {}, "chosen": cfg.lr}
+        return {"grid": [], "heldout_acc": {}, "chosen": cfg.train.lr}
     depth, label = arm["depth"], arm["label"]
     settings = dataclasses.replace(settings, weight_decay_on=arm["wd_on"])
     # the search trains with the arm's schedule: its choice belongs to these epochs too (the
@@ -376,9 +350,7 @@ def _choose_batched(cfg, models, seeds, train, test, settings) -> bool:
 
     if cfg.batch_seeds != "auto" or len(seeds) == 1:
         return cfg.batch_seeds != "no"
-    n = min(len(train), 4 * settings.batch_size)
-    probe = type(train).__new__(type(train))
-    probe.__dict__.update(train.__dict__, images=train.images[:n], labels=train.labels[:n])
+    probe = _probe_set(train, settings)
     s1 = dataclasses.replace(settings, epochs=2, warmup_epochs=0.0)
     times = {}
     for batched in (True, False):
@@ -397,6 +369,39 @@ def _choose_batched(cfg, models, seeds, train, test, settings) -> bool:
     return times[True] <= times[False]
 
 
+def _probe_set(train, settings):
+    """The first 4 batches of the training set: what a timing probe trains on."""
+    n = min(len(train), 4 * settings.batch_size)
+    probe = type(train).__new__(type(train))
+    probe.__dict__.update(train.__dict__, images=train.images[:n], labels=train.labels[:n])
+    return probe
+
+
+def _arm_costs(cfg, todo: list[dict], train, settings, batched: bool, in_ch: int, n_classes: int,
+               ) -> dict[str, float]:
+    """Seconds per probe epoch of every arm in ``todo`` (the second of two, after cuDNN's
+    autotuning), on fresh throwaway models: a deeper arm costs more per epoch, and the
+    budget must cover every arm (:func:`rankbias.experiments._epoch_budget.arm_epoch_costs`).
+    The rate is a thousandth of the run's: the cost does not depend on it, and a probe
+    without warm-up must not diverge."""
+    from rankbias.experiments._epoch_budget import arm_epoch_costs
+    from rankbias.fit.fast_classify import train_group
+
+    probe, seeds = _probe_set(train, settings), list(cfg.seeds)
+
+    def time_arm(arm: dict) -> float:
+        s1 = dataclasses.replace(settings, epochs=2, warmup_epochs=0.0, lr=settings.lr * 1e-3,
+                                 weight_decay_on=arm["wd_on"])
+        models = [build(cfg, arm["depth"], s, in_ch, n_classes) for s in seeds]
+        res = train_group(models, seeds, probe, probe, s1, batch_seeds=batched, progress=False)
+        return res.epoch_times[-1]
+
+    costs = arm_epoch_costs(todo, time_arm)
+    print(f"overparam-cifar: probe epoch per arm: {', '.join(f'{k} {v:.3f} s' for k, v in costs.items())}",
+          file=sys.stderr)
+    return costs
+
+
 # -------------------------------------------------------------------- the run
 
 
@@ -406,28 +411,29 @@ def _choose_batched(cfg, models, seeds, train, test, settings) -> bool:
     config_cls=OverparamCifarConfig,
     presets={
         "quick": {"dataset": "digits", "train_limit": 600, "test_limit": 300, "model_width": 8,
-                  "resnet_blocks": 1, "epochs": 15, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1.0,
+                  "resnet_blocks": 1, "train": {"epochs": 15, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1.0},
                   "batch_seeds": "yes", "num_threads": 1},
         "smoke": {"dataset": "digits", "train_limit": 300, "test_limit": 200, "model_width": 4,
-                  "resnet_blocks": 1, "epochs": 1, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1.0,
+                  "resnet_blocks": 1, "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1.0},
                   "batch_seeds": "yes", "train_eval_limit": 200, "num_threads": 1},
         # epochs: the paper's schedule length as a ceiling only; the budget sets the number after
         # the warm-up (fit_epochs_to_budget), and a baseline that did not fit its training set
         # makes the verdict "not testable" (docs/gpu.md)
         "gpu": {"dataset": "cifar10", "model": "resnet", "resnet_blocks": 3, "model_width": 16,
-                "depths": [1, 4], "seeds": [0, 1, 2, 3, 4, 5], "epochs": 200, "fit_epochs_to_budget": True,
-                "budget_minutes": 6.0, "batch_size": 512, "lr": 0.2, "warmup_epochs": 2.0,
+                "depths": [1, 4], "seeds": [0, 1, 2, 3, 4, 5], "fit_epochs_to_budget": True,
+                "budget_minutes": 6.0, "train": {"epochs": 200, "batch_size": 512, "lr": 0.2, "warmup_epochs": 2.0},
                 "fit_threshold": 0.99, "device": "cuda"},
         # issue 18: where the effect can show on 2 CPU cores in <= 45 min (docs/overparam.md)
         "cpu": {"dataset": "cifar10", "model": "resnet", "resnet_blocks": 1, "model_width": 16,
                 "downsample": 2, "train_limit": 1000, "test_limit": None, "curve_test_limit": 1000,
-                "train_eval_limit": None, "depths": [1, 4], "seeds": [0, 1, 2, 3, 4, 5, 6, 7], "epochs": 60,
-                "batch_size": 100, "lr": 0.1, "lr_grid": [0.05, 0.1, 0.2, 0.4], "lr_grid_seeds": [1000, 1001],
-                "lr_holdout": 0.2, "warmup_epochs": 1.0, "crop_padding": 0, "hflip": False,
-                "weight_decay": 5e-4, "weight_decay_on": "factors", "ablate_weight_decay": True,
+                "train_eval_limit": None, "depths": [1, 4], "seeds": [0, 1, 2, 3, 4, 5, 6, 7],
+                "train": {"epochs": 60, "batch_size": 100, "lr": 0.1, "warmup_epochs": 1.0, "crop_padding": 0,
+                          "hflip": False, "weight_decay": 5e-4, "weight_decay_on": "factors"},
+                "lr_grid": [0.05, 0.1, 0.2, 0.4], "lr_grid_seeds": [1000, 1001], "lr_holdout": 0.2,
+                "ablate_weight_decay": True,
                 "fit_threshold": 0.99, "batch_seeds": "no", "num_threads": 1, "device": "cpu"},
         "paper": {"dataset": "cifar10", "depths": [1, 2, 3, 4], "seeds": [0, 1, 2, 3, 4],
-                  "epochs": 200, "batch_size": 128, "lr": 0.1, "warmup_epochs": 1.0, "device": "cuda"},
+                  "train": {"epochs": 200, "batch_size": 128, "lr": 0.1, "warmup_epochs": 1.0}, "device": "cuda"},
     },
     claim=CLAIM,
 )
@@ -444,67 +450,85 @@ def _fit_epoch(cfg: OverparamCifarConfig) -> int:
     """The epoch after which the plan is fitted to the budget: the warm-up's last whole epoch
     (the learning rate up to there does not depend on the total, and the later epochs run
     without the first one's one-off costs, e.g. cuDNN's autotuning, so they time a typical one)."""
-    return max(1, int(cfg.warmup_epochs)) if cfg.fit_epochs_to_budget else 1
+    return max(1, int(cfg.train.warmup_epochs)) if cfg.fit_epochs_to_budget else 1
 
 
-def fit_epochs(cfg: OverparamCifarConfig, chosen: dict, info: dict, n_groups: int,
+def fit_epochs(cfg: OverparamCifarConfig, chosen: dict, info: dict, costs: dict[str, float],
                deadline: float | None, resumed: bool) -> int | None:
-    """The epochs of every depth group from the measured epoch and the budget left (15 %
-    margin; the epochs done count), at most ``cfg.epochs``; None: unchanged. Prints the
-    projection; with fit_epochs_to_budget sets ``chosen["epochs"]``."""
+    """The epochs of every arm from the first arm's measured epoch, every arm's relative cost
+    and the budget left (15 % margin; the epochs done count), at most ``cfg.train.epochs``; None:
+    unchanged. ``costs``: label -> seconds per probe epoch of every arm still to train, the
+    one being trained first (:func:`_arm_costs`). Prints the projection; with
+    fit_epochs_to_budget sets ``chosen["epochs"]``."""
+    from rankbias.experiments._epoch_budget import epochs_for_budget
+
     per, done = info["epoch_time_s"], info["epoch"]
+    first = next(iter(costs))
+    epoch_s = {label: per * c / costs[first] for label, c in costs.items()}
     print(f"overparam-cifar: epoch {done} took {per:.1f} s; projected total "
-          f"{per * chosen['epochs'] * n_groups:.0f} s for {n_groups} depth(s) x "
+          f"{sum(epoch_s.values()) * chosen['epochs']:.0f} s for {len(costs)} arm(s) "
+          f"({', '.join(f'{k} {v:.1f} s' for k, v in epoch_s.items())} per epoch) x "
           f"{chosen['epochs']} epochs", file=sys.stderr)
     if not (cfg.fit_epochs_to_budget and deadline is not None and not resumed):
         return None
-    left = deadline - time.perf_counter()
-    fit = int((left / (1.15 * per) + done) // n_groups)
+    fit = epochs_for_budget(deadline - time.perf_counter(), epoch_s, first, done)
     chosen["epochs"] = max(done, min(chosen["epochs"], fit))
     print(f"overparam-cifar: epochs set to {chosen['epochs']} to fit the budget", file=sys.stderr)
     return chosen["epochs"]
 
 
-def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
-    from rankbias.fit.fast_classify import FastTrainSettings
-
-    t_start = time.perf_counter()
-    deadline = None if cfg.budget_minutes is None else t_start + 60 * cfg.budget_minutes
-    train, test, train_eval, n_classes = load_data(cfg)
-    curve = curve_set(cfg, test)
-    in_ch, shape = train.images.shape[1], tuple(train.images.shape[1:])
-    settings = FastTrainSettings(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-        nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
-        warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
-        crop_padding=AUTO_CROP[cfg.dataset] if cfg.crop_padding is None else cfg.crop_padding,
-        hflip=AUTO_FLIP[cfg.dataset] if cfg.hflip is None else cfg.hflip,
-        bf16=(torch.device(cfg.device).type == "cuda") if cfg.bf16 is None else cfg.bf16,
-        channels_last=cfg.channels_last, eval_batch_size=cfg.eval_batch_size,
-    )
+def _forward_cost(cfg: OverparamCifarConfig, n_train: int, in_ch: int, n_classes: int, shape) -> int:
+    """Multiply-adds of one image's forward pass of the baseline; prints an epoch's FLOPs."""
     macs = forward_macs(build(cfg, 1, cfg.seeds[0], in_ch, n_classes), shape)
-    flops_epoch = 6 * macs * len(train) * len(cfg.seeds) * len(arms(cfg))  # fwd 2, bwd 4 FLOPs/MAC
+    flops_epoch = 6 * macs * n_train * len(cfg.seeds) * len(arms(cfg))  # fwd 2, bwd 4 FLOPs/MAC
     print(f"overparam-cifar: {macs / 1e6:.3g} M multiply-adds per image forward; one epoch of all "
           f"{len(cfg.seeds) * len(arms(cfg))} models = {flops_epoch / 1e12:.3g} TFLOP", file=sys.stderr)
+    return macs
 
-    records: dict[int, dict] = {}
+
+def _finished_arms(cfg: OverparamCifarConfig, run: RunDir, key: str):
+    """(records, metrics, chosen, todo): the arms a run of the same training settings (``key``,
+    its identity) finished, reused, so that a new budget or another list of depths resumes
+    them, and the arms still to train."""
+    records: dict[str, dict] = {}
     metrics: list[dict] = []
-    chosen = {"epochs": cfg.epochs, "batched": None}
-    group_times: list[float] = []
+    chosen = {"epochs": cfg.train.epochs, "batched": None}
     todo = []
-    # a finished depth is reused only by a run of the same training settings (its identity):
-    # a new budget or another list of depths resumes it
-    key = config_hash({k: v for k, v in cfg.to_dict().items() if k not in _NOT_TRAINING})
     for arm in arms(cfg):
         part = run.part(arm["label"], identity=key)
         if part is not None and part.get("status") == "ok" and (
-                part["epochs_planned"] == cfg.epochs
-                or (cfg.fit_epochs_to_budget and part["epochs_planned"] <= cfg.epochs)):
+                part["epochs_planned"] == cfg.train.epochs
+                or (cfg.fit_epochs_to_budget and part["epochs_planned"] <= cfg.train.epochs)):
             records[arm["label"]] = part
             metrics += part.get("history", [])
             chosen["epochs"] = part.get("epochs_planned", chosen["epochs"])
         else:
             todo.append(arm)
+    return records, metrics, chosen, todo
+
+
+def _arm_outcome(cfg: OverparamCifarConfig, res, depth: int, seeds: list[int], test, train_eval) -> dict:
+    """An arm's record from its training: stopped by the budget, or every seed's collapsed model
+    measured."""
+    if res.stopped:
+        return {"status": "stopped", "reason": f"budget: stopped after epoch {res.epochs_done} "
+                f"of {res.epochs_planned}", "epochs_done": res.epochs_done}
+    per_seed = [{"seed": s, **measure_collapsed(m, depth, test, train_eval, cfg.train.eval_batch_size)}
+                for s, m in zip(seeds, res.models)]
+    return {"status": "ok", "per_seed": per_seed, "epochs_done": res.epochs_done}
+
+
+def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
+    t_start = time.perf_counter()
+    deadline = None if cfg.budget_minutes is None else t_start + 60 * cfg.budget_minutes
+    train, test, train_eval, n_classes = load_data(cfg)
+    curve = curve_set(cfg, test)
+    in_ch, shape = train.images.shape[1], tuple(train.images.shape[1:])
+    settings = resolved_settings(cfg)
+    macs = _forward_cost(cfg, len(train), in_ch, n_classes, shape)
+    key = training_key(cfg)
+    records, metrics, chosen, todo = _finished_arms(cfg, run, key)
+    group_times: list[float] = []
     lr_sel: dict[str, dict] = {}
 
     def write_metrics(extra=()):
@@ -525,7 +549,8 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
             write_metrics(live)  # each finished epoch is on disk at once
             if info["epoch"] != _fit_epoch(cfg) or gi != 0:
                 return None
-            return fit_epochs(cfg, chosen, info, len(todo), deadline, bool(records))
+            costs = chosen.get("costs") or dict.fromkeys([a["label"] for a in todo], 1.0)
+            return fit_epochs(cfg, chosen, info, costs, deadline, bool(records))
 
         try:
             if label not in lr_sel:
@@ -538,17 +563,14 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
             models = [build(cfg, depth, s, in_ch, n_classes) for s in seeds]
             if chosen["batched"] is None:
                 chosen["batched"] = _choose_batched(cfg, models, seeds, train, test, arm_settings)
-                t0 = time.perf_counter()  # a depth's time, for the budget, is without the probe
+                if cfg.fit_epochs_to_budget and deadline is not None and not records:
+                    chosen["costs"] = _arm_costs(cfg, todo, train, arm_settings, chosen["batched"],
+                                                 in_ch, n_classes)
+                t0 = time.perf_counter()  # a depth's time, for the budget, is without the probes
             res, arm_settings = _train_arm(cfg, depth, seeds, in_ch, n_classes, models, train, curve,
                                            arm_settings, lr_sel[label], chosen["batched"], deadline,
                                            on_epoch, label, live)
-            if res.stopped:
-                rec = {"status": "stopped", "reason": f"budget: stopped after epoch {res.epochs_done} "
-                       f"of {res.epochs_planned}", "epochs_done": res.epochs_done}
-            else:
-                per_seed = [{"seed": s, **measure_collapsed(m, depth, test, train_eval, cfg.eval_batch_size)}
-                            for s, m in zip(seeds, res.models)]
-                rec = {"status": "ok", "per_seed": per_seed, "epochs_done": res.epochs_done}
+            rec = _arm_outcome(cfg, res, depth, seeds, test, train_eval)
             rec.update(epochs_planned=res.epochs_planned, epoch_times_s=res.epoch_times,
                        batched=chosen["batched"], lr=arm_settings.lr, lr_selection=lr_sel[label])
         except Exception as e:  # one failed depth must not lose the others

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from rankbias.experiments._overparam import plot_accuracy_rank
+from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
 
-__all__ = ["CLAIM", "PAPER", "plot", "summarise"]
+__all__ = ["CLAIM", "PAPER", "arms", "plot", "summarise"]
 
 CLAIM = (
     "Linearly over-parameterising a CNN (every Linear/Conv2d a product of depth linear maps, "
@@ -20,14 +21,28 @@ PAPER = ("Expanded-then-collapsed CNNs reach higher test accuracy than the basel
          "CIFAR-100 and ImageNet, with lower-rank embeddings (Huh et al. 2023, sec. 6)")
 
 
+def arms(cfg: Config) -> list[dict]:
+    """What is trained: every depth with weight_decay_on (labels "depth<d>"), and with
+    ablate_weight_decay every depth > 1 again with the other placement ("depth<d>-wd-<placement>").
+
+    Here rather than beside the config (``cfg`` is an ``OverparamCifarConfig``): the
+    experiment trains these arms and this module reports them, and the experiment
+    imports this module."""
+    out = [{"label": f"depth{d}", "depth": d, "wd_on": cfg.train.weight_decay_on} for d in cfg.depths]
+    if cfg.ablate_weight_decay:
+        other = "collapsed" if cfg.train.weight_decay_on == "factors" else "factors"
+        out += [{"label": f"depth{d}-wd-{other}", "depth": d, "wd_on": other} for d in cfg.depths if d > 1]
+    return out
+
+
 def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: float,
               n_test: int | None = None, n_classes: int | None = None) -> dict:
     """Per-depth table, the paired verdict, runs.csv, the figure and report.md; the summary.
     With ``n_test`` and ``n_classes`` (the final test set), a baseline at chance makes the
     verdict "not testable" (:func:`rankbias.verdicts.require_learned`)."""
     from rankbias.experiments._statements import CLAIMED_GAIN_PP, PAPER2_OVERPARAM
-    from rankbias.experiments.overparam_cifar import arms
-    from rankbias.report import markdown_table, write_run_report
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
     from rankbias.verdicts import mean_std, paired_gain_verdict, require_learned
 
     runs, per_depth = [], []
@@ -83,7 +98,8 @@ def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: fl
             "test_acc_diff_pp_std", "train_acc_mean", "embed_erank_mean", "embed_erank_std", "note"]
     run.write_csv("runs.csv", runs)
     info = {"epochs": chosen["epochs"], "batched_seeds": chosen["batched"],
-            "forward_macs_per_image": macs, "wall_time_s": round(wall, 1)}
+            "forward_macs_per_image": macs, "wall_time_s": round(wall, 1),
+            **({"probe_epoch_s": chosen["costs"]} if chosen.get("costs") else {})}  # what sized the epochs
     lr_selection = {r.get("label", f"depth{r['depth']}"): r["lr_selection"]
                     for r in records.values() if r.get("lr_selection")}
     write_run_report(

@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from rankbias.data.images import DatasetName
 from rankbias.experiments._overparam import (
     AUTO_CROP,
     AUTO_FLIP,
@@ -56,7 +57,8 @@ from rankbias.experiments.overparam_classification_summary import (
 from rankbias.experiments.registry import register
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
-from rankbias.train import lr_factor
+from rankbias.overparam.layers import ExpandLayers, Mode
+from rankbias.training import lr_factor
 from rankbias.verdicts import t_interval
 
 CLAIM = (
@@ -68,7 +70,7 @@ CLAIM = (
 
 @dataclasses.dataclass(frozen=True)
 class OverparamClassificationConfig(Config):
-    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = "digits"
+    dataset: DatasetName = "digits"
     """Image dataset: scikit-learn digits (always present) or one from the data root."""
     data_root: str | None = None
     """Data root for MNIST / Fashion-MNIST / CIFAR-10 (default: $RANKBIAS_DATA, else ./data)."""
@@ -83,9 +85,9 @@ class OverparamClassificationConfig(Config):
     """Expansion depths; 1 is the baseline and must be in the list."""
     width: float = 1.0
     """Hidden width multiplier of the expanded layers (hidden = round(width * out))."""
-    expand_layers: Literal["all", "conv", "linear"] = "all"
+    expand_layers: ExpandLayers = "all"
     """Which layers to expand."""
-    forward_mode: Literal["kernel", "sequential", "auto"] = "auto"
+    forward_mode: Mode = "auto"
     """Forward form of the expanded layers (same function and gradients; only the cost differs)."""
     factor_bias: bool = False
     """A bias on every factor (the authors' layout) instead of on the last one only."""
@@ -171,15 +173,55 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int,
 def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, seed: int, data,
               baseline_init: str = "default") -> dict:
     """Train one (model, depth, seed); depth 1 is the baseline with ``baseline_init``."""
-    from rankbias.models import build_model
-    from rankbias.overparam import collapse, overparameterize
-    from rankbias.train import cross_entropy_loss, train
+    from rankbias.training import cross_entropy_loss, train
 
     xtr, ytr, xte, yte, n_classes = data
+    model, n_base = _initial_model(cfg, model_name, depth, seed, xtr.shape[1], n_classes, baseline_init)
+    n_params = sum(p.numel() for p in model.parameters())
+    init_fc_norm = float(torch.linalg.matrix_norm(model.fc.weight.detach()))  # collapsed, Frobenius
+    per_epoch = math.ceil(len(ytr) / cfg.batch_size)
+    steps = per_epoch * cfg.epochs
+    warm = round(cfg.warmup_epochs * per_epoch)
+    model.train()
+    t0 = time.perf_counter()
+    res = train(
+        cross_entropy_loss(model, _batches(cfg, xtr, ytr, seed, steps, per_epoch)), model, steps=steps,
+        optimizer="momentum", lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, log_every=per_epoch,
+        scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, steps, warm, cfg.schedule)),
+        progress=None, desc=f"{model_name} depth={depth} seed={seed}",
+    )
+    train_time = time.perf_counter() - t0
+    if res.status[0] != "ok":
+        raise FloatingPointError(f"training diverged at step {res.diverged_at[0]}")
+    m = _measure_trained(cfg, model, depth, data)
+    return {
+        "status": "ok",
+        "test_acc": m["test_acc"],
+        "train_acc": m["train_acc"],
+        "init_fc_norm": init_fc_norm,
+        **{k: m[k] for k in ("embed_erank", "embed_srank", "embed_dim", "collapse_max_rel_diff")},
+        "params_trained": n_params,
+        "params_collapsed": m["params_collapsed"],
+        "params_baseline": n_base,
+        "train_time_s": train_time,
+        "steps": steps,
+        "final_loss": float(res.final_loss[0]),
+        "history": [{"step": h["step"], "loss": h["loss"]} for h in res.history],
+    }
+
+
+def _initial_model(cfg: OverparamClassificationConfig, model_name: str, depth: int, seed: int, channels: int,
+                   n_classes: int, baseline_init: str) -> tuple[nn.Module, int]:
+    """(the model to train, the baseline's parameter count): the base model of ``seed``,
+    expanded to ``depth``, or at depth 1 the baseline with ``baseline_init``; on ``cfg.device``."""
+    from rankbias.models import build_model
+    from rankbias.overparam import collapse, overparameterize
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        base = build_model(model_name, xtr.shape[1], n_classes, width=cfg.model_width,
-                           blocks=cfg.resnet_blocks)
+        base = build_model(model_name, channels, n_classes, width=cfg.model_width, blocks=cfg.resnet_blocks)
     n_base = sum(p.numel() for p in base.parameters())
     gen_init = torch.Generator().manual_seed(10_000 + seed)
     if depth > 1:
@@ -191,14 +233,13 @@ def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, s
                                           generator=gen_init))
     else:
         model = base
-    model = model.to(cfg.device)
-    n_params = sum(p.numel() for p in model.parameters())
-    init_fc_norm = float(torch.linalg.matrix_norm(model.fc.weight.detach()))  # collapsed, Frobenius
+    return model.to(cfg.device), n_base
 
+
+def _batches(cfg: OverparamClassificationConfig, xtr: torch.Tensor, ytr: torch.Tensor, seed: int, steps: int,
+             per_epoch: int):
+    """step -> (augmented inputs, labels) of that step's mini-batch."""
     N = len(ytr)
-    per_epoch = math.ceil(N / cfg.batch_size)
-    steps = per_epoch * cfg.epochs
-    warm = round(cfg.warmup_epochs * per_epoch)
     pad = AUTO_CROP[cfg.dataset] if cfg.crop_padding is None else cfg.crop_padding
     flip = AUTO_FLIP[cfg.dataset] if cfg.hflip is None else cfg.hflip
     perms: dict[int, torch.Tensor] = {}
@@ -212,19 +253,14 @@ def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, s
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # augmentation of this step
         return augment(xtr[idx], pad, flip, g), ytr[idx]
 
-    model.train()
-    t0 = time.perf_counter()
-    res = train(
-        cross_entropy_loss(model, batch), model, steps=steps, optimizer="momentum", lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, log_every=per_epoch,
-        scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, steps, warm, cfg.schedule)),
-        progress=None, desc=f"{model_name} depth={depth} seed={seed}",
-    )
-    train_time = time.perf_counter() - t0
-    if res.status[0] != "ok":
-        raise FloatingPointError(f"training diverged at step {res.diverged_at[0]}")
+    return batch
 
+
+def _measure_trained(cfg: OverparamClassificationConfig, model: nn.Module, depth: int, data) -> dict:
+    """Accuracies and embedding ranks of the collapsed model, and how exactly it matches the expanded one."""
+    from rankbias.overparam import collapse
+
+    xtr, ytr, xte, yte, _ = data
     collapsed = collapse(model) if depth > 1 else model
     ev = evaluate(collapsed, xte, yte, cfg.eval_batch_size, embeddings=True)
     tr_ev = evaluate(collapsed, xtr, ytr, cfg.eval_batch_size)
@@ -232,23 +268,14 @@ def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, s
     if depth > 1:
         ex = evaluate(model, xte, yte, cfg.eval_batch_size)
         exact = float((ex["logits"] - ev["logits"]).abs().max() / ev["logits"].abs().max())
-    n_collapsed = sum(p.numel() for p in collapsed.parameters())
     return {
-        "status": "ok",
         "test_acc": ev["acc"],
         "train_acc": tr_ev["acc"],
-        "init_fc_norm": init_fc_norm,
         "embed_erank": ev["embed_erank"],
         "embed_srank": ev["embed_srank"],
         "embed_dim": ev["embed_dim"],
         "collapse_max_rel_diff": exact,
-        "params_trained": n_params,
-        "params_collapsed": n_collapsed,
-        "params_baseline": n_base,
-        "train_time_s": train_time,
-        "steps": steps,
-        "final_loss": float(res.final_loss[0]),
-        "history": [{"step": h["step"], "loss": h["loss"]} for h in res.history],
+        "params_collapsed": sum(p.numel() for p in collapsed.parameters()),
     }
 
 
@@ -268,11 +295,34 @@ def train_one(cfg: OverparamClassificationConfig, model_name: str, depth: int, s
     claim=CLAIM,
 )
 def run(cfg: OverparamClassificationConfig, run: RunDir) -> dict:
+    data = _load(cfg)
+    runs, metrics = _train_all(cfg, run, data)
+    run.write_csv("metrics.csv", metrics)
+    run.write_csv("runs.csv", [{k: v for k, v in r.items() if k != "traceback"} for r in runs])
+
+    per_depth, diffs = aggregate(cfg, runs)
+    verdict = make_verdict(cfg, per_depth, diffs)
+    if verdict["status"] != "not testable":  # a gain over a baseline at chance is an accident
+        from rankbias.verdicts import require_learned
+
+        baseline = {f"{r['model']}/seed {r['seed']}": r["test_acc"] for r in runs
+                    if r["status"] == "ok" and r["depth"] == 1
+                    and (r.get("baseline_init") or "default") == cfg.baseline_init}
+        verdict = require_learned(verdict, baseline, n_test=len(data[3]), n_classes=data[4])
+    if any(r["n_ok"] for r in per_depth):
+        plot(cfg, per_depth, run.figure_path("accuracy_rank_vs_depth"))
+    failures = [{"model": r["model"], "depth": r["depth"], "seed": r["seed"], "error": r["error"]}
+                for r in runs if r["status"] != "ok"]
+    _write_report(cfg, run, per_depth, diffs, verdict, failures)
+    return {"per_depth": per_depth, "verdict": verdict, "paired_test_acc_diffs_pp": diffs,
+            "runs": runs, "failures": failures}
+
+
+def _train_all(cfg: OverparamClassificationConfig, run: RunDir, data) -> tuple[list[dict], list[dict]]:
+    """Every (model, seed, depth, baseline init), each saved as a part (reused on resume);
+    returns the runs (without their history) and the history rows."""
     from tqdm.auto import tqdm
 
-    from rankbias.report import markdown_table, write_run_report
-
-    data = _load(cfg)
     runs, metrics = [], []
     jobs = [(m, d, s, b) for m in cfg.models for s in cfg.seeds for d in cfg.depths
             for b in (_baselines(cfg) if d == 1 else [None])]
@@ -291,27 +341,21 @@ def run(cfg: OverparamClassificationConfig, run: RunDir) -> dict:
         metrics += [{"model": model_name, "depth": depth, "baseline_init": b, "seed": seed, **h}
                     for h in rec.get("history", [])]
         runs.append({k: v for k, v in rec.items() if k != "history"})
-    run.write_csv("metrics.csv", metrics)
-    run.write_csv("runs.csv", [{k: v for k, v in r.items() if k != "traceback"} for r in runs])
+    return runs, metrics
 
-    per_depth, diffs = aggregate(cfg, runs)
-    verdict = make_verdict(cfg, per_depth, diffs)
-    if verdict["status"] != "not testable":  # a gain over a baseline at chance is an accident
-        from rankbias.verdicts import require_learned
 
-        baseline = {f"{r['model']}/seed {r['seed']}": r["test_acc"] for r in runs
-                    if r["status"] == "ok" and r["depth"] == 1
-                    and (r.get("baseline_init") or "default") == cfg.baseline_init}
-        verdict = require_learned(verdict, baseline, n_test=len(data[3]), n_classes=data[4])
-    if any(r["n_ok"] for r in per_depth):
-        plot(cfg, per_depth, run.figure_path("accuracy_rank_vs_depth"))
-    failures = [{"model": r["model"], "depth": r["depth"], "seed": r["seed"], "error": r["error"]}
-                for r in runs if r["status"] != "ok"]
-    cols = ["model", "depth", "init", "n_ok", "test_acc_mean", "test_acc_std", "train_acc_mean",
-            "train_acc_std", "test_acc_diff_mean", "test_acc_diff_std", "train_acc_diff_mean",
-            "test_acc_diff_vs_other_baseline_mean", "train_acc_diff_vs_other_baseline_mean",
-            "embed_erank_mean", "embed_erank_std", "init_fc_norm_mean", "collapse_max_rel_diff",
-            "train_time_s_mean"]
+_REPORT_COLUMNS = ["model", "depth", "init", "n_ok", "test_acc_mean", "test_acc_std", "train_acc_mean",
+                   "train_acc_std", "test_acc_diff_mean", "test_acc_diff_std", "train_acc_diff_mean",
+                   "test_acc_diff_vs_other_baseline_mean", "train_acc_diff_vs_other_baseline_mean",
+                   "embed_erank_mean", "embed_erank_std", "init_fc_norm_mean", "collapse_max_rel_diff",
+                   "train_time_s_mean"]
+
+
+def _write_report(cfg: OverparamClassificationConfig, run: RunDir, per_depth: list[dict], diffs: dict,
+                  verdict: dict, failures: list[dict]) -> None:
+    from rankbias.framework.tables import markdown_table
+    from rankbias.run_reports import write_run_report
+
     comp_rows = [{"baseline init": b, "comparison": k, "n": iv["n"], "mean (pp)": iv["mean"],
                   "95% lo": iv["lo"], "95% hi": iv["hi"]}
                  for b, d in diffs.items() for k, iv in
@@ -325,7 +369,7 @@ def run(cfg: OverparamClassificationConfig, run: RunDir) -> dict:
             ("Per model and depth (accuracy of the collapsed model; diff = paired over seeds, "
              f"depth d minus the {cfg.baseline_init!r}-init baseline, in pp; init_fc_norm = "
              "Frobenius norm of the collapsed classifier weight at init)",
-             markdown_table([{k: r.get(k) for k in cols} for r in per_depth])),
+             markdown_table([{k: r.get(k) for k in _REPORT_COLUMNS} for r in per_depth])),
             ("Expanded vs each baseline: paired test-accuracy difference, 95% t-interval",
              markdown_table(comp_rows)),
             *([("Failed runs", markdown_table(failures))] if failures else []),
@@ -333,8 +377,6 @@ def run(cfg: OverparamClassificationConfig, run: RunDir) -> dict:
         figures=["accuracy_rank_vs_depth"] if any(r["n_ok"] for r in per_depth) else [],
         config=cfg.to_dict(),
     )
-    return {"per_depth": per_depth, "verdict": verdict, "paired_test_acc_diffs_pp": diffs,
-            "runs": runs, "failures": failures}
 
 
 __all__ = ["AUTO_CROP", "AUTO_FLIP", "BASELINE_KEY", "CLAIM", "PAPER", "OverparamClassificationConfig",

@@ -10,22 +10,30 @@ first lookup, so adding an experiment needs no edit elsewhere. Running one is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import inspect
 import pkgutil
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+from rankbias.errors import InvalidParameterError
 from rankbias.framework.config import Config, ConfigError, did_you_mean
 from rankbias.framework.runs import RunDir
 
 __all__ = [
     "Experiment",
     "build_config",
-    "experiments",
+    "check_contract",
+    "check_summary",
     "get_experiment",
     "list_experiments",
     "register",
+    "registered",
+    "unregister",
 ]
 
 
@@ -57,43 +65,243 @@ def register(
     presets: Mapping[str, Mapping[str, Any]],
     claim: str = "",
 ) -> Callable[[Callable], Callable]:
-    """Decorator for an experiment's ``run(config, run_dir)`` function."""
+    """Decorator for an experiment's ``run(config, run_dir)`` function.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``name`` is registered already (two experiments under one name would make
+        ``rankbias run NAME`` run whichever module was imported last), or a preset
+        is not a valid config.
+    """
 
     def deco(fn: Callable) -> Callable:
-        for _p, values in presets.items():  # fail at import on a broken preset
-            config_cls.from_dict(dict(values))
-        _REGISTRY[name] = Experiment(name, description, config_cls, fn, dict(presets), claim)
+        _add(Experiment(name, description, config_cls, fn, dict(presets), claim))
         return fn
 
     return deco
+
+
+def _add(exp: Experiment, replace: bool = False) -> Experiment | None:
+    """Register ``exp``; return what it replaced (``replace=True``), else refuse a taken name."""
+    check_contract(exp)
+    old = _REGISTRY.get(exp.name)
+    if old is not None and not replace:
+        where = f"{getattr(old.run, '__module__', '?')}.{getattr(old.run, '__qualname__', '?')}"
+        raise InvalidParameterError(
+            f"experiment name {exp.name!r} is registered already (by {where}); "
+            "accepted: a name no other experiment has (see `rankbias list`)")
+    _REGISTRY[exp.name] = exp
+    return old
+
+
+# The rules an experiment follows, each checked when it registers (not found later as a
+# missing report section): the names docs/contributing.md walks through.
+REQUIRED_PRESETS = ("quick",)
+_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+
+
+def check_contract(exp: Experiment) -> None:
+    """Refuse an experiment that breaks the registry's contract.
+
+    An experiment has a kebab-case name; a :class:`Config` dataclass config whose
+    every field has a docstring (``--show-config`` and the reports print it) and
+    whose framework fields (:data:`~rankbias.framework.config.RESERVED_FIELDS`:
+    ``device``, ``num_threads``, ``seed``/``seeds``) have the type the runner and
+    the sweep read; at least the preset ``quick`` (minutes on a CPU; the built-in
+    experiments also have ``paper``), each preset a valid config; and a
+    ``run(config, run_dir)`` function of two positional parameters.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming each rule broken and what is accepted.
+    """
+    where = f"experiment {exp.name!r}"
+    problems = []
+    if not _NAME.fullmatch(exp.name):
+        problems.append(f"name {exp.name!r} is not kebab-case (accepted: e.g. 'depth-rank-init')")
+    cls = exp.config_cls
+    if not (isinstance(cls, type) and issubclass(cls, Config) and dataclasses.is_dataclass(cls)):
+        raise InvalidParameterError(f"{where}: config_cls {cls!r} is not a Config dataclass; "
+                                    "accepted: a @dataclass(frozen=True) subclass of rankbias.framework.config.Config")
+    problems += cls.contract_problems()
+    missing = [p for p in REQUIRED_PRESETS if p not in exp.presets]
+    if missing:
+        problems.append(f"presets {sorted(exp.presets)} lack {missing} (accepted: at least "
+                        f"{', '.join(REQUIRED_PRESETS)}, minutes on a CPU; the built-in experiments "
+                        "also have 'paper', the papers' scale)")
+    if not _takes_config_and_run_dir(exp.run):
+        problems.append("its run function must take (config, run_dir) and return the summary dict")
+    if problems:
+        raise InvalidParameterError(f"{where} breaks the registry's contract: " + "; ".join(problems))
+    for _p, values in exp.presets.items():  # fail at import on a broken preset
+        cls.from_dict(dict(values))
+
+
+def _takes_config_and_run_dir(fn: Callable) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    try:
+        sig.bind(object(), object())
+    except TypeError:
+        return False
+    return True
+
+
+def check_summary(exp: Experiment, summary: Any) -> None:
+    """Refuse a run's summary that the reports could not read.
+
+    The summary is a dict; an experiment that tests a claim (``claim`` set) puts
+    its decision under ``verdict``: a dict whose ``status`` is one of
+    :data:`rankbias.verdicts.STATUSES` (or, for a toy, a bool ``holds``), read by
+    :func:`rankbias.verdicts.status_of`. The report's tables are its
+    ``per_<key>`` lists of dicts.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the key that is missing or malformed.
+    """
+    from rankbias.verdicts import STATUSES, status_of
+
+    where = f"experiment {exp.name!r}: its run returned"
+    if not isinstance(summary, Mapping):
+        raise InvalidParameterError(f"{where} {type(summary).__name__}; accepted: the summary dict")
+    if not exp.claim:
+        return
+    v = summary.get("verdict")
+    if not isinstance(v, Mapping) or status_of(v) == "no verdict":
+        raise InvalidParameterError(
+            f"{where} no usable 'verdict' (got {v!r}); accepted: an experiment with a claim returns "
+            f"summary['verdict'] = {{'status': one of {list(STATUSES)}, 'reason': str, ...}} "
+            "(rankbias.verdicts builds it)")
+
+
+def unregister(name: str) -> Experiment:
+    """Remove the experiment ``name`` from the registry and return it.
+
+    Parameters
+    ----------
+    name : str
+        A registered experiment's name.
+
+    Returns
+    -------
+    Experiment
+        What was registered under ``name``.
+
+    Raises
+    ------
+    InvalidParameterError
+        No experiment has that name.
+    """
+    if name not in _REGISTRY:
+        raise InvalidParameterError(
+            f"unregister: no experiment {name!r}{did_you_mean(name, _REGISTRY)}; "
+            f"accepted: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY.pop(name)
+
+
+@contextlib.contextmanager
+def registered(experiment: Experiment, *, replace: bool = False) -> Iterator[Experiment]:
+    """Register ``experiment`` for the duration of a ``with`` block (tests, notebooks).
+
+    Parameters
+    ----------
+    experiment : Experiment
+        What to register, under ``experiment.name``.
+    replace : bool
+        Stand in for an experiment of that name (restored on exit); without it a
+        taken name is refused as by :func:`register`.
+
+    Yields
+    ------
+    Experiment
+        ``experiment``.
+
+    Raises
+    ------
+    InvalidParameterError
+        The name is taken and ``replace`` is false, or a preset is not a valid config.
+
+    Examples
+    --------
+    >>> exp = get_experiment("depth-rank-init")
+    >>> with registered(dataclasses.replace(exp, name="my-copy")):
+    ...     "my-copy" in list_experiments()
+    True
+    >>> "my-copy" in list_experiments()
+    False
+    """
+    _load_all()  # so that a clash with a built-in experiment is seen now, not at its import
+    old = _add(experiment, replace)
+    try:
+        yield experiment
+    finally:
+        if old is not None:
+            _REGISTRY[old.name] = old
+        else:
+            _REGISTRY.pop(experiment.name, None)
 
 
 def _load_all() -> None:
     global _LOADED
     if _LOADED:
         return
-    import rankbias.experiments as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name != "registry" and not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    # this module's own package, found without importing it (its __init__ imports us)
+    package = __name__.rpartition(".")[0]
+    names = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+             if m.name != "registry" and not m.name.startswith("_")]
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
     _LOADED = True
+    _check_modules(package, names, _REGISTRY.values())
 
 
-def experiments() -> dict[str, Experiment]:
-    """Every registered experiment, by name."""
+def _check_modules(package: str, names: list[str], registered_: Iterable[Experiment]) -> None:
+    """Every public module of the package registers an experiment or is a part of one
+    (``<its module>_data.py``, ``..._summary.py``); helpers shared by several start with
+    ``_`` and are never imported here. A module that silently registers nothing would be
+    an experiment missing from `rankbias list` and from every report."""
+    owners = {e.run.__module__.rpartition(".")[2] for e in registered_
+              if getattr(e.run, "__module__", "").startswith(package + ".")}
+    stray = [n for n in names if n not in owners and not any(n.startswith(o + "_") for o in owners)]
+    if stray:
+        raise InvalidParameterError(
+            f"{package}: {', '.join(m + '.py' for m in stray)} register(s) no experiment; accepted: "
+            "a module that registers one with @register, a part of one named <its module>_<part>.py, "
+            "or a shared helper whose name starts with '_'")
+
+
+def list_experiments() -> dict[str, Experiment]:
+    """Every registered experiment, by name.
+
+    Returns
+    -------
+    dict of str to Experiment
+        Sorted by name.
+
+    Raises
+    ------
+    InvalidParameterError
+        An experiment module breaks the registry's contract (:func:`check_contract`).
+
+    Examples
+    --------
+    >>> from rankbias import list_experiments
+    >>> "depth-rank-init" in list_experiments()
+    True
+    """
     _load_all()
     return dict(sorted(_REGISTRY.items()))
 
 
-# ``rankbias.experiments`` is this package, so the top level exports the function
-# under a name the subpackage cannot shadow.
-list_experiments = experiments
-
-
 def get_experiment(name: str) -> Experiment:
     """The registered experiment ``name`` (ConfigError, with a "did you mean", if there is none)."""
-    exps = experiments()
+    exps = list_experiments()
     if name not in exps:
         raise ConfigError(
             f"unknown experiment {name!r}{did_you_mean(name, exps)}; accepted: {', '.join(exps)}"
@@ -111,4 +319,5 @@ def build_config(name: str, overrides: Mapping[str, Any] | None = None, preset: 
         )
     overrides = dict(overrides or {})
     exp.config_cls.check_keys(overrides, label=name)
-    return exp.config_cls.from_dict({**exp.presets[preset], **overrides})
+    # merged, not {**preset, **overrides}: an override of one nested key keeps the preset's others
+    return exp.config_cls.from_dict(exp.config_cls.merged(exp.presets[preset], overrides))

@@ -5,12 +5,12 @@ Huh et al. (2023), "The Low-Rank Simplicity Bias in Deep Networks", sec. 4 (see
 effective rank. The tasks are :mod:`rankbias.data.matrix_tasks`.
 
 :func:`fit_deep_linear` trains many deep linear networks (depths x seeds x
-tasks) on their tasks with :func:`rankbias.train.train`, as one batched
+tasks) on their tasks with :func:`rankbias.training.train`, as one batched
 computation (shallower networks padded with frozen identity factors, see
 :class:`~rankbias.models.deep_linear.DeepLinear`) or one network at a time
 (``batched=False``; always so for L-BFGS, whose line search would couple the
 networks of a batch). ``optimizer="random_search"`` uses the gradient-free
-:func:`rankbias.fit.random_search.random_search` instead, batched over networks.
+:func:`rankbias.fit.random_search.fit_random_search` instead, batched over networks.
 
 Stopping (:class:`StopRule`, one mechanism for both criteria): with ``plateau_tol``
 set, network m stops after the first step t >= ``plateau_window`` at which its
@@ -31,19 +31,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-from rankbias.data.matrix_tasks import MatrixFitTask, TargetKind, make_task
-from rankbias.fit.random_search import random_search
+from rankbias.data.matrix_tasks import MatrixFitTask
+from rankbias.errors import InvalidParameterError
+from rankbias.fit.random_search import fit_random_search
 from rankbias.measures import rank_measures
 from rankbias.models.deep_linear import DeepLinear, end_to_end
-from rankbias.train import OPTIMIZERS, make_optimizer, train
+from rankbias.training import OPTIMIZERS, make_optimizer, train
 
-# MatrixFitTask and make_task moved to rankbias.data.matrix_tasks; re-exported here
-__all__ = ["FIT_OPTIMIZERS", "FitResult", "MatrixFitTask", "StopRule", "TargetKind",
-           "fit_deep_linear", "make_task", "plateau_step"]
+__all__ = ["FIT_OPTIMIZERS", "FitResult", "ScaleOf", "StopRule", "fit_deep_linear", "plateau_step"]
+
+ScaleOf = Literal["factor", "end_to_end"]
 
 FIT_OPTIMIZERS = (*OPTIMIZERS, "random_search")
 
@@ -188,7 +189,7 @@ def fit_deep_linear(
     batch_size: int | None = None,
     init: str | Sequence[str] = "normal",
     init_scale: float | Sequence[float] = 1.0,
-    scale_of: Literal["factor", "end_to_end"] = "factor",
+    scale_of: ScaleOf = "factor",
     batched: bool = True,
     group_by_depth: bool = False,
     population: int = 16,
@@ -203,87 +204,185 @@ def fit_deep_linear(
     """Train M = len(depths) deep linear networks, network m of depth ``depths[m]``
     on ``tasks[task_index[m]]``, and measure them.
 
-    ``optimizer``: one of :data:`FIT_OPTIMIZERS` (``lr`` is random search's
-    initial step size). ``batch_size``: training pairs per step (mini-batch
-    SGD, drawn from ``generator``); None uses all of them. ``batched=False``
-    trains the same networks (same initial factors, same mini-batches) one at
-    a time; L-BFGS always does. ``group_by_depth`` (when batched): one batch
-    per depth (no padding); else one batch for all, shallower networks padded
-    with frozen identity factors. ``scale_of``: ``init_scale`` is each factor's
-    gain (``factor``: the end-to-end map of a depth-L network then has gain
-    init_scale^L), or the end-to-end map's gain at every depth (``end_to_end``:
-    each factor gets init_scale^(1/L)). ``init`` and ``init_scale`` are one
-    value for all networks or one per network. ``top_k``: also log the k largest
-    singular values of every end-to-end map (``sv1`` ... ``svk`` in ``history``).
-    ``plateau_tol``, ``plateau_window``, ``target_train_loss``: the stopping rule of the
-    module docstring (first-order optimisers only; ``steps`` is then the cap).
+    Parameters
+    ----------
+    tasks : sequence of MatrixFitTask
+        The problems (:func:`rankbias.data.matrix_tasks.make_task`), all of one n.
+    task_index : sequence of int
+        Per network, the index of its task in ``tasks``.
+    depths : sequence of int
+        Per network, its depth (>= 1).
+    optimizer : str, default "gd"
+        One of :data:`FIT_OPTIMIZERS`.
+    lr : float, default 0.01
+        Learning rate (random search's initial step size).
+    steps : int, default 1000
+        Optimiser steps (the cap when a stopping rule is set).
+    momentum : float, default 0.9
+        Momentum of the optimisers that have one.
+    batch_size : int, optional
+        Training pairs per step (mini-batch SGD, drawn from ``generator``); None
+        uses all of them.
+    init : str or sequence of str, default "normal"
+        The factors' distribution, one for all networks or one per network.
+    init_scale : float or sequence of float, default 1.0
+        One value for all networks or one per network; see ``scale_of``.
+    scale_of : {"factor", "end_to_end"}, default "factor"
+        ``init_scale`` is each factor's gain (``factor``: the end-to-end map of a
+        depth-L network then has gain init_scale^L), or the end-to-end map's gain
+        at every depth (``end_to_end``: each factor gets init_scale^(1/L)).
+    batched : bool, default True
+        ``False`` trains the same networks (same initial factors, same
+        mini-batches) one at a time; L-BFGS always does.
+    group_by_depth : bool, default False
+        When batched: one batch per depth (no padding); else one batch for all,
+        shallower networks padded with frozen identity factors.
+    population : int, default 16
+        Random search's perturbations per step.
+    top_k : int, default 0
+        Also log the k largest singular values of every end-to-end map (``sv1``
+        ... ``svk`` in ``history``).
+    log_every : int, optional
+        Log every this many steps (default: at the end only).
+    generator : torch.Generator, optional
+        The source of the initial factors and the mini-batches.
+    progress : bool, optional
+        A progress bar (None: only on a terminal; default off).
+    plateau_tol, plateau_window, target_train_loss : float, int, float
+        The stopping rule of the module docstring (first-order optimisers only;
+        ``steps`` is then the cap).
+
+    Returns
+    -------
+    FitResult
+        The end-to-end maps (M, n, n), train and test losses, entropy ranks,
+        status ("ok" or "diverged"), history and steps taken, per network.
+
+    Raises
+    ------
+    InvalidParameterError
+        An unknown optimizer or ``scale_of``; ``task_index`` of another length than
+        ``depths`` or out of range; ``batch_size`` not in [1, n_train], or set
+        with L-BFGS or random search (full-batch losses only);
+        ``top_k`` not in [0, n]; a stopping rule with an optimiser that does not
+        take one, or out of range; a bad ``init`` or ``init_scale``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.data.matrix_tasks import make_task
+    >>> from rankbias.papers import fit_deep_linear
+    >>> g = torch.Generator().manual_seed(0)
+    >>> task = make_task(4, "low_rank", rank=1, n_train=16, n_test=16, generator=g)
+    >>> res = fit_deep_linear([task], [0, 0], depths=[1, 3], lr=0.1, steps=20, generator=g)
+    >>> res.status, res.steps_taken, tuple(res.end_to_end.shape)
+    (['ok', 'ok'], [20, 20], (2, 4, 4))
+    >>> bool(res.entropy_rank[1] < res.entropy_rank[0])  # the deeper map has the lower rank
+    True
     """
-    if scale_of not in ("factor", "end_to_end"):
-        raise ValueError(f"scale_of must be 'factor' or 'end_to_end', got {scale_of!r}")
-    if optimizer not in FIT_OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {FIT_OPTIMIZERS}, got {optimizer!r}")
     M = len(depths)
-    if len(task_index) != M:
-        raise ValueError(f"task_index has {len(task_index)} entries for {M} networks")
-    if optimizer in ("lbfgs", "random_search") and batch_size is not None:
-        raise ValueError(f"{optimizer} needs full-batch losses: set batch_size=None")
+    _check_fit_arguments(optimizer, scale_of, M, task_index, batch_size)
     rule = dict(tol=plateau_tol, window=plateau_window, target=target_train_loss)
     _check_rule(optimizer, **rule)
     t0 = tasks[0]
     n, n_train = t0.target.shape[0], t0.x_train.shape[0]
     if batch_size is not None and not 1 <= batch_size <= n_train:
-        raise ValueError(f"batch_size must be in [1, n_train={n_train}] or None, got {batch_size}")
-    idx = torch.as_tensor(list(task_index))
-    xtr = torch.stack([t.x_train for t in tasks])[idx]  # (M, n_train, n)
-    ytr = torch.stack([t.y_train for t in tasks])[idx]
-    xte = torch.stack([t.x_test for t in tasks])[idx]  # (M, n_test, n)
-    yte = torch.stack([t.y_test for t in tasks])[idx]
-    dev, dtype = t0.target.device, t0.target.dtype
+        raise InvalidParameterError(f"batch_size must be in [1, n_train={n_train}] or None, got {batch_size}")
+    data = _stacked_tasks(tasks, task_index)  # (xtr, ytr, xte, yte), each (M, pairs, n)
+    dev = t0.target.device
     if not 0 <= top_k <= n:
-        raise ValueError(f"top_k must be in [0, n={n}], got {top_k}")
-    scale = [float(init_scale)] * M if isinstance(init_scale, int | float) else list(init_scale)
-    if len(scale) != M:
-        raise ValueError(f"init_scale: expected a float or {M} floats, got {len(scale)}")
-    scales = scale if scale_of == "factor" else [s ** (1 / d) for s, d in zip(scale, depths)]
-    net = DeepLinear(depths, n, init=init, init_scale=scales, generator=generator,
-                     dtype=dtype, device=dev)
+        raise InvalidParameterError(f"top_k must be in [0, n={n}], got {top_k}")
+    net = _initial_network(depths, n, init, init_scale, scale_of, generator, t0.target)
     batches = None
     if batch_size is not None:  # (steps, M, batch): drawn up front, so batched == looped
         batches = torch.rand((steps, M, n_train), generator=generator, device=dev).argsort(-1)[..., :batch_size]
     log_every = log_every or max(steps, 1)
 
     if optimizer == "random_search":
-        history = _fit_random_search(net, xtr, ytr, xte, yte, steps=steps, sigma=lr,
-                                     population=population, generator=generator,
-                                     batched=batched, top_k=top_k)
+        history = _deep_linear_random_search(net, *data, steps=steps, sigma=lr, population=population,
+                                     generator=generator, batched=batched, top_k=top_k)
         status, taken = ["ok"] * M, [steps] * M
     else:
-        if not batched or optimizer == "lbfgs":
-            groups = [[m] for m in range(M)]
-        elif group_by_depth:  # one unpadded batch per depth: no work on identity factors
-            groups = [[m for m in range(M) if depths[m] == d] for d in sorted(set(depths))]
-        else:  # one batch, shallower networks padded with identities
-            groups = [list(range(M))]
-        status, history, taken = ["ok"] * M, [], [steps] * M
-        factors = net.factors.detach()
-        trained = []
-        for group in groups:
-            sub = DeepLinear.from_factors([list(factors[m, : depths[m]]) for m in group])
-            gi = torch.as_tensor(group, device=xtr.device)
-            st, hist, tk = _fit_gradient(
-                sub, xtr[gi], ytr[gi], xte[gi], yte[gi],
-                None if batches is None else batches[:, gi], optimizer=optimizer, lr=lr,
-                steps=steps, momentum=momentum, log_every=log_every, top_k=top_k,
-                progress=progress if len(groups) == 1 else False, rule=rule)
+        groups = _fit_groups(depths, batched=batched and optimizer != "lbfgs", group_by_depth=group_by_depth)
+        status, history, taken = _fit_gradient_groups(
+            net, depths, groups, data, batches, optimizer=optimizer, lr=lr, steps=steps, momentum=momentum,
+            log_every=log_every, top_k=top_k, progress=progress, rule=rule)
+    We, trl, tel, h, status = _measure_fits(net, status, data)
+    has_rule = plateau_tol is not None or target_train_loss is not None
+    bound = [has_rule and t >= steps and s == "ok" for t, s in zip(taken, status)]
+    return FitResult(We.detach(), trl, tel, h, status, history, taken, bound, [float(lr)] * M)
+
+
+def _check_fit_arguments(optimizer: str, scale_of: str, M: int, task_index: Sequence[int],
+                         batch_size: int | None) -> None:
+    if scale_of not in get_args(ScaleOf):
+        raise InvalidParameterError(f"scale_of must be 'factor' or 'end_to_end', got {scale_of!r}")
+    if optimizer not in FIT_OPTIMIZERS:
+        raise InvalidParameterError(f"optimizer must be one of {FIT_OPTIMIZERS}, got {optimizer!r}")
+    if len(task_index) != M:
+        raise InvalidParameterError(f"task_index has {len(task_index)} entries for {M} networks")
+    if optimizer in ("lbfgs", "random_search") and batch_size is not None:
+        raise InvalidParameterError(f"{optimizer} needs full-batch losses: set batch_size=None")
+
+
+def _stacked_tasks(tasks: Sequence[MatrixFitTask], task_index: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_test, y_test) of every network's task, each (M, pairs, n)."""
+    idx = torch.as_tensor(list(task_index))
+    return tuple(torch.stack([getattr(t, k) for t in tasks])[idx] for k in ("x_train", "y_train", "x_test", "y_test"))
+
+
+def _initial_network(depths: Sequence[int], n: int, init, init_scale, scale_of: str,
+                     generator: torch.Generator | None, like: torch.Tensor) -> DeepLinear:
+    M = len(depths)
+    scale = [float(init_scale)] * M if isinstance(init_scale, int | float) else list(init_scale)
+    if len(scale) != M:
+        raise InvalidParameterError(f"init_scale: expected a float or {M} floats, got {len(scale)}")
+    scales = scale if scale_of == "factor" else [s ** (1 / d) for s, d in zip(scale, depths)]
+    return DeepLinear(depths, n, init=init, init_scale=scales, generator=generator,
+                      dtype=like.dtype, device=like.device)
+
+
+def _fit_groups(depths: Sequence[int], *, batched: bool, group_by_depth: bool) -> list[list[int]]:
+    """Which networks train together: each alone, one batch per depth, or one padded batch."""
+    M = len(depths)
+    if not batched:
+        return [[m] for m in range(M)]
+    if group_by_depth:  # one unpadded batch per depth: no work on identity factors
+        return [[m for m in range(M) if depths[m] == d] for d in sorted(set(depths))]
+    return [list(range(M))]  # one batch, shallower networks padded with identities
+
+
+def _fit_gradient_groups(net: DeepLinear, depths: Sequence[int], groups: list[list[int]], data, batches, *,
+                         progress, **fit) -> tuple[list[str], list[dict], list[int]]:
+    """Train each group of ``net``'s networks by :func:`_fit_gradient`; write the trained
+    factors back into ``net``; return (status, history, steps taken) per network."""
+    xtr, ytr, xte, yte = data
+    M = len(depths)
+    status, history, taken = ["ok"] * M, [], [fit["steps"]] * M
+    factors = net.factors.detach()
+    trained = []
+    for group in groups:
+        sub = DeepLinear.from_factors([list(factors[m, : depths[m]]) for m in group])
+        gi = torch.as_tensor(group, device=xtr.device)
+        st, hist, tk = _fit_gradient(
+            sub, xtr[gi], ytr[gi], xte[gi], yte[gi], None if batches is None else batches[:, gi],
+            progress=progress if len(groups) == 1 else False, **fit)
+        for j, m in enumerate(group):
+            status[m], taken[m] = st[j], tk[j]
+        history += [{**r, "model": group[r["model"]]} for r in hist]
+        trained.append((group, sub.factors.detach()))
+    with torch.no_grad():
+        for group, F in trained:
             for j, m in enumerate(group):
-                status[m], taken[m] = st[j], tk[j]
-            history += [{**r, "model": group[r["model"]]} for r in hist]
-            trained.append((group, sub.factors.detach()))
-        with torch.no_grad():
-            for group, F in trained:
-                for j, m in enumerate(group):
-                    net.factors[m, : depths[m]] = F[j, : depths[m]]
-        history.sort(key=lambda r: (r["step"], r["model"]))
+                net.factors[m, : depths[m]] = F[j, : depths[m]]
+    history.sort(key=lambda r: (r["step"], r["model"]))
+    return status, history, taken
+
+
+def _measure_fits(net: DeepLinear, status: list[str], data) -> tuple:
+    """(W_e, train MSE, test MSE, entropy rank, status) per network; NaN where it diverged."""
+    xtr, ytr, xte, yte = data
+    M = len(status)
     with torch.no_grad():
         We = net.end_to_end()
         alive = torch.tensor([s == "ok" for s in status]) & torch.isfinite(We).all(-1).all(-1).cpu()
@@ -293,23 +392,20 @@ def fit_deep_linear(
             h[alive] = rank_measures(We[alive], ["entropy_rank"])["entropy_rank"].cpu()
             trl[alive] = _mse(xtr @ We.mT, ytr)[alive].cpu().double()
             tel[alive] = _mse(xte @ We.mT, yte)[alive].cpu().double()
-    status = ["ok" if bool(a) else "diverged" for a in alive]
-    has_rule = plateau_tol is not None or target_train_loss is not None
-    bound = [has_rule and t >= steps and s == "ok" for t, s in zip(taken, status)]
-    return FitResult(We.detach(), trl, tel, h, status, history, taken, bound, [float(lr)] * M)
+    return We, trl, tel, h, ["ok" if bool(a) else "diverged" for a in alive]
 
 
 def _check_rule(optimizer: str, *, tol, window, target) -> None:
     if tol is not None and not tol > 0:
-        raise ValueError(f"plateau_tol must be > 0 or None, got {tol}")
+        raise InvalidParameterError(f"plateau_tol must be > 0 or None, got {tol}")
     if window < 1:
-        raise ValueError(f"plateau_window must be >= 1, got {window}")
+        raise InvalidParameterError(f"plateau_window must be >= 1, got {window}")
     if target is not None and not target > 0:
-        raise ValueError(f"target_train_loss must be > 0 or None, got {target}")
+        raise InvalidParameterError(f"target_train_loss must be > 0 or None, got {target}")
     if (tol is not None or target is not None) and optimizer in ("lbfgs", "random_search"):
         # L-BFGS evaluates the loss at line-search points inside a step, and random search has
         # its own loop: the rule reads one full-batch loss per first-order step
-        raise ValueError(f"a stopping rule (plateau_tol, target_train_loss) needs a first-order "
+        raise InvalidParameterError(f"a stopping rule (plateau_tol, target_train_loss) needs a first-order "
                          f"optimizer ({', '.join(o for o in OPTIMIZERS if o != 'lbfgs')}); "
                          f"{optimizer} takes a fixed number of steps")
 
@@ -342,7 +438,7 @@ def _fit_gradient(net, xtr, ytr, xte, yte, batches, *, optimizer, lr, steps, mom
     return res.status, res.history, taken
 
 
-def _fit_random_search(net, xtr, ytr, xte, yte, *, steps, sigma, population, generator,
+def _deep_linear_random_search(net, xtr, ytr, xte, yte, *, steps, sigma, population, generator,
                        batched, top_k):
     mask = net.mask
 
@@ -365,7 +461,7 @@ def _fit_random_search(net, xtr, ytr, xte, yte, *, steps, sigma, population, gen
         best = torch.empty(net.n_models, dtype=torch.float64)
         for models in groups:
             x0 = net.factors.detach()[models]
-            res = random_search(
+            res = fit_random_search(
                 lambda F, models=models: loss_of(F, models.repeat_interleave(F.shape[0] // len(models))),
                 x0, steps=steps, population=population, sigma=sigma, generator=generator,
                 mask=mask[models][..., None, None].expand_as(x0))

@@ -1,4 +1,8 @@
-"""A fast image-classification trainer for several seeds of one architecture.
+"""The epoch trainer of image classifiers on device-resident data, several seeds of one
+architecture at once: the second of rankbias's two trainers (:mod:`rankbias.training`
+says why there are two; this one shares its schedule :func:`~rankbias.training.lr_factor`,
+optimiser :func:`~rankbias.training.make_optimizer` and update step
+:func:`~rankbias.training.optimizer_step`).
 
 Built for paper 2's over-parameterisation at CIFAR scale on one GPU (docs/gpu.md):
 
@@ -17,8 +21,8 @@ Built for paper 2's over-parameterisation at CIFAR scale on one GPU (docs/gpu.md
   independent, so the gradient of the sum of their losses is each model's own
   gradient and both forms give the same models up to float rounding. (Under vmap,
   autocast does not reach the convs, so the batched form trains in float32);
-- bf16 autocast (a setting; the experiments turn it on for CUDA only) and channels_last on the one-after-another path,
-  SGD with momentum, weight decay except on biases and norm parameters, warm-up
+- bf16 autocast (a setting; on CUDA only by default) and channels_last on the one-after-another
+  path, SGD with (Nesterov) momentum, weight decay except on biases and norm parameters, warm-up
   then cosine / step / constant schedule, optional label smoothing;
 - ``deadline``: training stops after the epoch whose successor would pass it,
   returning what finished.
@@ -37,36 +41,75 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankbias.train import lr_factor
+from rankbias.errors import InvalidParameterError
+from rankbias.framework.config import Config
+from rankbias.training import lr_factor, make_optimizer, optimizer_step
 
 __all__ = ["DeviceImages", "FastTrainSettings", "GroupResult", "apply_augmentation", "augment_uint8",
-           "channels_last_is_safe", "collapsed_sq_norm", "draw_augmentation", "train_group"]
+           "channels_last_is_safe", "check_sgd_fields", "collapsed_sq_norm", "draw_augmentation",
+           "train_group"]
 
 
 @dataclasses.dataclass(frozen=True)
-class FastTrainSettings:
-    """The optimisation settings of :func:`train_group` (the experiment's config fills them)."""
+class FastTrainSettings(Config):
+    """The optimisation settings of :func:`train_group`, held whole by ``overparam-cifar``'s
+    config (its ``train`` field: ``--set train.lr=0.1``). The defaults are that experiment's."""
 
-    epochs: int
-    batch_size: int
-    lr: float
+    epochs: int = 30
+    """Training epochs (overparam-cifar: an upper bound when fit_epochs_to_budget)."""
+    batch_size: int = 512
+    """Mini-batch size (the last partial batch of an epoch is dropped)."""
+    lr: float = 0.2
+    """Peak learning rate of SGD."""
     momentum: float = 0.9
-    nesterov: bool = False
+    """SGD momentum."""
+    nesterov: bool = True
+    """Nesterov momentum (the experiment's default; with momentum 0 plain SGD)."""
     weight_decay: float = 5e-4
+    """Weight decay on the weights (factors included); none on biases and norm parameters."""
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = 1.0
+    """Learning-rate schedule after the warm-up (:func:`rankbias.training.lr_factor`)."""
+    warmup_epochs: float = 2.0
+    """Linear warm-up over this many epochs (the experiment's default; its presets but gpu set 1)."""
     label_smoothing: float = 0.0
-    crop_padding: int = 4
-    hflip: bool = True
-    bf16: bool = False
-    channels_last: bool = False
-    """channels_last for the one-after-another form, on CUDA only (:func:`channels_last_is_safe`)."""
+    """Label smoothing of the cross-entropy (0: none)."""
+    crop_padding: int | None = None
+    """Random crop after zero padding by this many pixels (0: off; null: the caller picks by
+    dataset, overparam-cifar 4 CIFAR-10, 2 MNIST, 1 digits; :func:`train_group` refuses null)."""
+    hflip: bool | None = None
+    """Random horizontal flips (null: the caller picks by dataset, overparam-cifar on for CIFAR-10
+    and Fashion-MNIST; :func:`train_group` refuses null)."""
+    bf16: bool | None = None
+    """bf16 autocast for training and per-epoch evaluation of the one-after-another form (null: on
+    CUDA only; the batched form trains in float32: autocast does not reach convs under vmap)."""
+    channels_last: bool = True
+    """channels_last memory format for the one-after-another form, on CUDA only (vmap picks its own
+    layout, and the CPU keeps the default one: :func:`channels_last_is_safe`)."""
     eval_batch_size: int = 1000
+    """Batch size of evaluation passes."""
     weight_decay_on: Literal["factors", "collapsed"] = "factors"
     """Where weight decay acts on an expanded layer (:mod:`rankbias.overparam`): on each factor
-    (SGD's decay; for a product this is a low-rank penalty the baseline lacks), or on the
-    collapsed weight, as ``weight_decay / 2 * ||W_collapsed||^2`` added to each model's loss
-    (the baseline's penalty on the function's own weight). Plain layers decay either way."""
+    (SGD's decay, the paper's protocol; for a product this is a low-rank penalty the baseline
+    lacks), or on the collapsed weight, as ``weight_decay / 2 * ||W_collapsed||^2`` added to each
+    model's loss (the baseline's penalty on the function's own weight). Plain layers decay either way."""
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            self._require(getattr(self, name) >= 1, name, "an int >= 1")
+        check_sgd_fields(self)
+        self._require(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
+
+
+def check_sgd_fields(cfg: Config) -> None:
+    """The checks of the SGD fields that :class:`FastTrainSettings` shares with
+    ``overparam-classification``'s config: lr, momentum, weight_decay, warmup_epochs and
+    crop_padding (a :class:`~rankbias.framework.config.ConfigError` naming the field)."""
+    cfg._require(cfg.lr > 0, "lr", "a number > 0")
+    cfg._require(0 <= cfg.momentum < 1, "momentum", "a number in [0, 1)")
+    cfg._require(cfg.weight_decay >= 0, "weight_decay", "a number >= 0")
+    cfg._require(cfg.warmup_epochs >= 0, "warmup_epochs", "a number >= 0")
+    cfg._require(cfg.crop_padding is None or cfg.crop_padding >= 0, "crop_padding",
+                 "an int >= 0 or null")
 
 
 class DeviceImages:
@@ -75,9 +118,9 @@ class DeviceImages:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, device, mean=None, std=None):
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
+            raise InvalidParameterError(f"images must be uint8 (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
-            raise ValueError(f"labels {tuple(labels.shape)} do not match {images.shape[0]} images")
+            raise InvalidParameterError(f"labels {tuple(labels.shape)} do not match {images.shape[0]} images")
         self.images = images.to(device)
         self.labels = labels.to(device=device, dtype=torch.long)
         x = images.float().div_(255)
@@ -284,8 +327,8 @@ def _optimizer(form, s: FastTrainSettings, template: nn.Module) -> torch.optim.S
         (decay if form.per_model_ndim[name] > 1 and name not in factors else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": s.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=s.lr, momentum=s.momentum,
-                           nesterov=s.nesterov and s.momentum > 0)
+    name = "nesterov" if s.nesterov and s.momentum > 0 else "momentum"  # torch refuses nesterov at 0
+    return make_optimizer(name, [g for g in groups if g["params"]], s.lr, momentum=s.momentum)
 
 
 # ------------------------------------------------------------------ training
@@ -335,21 +378,132 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _autocast(device: torch.device, on: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on)
+
+
 @torch.no_grad()
-def _evaluate(form, data: DeviceImages, M: int, s: FastTrainSettings, autocast,
-              dtype) -> tuple[list, list]:
+def _evaluate(form, data: DeviceImages, M: int, run: _Run) -> tuple[list, list]:
     form.train(False)
     loss = torch.zeros(M, device=data.labels.device)
     correct = torch.zeros(M, device=data.labels.device)
-    for i in range(0, len(data), s.eval_batch_size):
-        x = data.normalise(data.images[i:i + s.eval_batch_size], dtype)
-        y = data.labels[i:i + s.eval_batch_size]
-        with autocast():
+    bs = run.s.eval_batch_size
+    for i in range(0, len(data), bs):
+        x = data.normalise(data.images[i:i + bs], run.dtype)
+        y = data.labels[i:i + bs]
+        with _autocast(run.device, run.bf16):
             out = form(x, shared=True).float()  # (M, B, K)
         loss += F.cross_entropy(out.flatten(0, 1), y.repeat(M), reduction="none").view(M, -1).sum(1)
         correct += (out.argmax(-1) == y).sum(1)
     n = len(data)
     return (loss / n).tolist(), (correct / n).tolist()
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every epoch of one :func:`train_group` call shares."""
+
+    s: FastTrainSettings
+    train: DeviceImages
+    test: DeviceImages
+    device: torch.device
+    dtype: torch.dtype
+    """The models' dtype: float64 models get float64 inputs (exact tests)."""
+    bf16: bool
+    gens: dict[int, torch.Generator]
+    """One CPU generator per seed: its data order and augmentation."""
+    B: int
+    per_epoch: int
+    warm: int
+    """Warm-up steps."""
+    planned: int
+    """Epochs planned (lowered by ``on_epoch`` within the warm-up)."""
+
+
+def _start(models: Sequence[nn.Module], seeds: Sequence[int], train: DeviceImages, test: DeviceImages,
+           s: FastTrainSettings, batch_seeds: bool) -> _Run:
+    if len(models) != len(seeds) or not models:
+        raise InvalidParameterError(f"need one model per seed; got {len(models)} models, {len(seeds)} seeds")
+    for name in ("crop_padding", "hflip"):
+        if getattr(s, name) is None:
+            raise InvalidParameterError(f"settings.{name}: got None, which the caller resolves per dataset; "
+                                        f"accepted here: {'an int >= 0' if name == 'crop_padding' else 'a bool'}")
+    device = train.images.device
+    bf16 = device.type == "cuda" if s.bf16 is None else s.bf16
+    # autocast does not reach convs under vmap (their batching rule runs below the autocast
+    # dispatch: float32 inputs meet the bf16 kernels the autocast matmuls of the expanded layers
+    # built), so the batched form stays float32 (TF32 convs on CUDA) and bf16 is for the
+    # one-after-another form
+    B = min(s.batch_size, len(train))
+    per_epoch = len(train) // B  # the last partial batch is dropped: every step has the same shape
+    return _Run(s, train, test, device, next(models[0].parameters()).dtype, bf16 and not batch_seeds,
+                {sd: torch.Generator().manual_seed(int(sd)) for sd in seeds}, B, per_epoch,
+                round(s.warmup_epochs * per_epoch), s.epochs)
+
+
+def _train_epoch(form, sds: Sequence[int], opt: torch.optim.Optimizer, run: _Run, epoch: int,
+                 penalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch of the models of ``form``: their summed per-step losses and accuracies, (M,)."""
+    s, M, B, data = run.s, len(sds), run.B, run.train
+    form.train(True)
+    idx, offsets, flips = _epoch_draws(sds, run.gens, len(data), run.per_epoch, B, s, run.device)
+    loss_sum = torch.zeros(M, device=run.device)
+    correct = torch.zeros(M, device=run.device)
+    for i in range(run.per_epoch):
+        step = epoch * run.per_epoch + i
+        for g in opt.param_groups:
+            g["lr"] = s.lr * lr_factor(step, run.planned * run.per_epoch, run.warm, s.schedule)
+        rows_i = idx[:, i * B:(i + 1) * B]  # (M, B) on the device
+        xb = apply_augmentation(data.images[rows_i.flatten()], s.crop_padding,
+                                None if offsets is None else offsets[i],
+                                None if flips is None else flips[i])  # (M B, C, H, W)
+        yb = data.labels[rows_i]  # (M, B)
+        x = data.normalise(xb.unflatten(0, (M, B)), run.dtype)  # (M, B, C, H, W)
+        outs: list[torch.Tensor] = []
+
+        def objective(x=x, yb=yb, outs=outs) -> tuple[torch.Tensor, torch.Tensor]:
+            with _autocast(run.device, run.bf16):
+                out = form(x).float()  # (M, B, K)
+            outs.append(out)
+            losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none",
+                                     label_smoothing=s.label_smoothing).view(M, B).mean(1)
+            total = losses.sum()
+            if penalise:
+                total = total + 0.5 * s.weight_decay * form.collapsed_sq_norm().sum()
+            return losses, total
+
+        # no sanitising: a non-finite loss stops training at the epoch's end (FloatingPointError)
+        loss_sum += optimizer_step(opt, objective)
+        correct += (outs[0].detach().argmax(-1) == yb).float().mean(1)
+    return loss_sum, correct
+
+
+def _epoch_rows(form, sds: Sequence[int], opt, run: _Run, epoch: int, penalise: bool) -> list[dict]:
+    """Train ``form`` one epoch, evaluate it on the test set: one row per seed."""
+    loss_sum, correct = _train_epoch(form, sds, opt, run, epoch, penalise)
+    te_loss, te_acc = _evaluate(form, run.test, len(sds), run)
+    tr_loss, tr_acc = (loss_sum / run.per_epoch).tolist(), (correct / run.per_epoch).tolist()
+    rows = []
+    for k, sd in enumerate(sds):
+        if not math.isfinite(tr_loss[k]):
+            raise FloatingPointError(f"seed {sd}: training loss is not finite at epoch {epoch + 1}")
+        rows.append({"seed": sd, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                     "train_loss": tr_loss[k], "train_acc_augmented": tr_acc[k],
+                     "test_loss": te_loss[k], "test_acc": te_acc[k]})
+    return rows
+
+
+def _replan(run: _Run, epoch: int, new: int | None) -> bool:
+    """Apply ``on_epoch``'s new number of epochs; True when it changed. The learning rate so
+    far must not depend on the total: only after an epoch within the warm-up, never below the
+    epochs done nor above the plan."""
+    if new is None or new == run.planned:
+        return False
+    if epoch * run.per_epoch > run.warm or not epoch <= new <= run.planned:
+        raise InvalidParameterError(f"the epochs may only be lowered (to >= the epochs done) after an "
+                                    f"epoch within the warm-up; got {new} at epoch {epoch}")
+    run.planned = new
+    return True
 
 
 def train_group(
@@ -367,112 +521,77 @@ def train_group(
 ) -> GroupResult:
     """Train ``models[i]`` with the random stream of ``seeds[i]``, for ``settings.epochs``.
 
-    ``models`` share one architecture and sit on the device of ``train``. With
-    ``batch_seeds`` they train as one vmapped model, else one after another.
-    After each epoch the models are evaluated on ``test`` and
-    ``on_epoch(info)`` is called (info: epoch, epoch_time_s, elapsed_s, rows);
-    after an epoch that ends within the warm-up it may return a new (smaller, not
-    below the epochs done) number of epochs: the schedule after the warm-up depends
-    on it, the warm-up does not. ``deadline`` (a ``time.perf_counter()`` value): no epoch starts that
-    the last epoch's duration predicts would end after it.
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        One architecture, on the device of ``train``, one model per seed.
+    seeds : sequence of int
+        Each fixes its model's data order and augmentation.
+    train, test : DeviceImages
+        The training set and the set evaluated after every epoch.
+    settings : FastTrainSettings
+        With ``crop_padding`` and ``hflip`` set (not null).
+    batch_seeds : bool
+        Train the models as one vmapped model, else one after another.
+    deadline : float, optional
+        A ``time.perf_counter()`` value: no epoch starts that the last epoch's duration
+        predicts would end after it.
+    on_epoch : callable, optional
+        Called after each epoch with ``info`` (epoch, epoch_time_s, elapsed_s, rows,
+        planned); after an epoch that ends within the warm-up it may return a new
+        (smaller, not below the epochs done) number of epochs: the schedule after the
+        warm-up depends on it, the warm-up does not.
+    progress : bool or None
+        A tqdm bar of epochs (None: only on a terminal).
+    desc : str
+        The bar's label.
+
+    Returns
+    -------
+    GroupResult
+
+    Raises
+    ------
+    InvalidParameterError
+        Models and seeds that do not pair up, unresolved settings, or a bad new plan.
+    FloatingPointError
+        A seed's training loss is not finite over an epoch.
     """
-    s = settings
-    if len(models) != len(seeds) or not models:
-        raise ValueError(f"need one model per seed; got {len(models)} models, {len(seeds)} seeds")
-    device = train.images.device
-    dtype = next(models[0].parameters()).dtype  # float64 models get float64 inputs (exact tests)
+    run = _start(models, seeds, train, test, settings, batch_seeds)
     if batch_seeds:
         forms = [(_Stacked(models), list(seeds))]
     else:
-        forms = [(_Single(m, s.channels_last), [sd]) for m, sd in zip(models, seeds)]
-    # autocast does not reach convs under vmap (their batching rule runs below the autocast
-    # dispatch: float32 inputs meet the bf16 kernels the autocast matmuls of the expanded layers
-    # built), so the batched form stays float32 (TF32 convs on CUDA) and bf16 is for the
-    # one-after-another form
-    use_bf16 = s.bf16 and not batch_seeds
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    N = len(train)
-    B = min(s.batch_size, N)
-    per_epoch = N // B  # the last partial batch is dropped: every step has the same shape
-    warm = round(s.warmup_epochs * per_epoch)
-    planned = s.epochs
+        forms = [(_Single(m, settings.channels_last), [sd]) for m, sd in zip(models, seeds)]
+    state = [(form, sds, _optimizer(form, settings, models[0])) for form, sds in forms]
+    penalise = settings.weight_decay_on == "collapsed" and settings.weight_decay > 0
     history: list[dict[str, Any]] = []
     times: list[float] = []
-    gens = {sd: torch.Generator().manual_seed(int(sd)) for sd in seeds}
-    state = [(form, sds, _optimizer(form, s, models[0])) for form, sds in forms]
-    penalise = s.weight_decay_on == "collapsed" and s.weight_decay > 0
     t_start = time.perf_counter()
     epoch, stopped = 0, False
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=planned, desc=desc, unit="epoch", disable=None if progress is None else not progress,
+    bar = tqdm(total=run.planned, desc=desc, unit="epoch", disable=None if progress is None else not progress,
                leave=False)
-    while epoch < planned:
+    while epoch < run.planned:
         if deadline is not None and times and time.perf_counter() + times[-1] > deadline:
             stopped = True
             break
         t0 = time.perf_counter()
-        rows = []
-        for form, sds, opt in state:
-            M = len(sds)
-            form.train(True)
-            idx, offsets, flips = _epoch_draws(sds, gens, N, per_epoch, B, s, device)
-            loss_sum = torch.zeros(M, device=device)
-            correct = torch.zeros(M, device=device)
-            total = planned * per_epoch
-            for i in range(per_epoch):
-                step = epoch * per_epoch + i
-                for g in opt.param_groups:
-                    g["lr"] = s.lr * lr_factor(step, total, warm, s.schedule)
-                rows_i = idx[:, i * B:(i + 1) * B]  # (M, B) on the device
-                xb = apply_augmentation(train.images[rows_i.flatten()], s.crop_padding,
-                                        None if offsets is None else offsets[i],
-                                        None if flips is None else flips[i])  # (M B, C, H, W)
-                yb = train.labels[rows_i]  # (M, B)
-                x = train.normalise(xb.unflatten(0, (M, B)), dtype)  # (M, B, C, H, W)
-                with autocast():
-                    out = form(x).float()  # (M, B, K)
-                losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none",
-                                         label_smoothing=s.label_smoothing).view(M, B).mean(1)
-                opt.zero_grad(set_to_none=True)
-                objective = losses.sum()
-                if penalise:
-                    objective = objective + 0.5 * s.weight_decay * form.collapsed_sq_norm().sum()
-                objective.backward()
-                opt.step()
-                loss_sum += losses.detach()
-                correct += (out.detach().argmax(-1) == yb).float().mean(1)
-            te_loss, te_acc = _evaluate(form, test, M, s, autocast, dtype)
-            tr_loss, tr_acc = (loss_sum / per_epoch).tolist(), (correct / per_epoch).tolist()
-            for k, sd in enumerate(sds):
-                if not math.isfinite(tr_loss[k]):
-                    raise FloatingPointError(f"seed {sd}: training loss is not finite at epoch {epoch + 1}")
-                rows.append({"seed": sd, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-                             "train_loss": tr_loss[k], "train_acc_augmented": tr_acc[k],
-                             "test_loss": te_loss[k], "test_acc": te_acc[k]})
-        _sync(device)
+        rows = [r for form, sds, opt in state for r in _epoch_rows(form, sds, opt, run, epoch, penalise)]
+        _sync(run.device)
         times.append(time.perf_counter() - t0)
         epoch += 1
         for r in rows:
             r["epoch_time_s"], r["elapsed_s"] = times[-1], time.perf_counter() - t_start
         history += rows
         bar.update(1)
-        if on_epoch is not None:
-            new = on_epoch({"epoch": epoch, "epoch_time_s": times[-1], "rows": rows,
-                            "elapsed_s": time.perf_counter() - t_start, "planned": planned})
-            if new is not None and new != planned:
-                # the learning rate so far must not depend on the total: only within the warm-up
-                if epoch * per_epoch > warm or not epoch <= new <= planned:
-                    raise ValueError(f"the epochs may only be lowered (to >= the epochs done) after an "
-                                     f"epoch within the warm-up; got {new} at epoch {epoch}")
-                planned = new
-                bar.total = planned
+        if on_epoch is not None and _replan(run, epoch, on_epoch(
+                {"epoch": epoch, "epoch_time_s": times[-1], "rows": rows,
+                 "elapsed_s": time.perf_counter() - t_start, "planned": run.planned})):
+            bar.total = run.planned
     bar.close()
     trained = [m for form, _, _ in state for m in form.modules()]
     for m in trained:
         m.eval()
-    return GroupResult(trained, history, epoch, planned, stopped, times)
+    return GroupResult(trained, history, epoch, run.planned, stopped, times)

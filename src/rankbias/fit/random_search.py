@@ -1,6 +1,6 @@
 """Gradient-free optimisation, batched over a leading model dimension.
 
-:func:`random_search` is the (1+lambda) evolution strategy with Rechenberg's
+:func:`fit_random_search` is the (1+lambda) evolution strategy with Rechenberg's
 1/5 success rule (Rechenberg 1973; Beyer & Schwefel 2002, "Evolution
 strategies: a comprehensive introduction"): each step every model draws
 ``population`` Gaussian perturbations of its parameters, moves to the best one
@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["RandomSearchResult", "random_search"]
+from rankbias.errors import InvalidParameterError
+
+__all__ = ["RandomSearchResult", "fit_random_search"]
 
 
 @dataclasses.dataclass
@@ -33,7 +35,7 @@ class RandomSearchResult:
 
 
 @torch.no_grad()
-def random_search(
+def fit_random_search(
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
     *,
@@ -46,17 +48,56 @@ def random_search(
 ) -> RandomSearchResult:
     """Minimise ``loss_fn`` for M independent models from ``x0`` (M, ...).
 
-    ``loss_fn(candidates)``: candidates (M * population, ...) ordered model-major
-    (candidate i belongs to model i // population) -> losses (M * population,).
-    ``mask`` (bool, shape of x0): only these coordinates are perturbed.
-    ``sigma``: initial step size (std of a perturbation's coordinates);
-    multiplied by ``grow`` after a success and by ``grow ** -0.25`` after a
-    failure (the 1/5 rule's equilibrium).
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(candidates)``: candidates (M * population, ...) ordered
+        model-major (candidate i belongs to model i // population) -> losses
+        (M * population,).
+    x0 : torch.Tensor
+        (M, ...) the starting parameters of the M models.
+    steps : int
+        Steps (>= 0).
+    population : int, default 16
+        Gaussian perturbations drawn per model and step (>= 1).
+    sigma : float, default 0.01
+        Initial step size (std of a perturbation's coordinates, > 0); multiplied
+        by ``grow`` after a success and by ``grow ** -0.25`` after a failure (the
+        1/5 rule's equilibrium).
+    generator : torch.Generator, optional
+        The source of the perturbations (for a deterministic run).
+    mask : torch.Tensor, optional
+        Bool, shape of x0: only these coordinates are perturbed.
+    grow : float, default 1.5
+        The step size's growth factor on a success (> 1).
+
+    Returns
+    -------
+    RandomSearchResult
+        Per model: the best parameters found, their loss, the final step size
+        and the number of accepted steps.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``steps < 0``, ``population < 1``, ``sigma <= 0`` or ``grow <= 1``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import fit_random_search
+    >>> target = torch.tensor([[1.0, -2.0], [0.5, 0.5]])  # M = 2 models of 2 coordinates
+    >>> def loss_fn(c):  # c: (2 * population, 2), model-major
+    ...     return ((c.view(2, -1, 2) - target[:, None]) ** 2).sum(-1).reshape(-1)
+    >>> res = fit_random_search(loss_fn, torch.zeros(2, 2), steps=300, sigma=0.5,
+    ...                         generator=torch.Generator().manual_seed(0))
+    >>> torch.allclose(res.params, target, atol=1e-4)
+    True
     """
     if steps < 0 or population < 1:
-        raise ValueError(f"steps must be >= 0 and population >= 1, got {steps}, {population}")
+        raise InvalidParameterError(f"steps must be >= 0 and population >= 1, got {steps}, {population}")
     if not sigma > 0 or not grow > 1:
-        raise ValueError(f"sigma must be > 0 and grow > 1, got {sigma}, {grow}")
+        raise InvalidParameterError(f"sigma must be > 0 and grow > 1, got {sigma}, {grow}")
     M, K = x0.shape[0], population
     x = x0.clone()
     cur = loss_fn(x.repeat_interleave(K, 0)).reshape(M, K)[:, 0]

@@ -1,7 +1,7 @@
 """Training the two-layer CNNs of paper 1 (:mod:`rankbias.models.two_layer_cnn`).
 
-:func:`train_two_layer_cnn` trains M networks at once (one per noise level and
-seed of a sweep) on the logistic loss with :func:`rankbias.train.train`: full-batch
+:func:`fit_two_layer_cnn` trains M networks at once (one per noise level and
+seed of a sweep) on the logistic loss with :func:`rankbias.training.train`: full-batch
 gradient descent (the paper's algorithm) or mini-batch SGD, for a fixed number of
 steps or until each network's training loss reaches a target (docs/paper1.md,
 "Training to a loss threshold"). :class:`CNNMetrics` logs losses, accuracies and
@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
+from rankbias.errors import InvalidParameterError
 from rankbias.measures import rank_measures
 from rankbias.models.two_layer_cnn import TwoLayerCNN, logistic_loss
 
-__all__ = ["CNNFit", "CNNMetrics", "train_two_layer_cnn"]
+__all__ = ["CNNFit", "CNNMetrics", "CnnOptimizer", "fit_two_layer_cnn"]
+
+CnnOptimizer = Literal["gd", "sgd"]
 
 
 @dataclasses.dataclass
 class CNNFit:
-    """The result of :func:`train_two_layer_cnn`."""
+    """The result of :func:`fit_two_layer_cnn`."""
 
     model: TwoLayerCNN
     """The trained networks (weights of diverged models are left as they were)."""
@@ -111,7 +114,7 @@ class _TargetLoss:
         return torch.where(self.active.to(losses.device), losses, losses.detach())
 
 
-def train_two_layer_cnn(
+def fit_two_layer_cnn(
     X: torch.Tensor,
     y: torch.Tensor,
     X_test: torch.Tensor | None = None,
@@ -124,7 +127,7 @@ def train_two_layer_cnn(
     init_std: float = 0.01,
     init_seeds: Sequence[int] | None = None,
     # their training
-    optimizer: Literal["gd", "sgd"] = "gd",
+    optimizer: CnnOptimizer = "gd",
     steps: int = 1000,
     lr: float = 1.0,
     batch_size: int | None = None,
@@ -136,36 +139,93 @@ def train_two_layer_cnn(
     callbacks: Sequence[Any] = (),
     progress: bool | None = False,
 ) -> CNNFit:
-    """Train M two-layer CNNs at once on the logistic loss with :func:`rankbias.train.train`.
+    """Train M two-layer CNNs at once on the logistic loss with :func:`rankbias.training.train`.
 
-    ``X``: patches (M, n, P, d), one training set per model; ``y``: labels in
-    {+1, -1}, (M, n) or (n,). ``optimizer="gd"``: full-batch gradient descent;
-    ``"sgd"``: mini-batches of ``batch_size`` images drawn without replacement
-    in epochs (the same indices for every model, from ``batch_seed``).
-    ``target_train_loss``: stop each model as soon as its full-batch training loss
-    is <= this value (it takes no further update; :attr:`CNNFit.reached_target_at`
-    records when); ``steps`` stays the budget. ``init_seeds``: one init seed per
-    model (default 0..M-1). A model whose loss becomes non-finite gets status
-    ``diverged``; the others go on.
+    A model whose loss becomes non-finite gets status ``diverged``; the others go on.
+
+    Parameters
+    ----------
+    X : torch.Tensor
+        Patches (M, n, P, d), one training set per model.
+    y : torch.Tensor
+        Labels in {+1, -1}, (M, n) or (n,).
+    X_test, y_test : torch.Tensor, optional
+        A test set of the same layout (both or neither).
+    filters : int, default 10
+        m, the filters per class.
+    q, kappa : float, default 3.0 and 1.0
+        The Huberised ReLU's power and threshold.
+    init_std : float, default 0.01
+        The initial weights' standard deviation.
+    init_seeds : sequence of int, optional
+        One init seed per model (default 0..M-1).
+    optimizer : {"gd", "sgd"}, default "gd"
+        ``"gd"``: full-batch gradient descent; ``"sgd"``: mini-batches of
+        ``batch_size`` images drawn without replacement in epochs (the same
+        indices for every model, from ``batch_seed``).
+    steps : int, default 1000
+        Optimiser steps (the budget).
+    lr : float, default 1.0
+        Learning rate.
+    batch_size : int, optional
+        Images per step with ``"sgd"``.
+    batch_seed : int, default 0
+        The seed of the mini-batches.
+    target_train_loss : float, optional
+        Stop each model as soon as its full-batch training loss is <= this value
+        (it takes no further update; :attr:`CNNFit.reached_target_at` records
+        when); ``steps`` stays the budget.
+    log_every : int, default 50
+        Log (losses, accuracies, rank measures) every this many steps.
+    measures : sequence of str, default ("stable_rank", "effective_rank")
+        The rank measures logged, of the filter matrix and of each class's block.
+    callbacks : sequence, default ()
+        More callbacks of :func:`rankbias.training.train`.
+    progress : bool, optional
+        A progress bar (None: only on a terminal; default off).
+
+    Returns
+    -------
+    CNNFit
+        The trained networks, the logged history, and per model its status, the
+        step it diverged at, its last logged values and when it reached the target.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``X`` not (M, n, P, d); labels of another shape or not in {+1, -1}; only
+        one of ``X_test``/``y_test`` or of another shape; an unknown optimizer;
+        ``"sgd"`` without 1 <= ``batch_size`` <= n; ``target_train_loss <= 0``.
+
+    Examples
+    --------
+    >>> from rankbias.papers import fit_two_layer_cnn, make_patch_data
+    >>> data = make_patch_data(n_train=20, n_test=50, patches=4, dim=20, sigmas=[0.0, 0.5])
+    >>> fit = fit_two_layer_cnn(data.X, data.y, data.X_test, data.y_test, filters=4,
+    ...                         steps=20, log_every=20)
+    >>> fit.status, [row["step"] for row in fit.history if row["model"] == 0]
+    (['ok', 'ok'], [0, 20])
+    >>> tuple(fit.model.filter_matrix.shape), tuple(fit.final["test_acc"].shape)
+    ((2, 8, 20), (2,))
     """
-    from rankbias.train import train
+    from rankbias.training import train
 
     if X.dim() != 4:
-        raise ValueError(f"X must be (M, n, P, d); got shape {tuple(X.shape)}")
+        raise InvalidParameterError(f"X must be (M, n, P, d); got shape {tuple(X.shape)}")
     M, n, P, d = X.shape
     y = _labels(y, M, n, "y", X)
     if (X_test is None) != (y_test is None):
-        raise ValueError("give both X_test and y_test or neither")
+        raise InvalidParameterError("give both X_test and y_test or neither")
     if X_test is not None:
         if X_test.dim() != 4 or X_test.shape[0] != M or X_test.shape[-1] != d:
-            raise ValueError(f"X_test must be (M={M}, n_test, P, d={d}); got {tuple(X_test.shape)}")
+            raise InvalidParameterError(f"X_test must be (M={M}, n_test, P, d={d}); got {tuple(X_test.shape)}")
         y_test = _labels(y_test, M, X_test.shape[1], "y_test", X_test)
-    if optimizer not in ("gd", "sgd"):
-        raise ValueError(f"optimizer must be 'gd' or 'sgd', got {optimizer!r}")
+    if optimizer not in get_args(CnnOptimizer):
+        raise InvalidParameterError(f"optimizer must be 'gd' or 'sgd', got {optimizer!r}")
     if optimizer == "sgd" and not (batch_size and 1 <= batch_size <= n):
-        raise ValueError(f"sgd needs 1 <= batch_size <= n={n}, got {batch_size}")
+        raise InvalidParameterError(f"sgd needs 1 <= batch_size <= n={n}, got {batch_size}")
     if target_train_loss is not None and not target_train_loss > 0:
-        raise ValueError(f"target_train_loss must be > 0 or None, got {target_train_loss}")
+        raise InvalidParameterError(f"target_train_loss must be > 0 or None, got {target_train_loss}")
     model = TwoLayerCNN(
         d, filters, M, q=q, kappa=kappa, init_std=init_std, seeds=init_seeds, dtype=X.dtype, device=X.device
     )
@@ -209,7 +269,7 @@ def _labels(y: torch.Tensor, M: int, n: int, name: str, X: torch.Tensor) -> torc
     if y.dim() == 1:
         y = y.unsqueeze(0).expand(M, -1)
     if tuple(y.shape) != (M, n):
-        raise ValueError(f"{name} must be (n={n},) or (M={M}, n={n}); got {tuple(y.shape)}")
+        raise InvalidParameterError(f"{name} must be (n={n},) or (M={M}, n={n}); got {tuple(y.shape)}")
     if not bool(((y == 1) | (y == -1)).all()):
-        raise ValueError(f"{name} must hold labels +1 and -1 only")
+        raise InvalidParameterError(f"{name} must hold labels +1 and -1 only")
     return y.to(dtype=X.dtype, device=X.device)

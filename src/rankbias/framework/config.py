@@ -41,6 +41,10 @@ class ConfigError(InvalidParameterError):
     ``except InvalidParameterError`` catches every bad argument, config or not)."""
 
 
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """`` (did you mean 'depths'?)`` for a near miss of ``choices`` (difflib), else ``""``."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
@@ -100,7 +104,30 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in get_args(tp))
     if tp is type(None):
         return "null"
+    if _is_config(tp):
+        return f"a mapping of {tp.__name__}'s keys"
     return getattr(tp, "__name__", str(tp))
+
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Config)
+
+
+def _coerce_config(value: Any, tp: type[Config], name: str, bad: ConfigError) -> Config:
+    """A nested config field: an instance of ``tp``, or a mapping (or its JSON text) of its
+    keys; errors name the field by its dotted path (``train.lr``)."""
+    if isinstance(value, tp):
+        return value
+    if isinstance(value, str):
+        value = parse_value(value)
+    if not isinstance(value, typing.Mapping):
+        raise bad
+    values = tp.merged(value)
+    tp.check_keys(values, prefix=f"{name}.")
+    try:
+        return tp(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{name}.{e}") from None
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
@@ -109,6 +136,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     bad = ConfigError(f"{name}: got {value!r} ({type(value).__name__}); expected {_describe(tp)}")
     if tp is Any:
         return value
+    if _is_config(tp):
+        return _coerce_config(value, tp, name, bad)
     if origin in (typing.Union, types.UnionType):
         for arg in get_args(tp):
             try:
@@ -159,6 +188,17 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+# Field names the framework itself reads, with the one type each must have. A config
+# that declares one opts into that behaviour; the registry refuses another type
+# (Config.contract_problems), so a misspelt or mistyped field is never silently ignored.
+RESERVED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "device": ((str,), "the torch device the run computes on, checked to exist before it starts"),
+    "num_threads": ((int | None,), "torch's thread count, set by the runner for the run"),
+    "seed": ((int,), "where a sweep's --seeds go: one run per seed"),
+    "seeds": ((list[int], tuple[int, ...]), "where a sweep's --seeds go: one run per seed, or all in one"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Base of every experiment config.
@@ -179,10 +219,41 @@ class Config:
     def validate(self) -> None:
         """Raise ConfigError for values the types allow but the experiment does not."""
 
+    @classmethod
+    def contract_problems(cls) -> list[str]:
+        """What this config breaks of the registry's contract (empty: nothing): a field
+        without a docstring, a :data:`RESERVED_FIELDS` name of another type, or both
+        ``seed`` and ``seeds``."""
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        try:
+            inspect.getsource(cls)
+        except (OSError, TypeError):
+            return [f"the source of {cls.__qualname__} cannot be read (made by exec?), so neither can "
+                    "its fields' docstrings; accepted: a config class defined in a file or a notebook cell"]
+        problems = [f"field {n!r} has no docstring (accepted: a string literal under the field)"
+                    for n in names if not docs.get(n)]
+        for n in names:
+            if n in RESERVED_FIELDS and hints[n] not in RESERVED_FIELDS[n][0]:
+                accepted = " or ".join(_type_name(tp) for tp in RESERVED_FIELDS[n][0][:1])
+                problems.append(f"field {n!r} is {_type_name(hints[n])}; the framework reads it as "
+                                f"{RESERVED_FIELDS[n][1]} (accepted type: {accepted})")
+        if "seed" in names and "seeds" in names:
+            problems.append("fields 'seed' and 'seeds' both exist (accepted: one of them)")
+        return problems
+
+    def framework_value(self, name: str) -> Any:
+        """The value of the :data:`RESERVED_FIELDS` field ``name``; None where this config
+        has no such field."""
+        if name not in RESERVED_FIELDS:
+            raise InvalidParameterError(f"{name!r} is not a framework field; accepted: {', '.join(RESERVED_FIELDS)}")
+        return getattr(self, name) if name in {f.name for f in dataclasses.fields(self)} else None
+
     def _check_device_syntax(self) -> None:
         # Availability is checked where the run executes (run_experiment): a sweep
         # may build cuda configs on a CPU-only driver for GPU workers.
-        device = getattr(self, "device", None)
+        device = self.framework_value("device")
         if isinstance(device, str):
             parse_device(device)
 
@@ -192,8 +263,9 @@ class Config:
             raise ConfigError(f"{name}: got {getattr(self, name)!r}; accepted: {accepted}")
 
     @classmethod
-    def accepted(cls) -> str:
-        """One line per field: name, type, default and docstring."""
+    def accepted(cls, prefix: str = "") -> str:
+        """One line per field: name, type, default and docstring; a nested config's fields
+        follow it, by their dotted names (``train.lr``)."""
         hints = typing.get_type_hints(cls)
         docs = field_docs(cls)
         lines = []
@@ -201,40 +273,80 @@ class Config:
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"
             )
-            lines.append(
-                f"  {f.name} ({_describe(hints[f.name])}, default {default!r}): {docs.get(f.name, '')}"
-            )
+            name, tp = prefix + f.name, hints[f.name]
+            if _is_config(tp):
+                lines += [f"  {name} ({_describe(tp)}): {docs.get(f.name, '')}", tp.accepted(f"{name}.")]
+                continue
+            lines.append(f"  {name} ({_describe(tp)}, default {default!r}): {docs.get(f.name, '')}")
         return "\n".join(lines)
 
     @classmethod
-    def check_keys(cls, keys: typing.Iterable[str], label: str | None = None) -> None:
+    def _nested(cls) -> dict[str, type[Config]]:
+        """The fields that hold a config of their own, by name."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls) if _is_config(hints[f.name])}
+
+    @classmethod
+    def check_keys(cls, keys: typing.Iterable[str], label: str | None = None, prefix: str = "") -> None:
         """ConfigError naming every key that is not a field, with a "did you mean" for
-        near misses and the accepted keys, on one line (``--show-config`` has their docs)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in dict.fromkeys(keys) if k not in names]
+        near misses and the accepted keys, on one line (``--show-config`` has their docs).
+        A dotted key (``train.lr``) is checked against the nested config's fields."""
+        names, nested = [f.name for f in dataclasses.fields(cls)], cls._nested()
+        unknown = []
+        for key in dict.fromkeys(keys):
+            head, dot, rest = key.partition(".")
+            if head in nested and dot:
+                nested[head].check_keys([rest], label, f"{prefix}{head}.")
+            elif key not in names:
+                unknown.append(key)
         if unknown:
-            which = ", ".join(repr(k) + did_you_mean(k, names) for k in unknown)
+            full = [prefix + n for n in names]
+            which = ", ".join(repr(prefix + k) + did_you_mean(prefix + k, full) for k in unknown)
             raise ConfigError(
                 f"{label or cls.__name__}: unknown key(s) {which}; accepted keys: "
-                f"{', '.join(names)} (`rankbias run NAME --show-config` describes each)"
+                f"{', '.join(full)} (`rankbias run NAME --show-config` describes each)"
             )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        """Build from a mapping; an unknown key is an error listing the accepted ones."""
+    def merged(cls, *layers: typing.Mapping[str, Any]) -> dict[str, Any]:
+        """The values of ``layers`` (defaults, preset, config file, ``--set``), later ones
+        winning. A nested config's values merge key by key, whether given as a mapping
+        (``{"train": {"lr": 0.1}}``) or as a dotted key (``train.lr``): a layer that sets one
+        of its keys keeps the others of the layers below."""
+        nested, out = cls._nested(), {}
+        for layer in layers:
+            for key, value in layer.items():
+                head, dot, rest = str(key).partition(".")
+                if head in nested and (dot or isinstance(value, typing.Mapping)):
+                    value = {rest: value} if dot else value
+                    below = out.get(head, {})
+                    below = below.to_dict() if isinstance(below, Config) else below
+                    if isinstance(below, typing.Mapping):  # else: a bad value, replaced
+                        value = nested[head].merged(below, value)
+                    key = head
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: typing.Mapping[str, Any]):
+        """Build from a mapping (dotted keys reach nested configs); an unknown key is an
+        error listing the accepted ones."""
+        values = cls.merged(values)
         cls.check_keys(values)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
+        """The values as JSON-ready data: lists for sequences, a mapping for a nested config."""
+
         def plain(v):
             if isinstance(v, tuple | list):
                 return [plain(x) for x in v]
-            return v
+            return v.to_dict() if isinstance(v, Config) else v
 
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def replace(self, **changes):
-        return self.from_dict({**self.to_dict(), **changes})
+        return self.from_dict(self.merged(self.to_dict(), changes))
 
 
 def parse_device(device: str | torch.device) -> torch.device:

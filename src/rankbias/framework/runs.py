@@ -44,6 +44,7 @@ from rankbias.errors import LoadError
 from rankbias.framework.config import ConfigError
 
 __all__ = [
+    "PROVISIONAL_KEY",
     "SUMMARY_KEYS",
     "RunDir",
     "atomic_write_bytes",
@@ -58,6 +59,11 @@ _WAY_OUT = "rerun with --force (force=True), remove the directory, or choose ano
 
 SUMMARY_KEYS = ("experiment", "config_hash")
 """The keys the runner writes into every summary; a summary without them is not a complete run."""
+
+PROVISIONAL_KEY = "provisional"
+"""A summary whose value here is non-empty (why) is complete but never reused: the next run
+of the same config computes again (its outcome depends on more than the config, e.g. data
+that was missing)."""
 
 
 def _umask() -> int:
@@ -248,6 +254,8 @@ class RunDir:
             return None
         expected = {"experiment": config_record.get("experiment"), "config_hash": chash}
         if not isinstance(summary, dict) or any(summary.get(k) != expected[k] for k in SUMMARY_KEYS):
+            return None
+        if summary.get(PROVISIONAL_KEY):  # e.g. digits stood in for missing MNIST: decide again
             return None
         return summary
 

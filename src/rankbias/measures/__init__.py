@@ -64,6 +64,8 @@ from rankbias.measures.spec import (
     _check_measure_names,  # noqa: F401  (rankbias.analysis validates names with it)
     max_measure,
     measures_from_singular_values,
+    register_measure,
+    unregister_measure,
 )
 from rankbias.measures.spectrum import SlowComputationWarning, rank_measures, singular_values
 
@@ -87,6 +89,8 @@ __all__ = [
     "rank_measures",
     "rank_measures_many",
     "rankme",
+    "register_measure",
     "singular_values",
     "stable_rank",
+    "unregister_measure",
 ]

@@ -7,15 +7,19 @@ Every check raises :class:`~rankbias.errors.InvalidParameterError` (a ``ValueErr
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from rankbias.errors import InvalidParameterError
 
-Method = Literal["auto", "gram", "svd"]
+Method = Literal["auto", "gram", "svd", "fast"]
 Tol = float | torch.Tensor | None
+# What the measures read as a matrix (see ``_to_tensor``): a tensor, a numpy array or
+# nested lists of bool, int or float, of shape (..., m, n).
+MatrixLike = torch.Tensor | np.ndarray | Sequence[Any]
 
 
 def _to_tensor(A, name: str = "A") -> torch.Tensor:
@@ -41,7 +45,7 @@ def _to_tensor(A, name: str = "A") -> torch.Tensor:
                 arr = arr.astype(arr.dtype.newbyteorder("="))
             A = torch.from_numpy(np.ascontiguousarray(arr))
         else:
-            raise TypeError(
+            raise InvalidParameterError(
                 f"{name}: expected a torch.Tensor or numpy array of shape (..., m, n), "
                 f"got {type(A).__name__}"
             )
@@ -130,12 +134,25 @@ def _check_tol(t, name: str) -> None:
         if math.isnan(float(t)):
             raise InvalidParameterError(f"{name} must not be NaN")
     else:
-        raise TypeError(f"{name} must be a float, a tensor or None, got {type(t).__name__}")
+        raise InvalidParameterError(f"{name} must be a float, a tensor or None, got {type(t).__name__}")
 
 
-def _check_method(method) -> None:
-    if method not in ("auto", "gram", "svd"):
-        raise InvalidParameterError(f"method must be 'auto', 'gram' or 'svd', got {method!r}")
+def _check_method(method, fast: bool = False) -> None:
+    """``fast``: whether the caller also takes ``method="fast"`` (``rank_measures`` does)."""
+    if method not in ("auto", "gram", "svd") + (("fast",) if fast else ()):
+        also = " (or 'fast', the estimated route)" if fast else ""
+        raise InvalidParameterError(f"method must be 'auto', 'gram' or 'svd'{also}, got {method!r}")
+
+
+def _check_accuracy(accuracy) -> None:
+    """A relative error target: a real number in (0, 1), or None for the method's default."""
+    if accuracy is None:
+        return
+    if (not isinstance(accuracy, int | float | np.floating | np.integer) or isinstance(accuracy, bool)
+            or not 0 < float(accuracy) < 1):
+        raise InvalidParameterError(
+            f"accuracy must be a relative error in (0, 1), e.g. 1e-6, or None for the default; "
+            f"got {accuracy!r}")
 
 
 def as_matrix(weight, reading: Literal["flatten", "taps"] = "flatten") -> torch.Tensor:

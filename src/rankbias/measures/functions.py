@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from rankbias.measures._checks import Tol, _check_finite, _to_tensor
+from rankbias.errors import InvalidParameterError
+from rankbias.measures._checks import MatrixLike, Tol, _check_finite, _to_tensor
 from rankbias.measures.spec import RANKME_EPS
 from rankbias.measures.spectrum import rank_measures
 
@@ -18,23 +20,54 @@ _STACK_MAX_ELEMENTS = 1 << 24
 
 
 def rank_measures_many(
-    matrices: Mapping[str, object] | Sequence[object],
+    matrices: Mapping[str, MatrixLike] | Sequence[MatrixLike],
     measures: Sequence[str] | None = None,
     *,
     progress: Callable[[int], object] | None = None,
-    **kw,
+    **kw: Any,
 ) -> dict[str, dict[str, torch.Tensor]] | list[dict[str, torch.Tensor]]:
     """:func:`rank_measures` of many matrices of any shapes, e.g. every weight of a model.
 
-    Each entry is a matrix or a batch (..., m, n). Entries whose matrices share
-    (m, n), dtype and device are concatenated along the batch and measured in
-    one call when the matrices are small (about 2x faster for hundreds of
-    64 x 64 matrices, measured on a shared machine); large ones gain nothing
-    from it and are measured entry by entry. Each result has the entry's own
-    batch shape. Takes a mapping name -> matrix (returns name -> measures) or a
-    sequence (returns a list in the same order). ``progress(k)`` is called
-    with the number of entries finished after each call (e.g. ``tqdm.update``);
-    other keyword arguments are those of :func:`rank_measures`.
+    Entries whose matrices share (m, n), dtype and device are concatenated along
+    the batch and measured in one call when the matrices are small (about 2x
+    faster for hundreds of 64 x 64 matrices, measured on a shared machine); large
+    ones gain nothing from it and are measured entry by entry.
+
+    Parameters
+    ----------
+    matrices : mapping name -> matrix, or sequence of matrices
+        Each entry is a matrix or a batch (..., m, n): a tensor, a numpy array
+        or nested lists.
+    measures : sequence of str, optional
+        Names of :data:`MEASURES` to compute (default: all of them).
+    progress : callable, optional
+        Called as ``progress(k)`` with the number of entries finished after each
+        call (e.g. ``tqdm.update``).
+    **kw
+        The other keyword arguments of :func:`rank_measures` (``atol``, ``rtol``,
+        ``method``, ``dtype``, ...).
+
+    Returns
+    -------
+    dict or list
+        For a mapping, name -> ``{measure: tensor}``; for a sequence, a list of
+        ``{measure: tensor}`` in the same order. Each tensor has the entry's own
+        batch shape.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``matrices`` is neither a mapping nor a sequence; an entry is not a real
+        matrix of at least 2 dimensions or holds NaN/Inf; an unknown measure name
+        or a bad option of :func:`rank_measures`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import rank_measures_many
+    >>> res = rank_measures_many({"a": torch.eye(3), "b": torch.ones(2, 3)}, ["numerical_rank"])
+    >>> {name: int(r["numerical_rank"]) for name, r in res.items()}
+    {'a': 3, 'b': 1}
     """
     if isinstance(matrices, Mapping):
         keys: list | None = list(matrices)
@@ -43,7 +76,7 @@ def rank_measures_many(
         keys = None
         items = [_to_tensor(x, f"matrices[{i}]") for i, x in enumerate(matrices)]
     else:
-        raise TypeError(f"matrices: expected a mapping name -> matrix or a sequence of matrices, "
+        raise InvalidParameterError(f"matrices: expected a mapping name -> matrix or a sequence of matrices, "
                         f"got {type(matrices).__name__}")
     for i, x in enumerate(items):
         _check_finite(x, f"matrices[{keys[i]!r}]" if keys is not None else f"matrices[{i}]")
@@ -86,35 +119,211 @@ def rank_measures_many(
     return results if keys is None else dict(zip(keys, results))
 
 
-def stable_rank(A, **kw) -> torch.Tensor:
-    """sum(s_i^2) / s_1^2 of A (..., m, n); 0 for the zero matrix."""
+def stable_rank(A: MatrixLike, **kw: Any) -> torch.Tensor:
+    """sum(s_i^2) / s_1^2 of A (..., m, n); 0 for the zero matrix.
+
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices.
+    **kw
+        The other keyword arguments of :func:`rank_measures` (``method``,
+        ``dtype``, ``accuracy``, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        The stable rank, float64 by default, of the batch shape.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import stable_rank
+    >>> A = torch.diag(torch.tensor([4.0, 3.0]))
+    >>> float(stable_rank(A))  # (16 + 9) / 16
+    1.5625
+    """
     return rank_measures(A, ["stable_rank"], **kw)["stable_rank"]
 
 
-def effective_rank(A, **kw) -> torch.Tensor:
-    """exp(H(p)), p_i = s_i / sum s_j (Roy & Vetterli 2007); 0 for the zero matrix."""
+def effective_rank(A: MatrixLike, **kw: Any) -> torch.Tensor:
+    """exp(H(p)), p_i = s_i / sum s_j (Roy & Vetterli 2007); 0 for the zero matrix.
+
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices.
+    **kw
+        The other keyword arguments of :func:`rank_measures` (``method``,
+        ``dtype``, ``accuracy``, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        The effective rank, float64 by default, of the batch shape.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import effective_rank
+    >>> round(float(effective_rank(torch.eye(3))), 6)  # equal singular values
+    3.0
+    >>> A = torch.diag(torch.tensor([4.0, 3.0]))
+    >>> round(float(effective_rank(A)), 4)
+    1.9796
+    """
     return rank_measures(A, ["effective_rank"], **kw)["effective_rank"]
 
 
-def entropy_rank(A, **kw) -> torch.Tensor:
-    """H(p) in nats, p_i = s_i / sum s_j: the log of the effective rank; 0 for the zero matrix."""
+def entropy_rank(A: MatrixLike, **kw: Any) -> torch.Tensor:
+    """H(p) in nats, p_i = s_i / sum s_j: the log of the effective rank; 0 for the zero matrix.
+
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices.
+    **kw
+        The other keyword arguments of :func:`rank_measures` (``method``,
+        ``dtype``, ``accuracy``, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        The entropy of the normalised singular values, float64 by default, of the batch shape.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import entropy_rank
+    >>> round(float(entropy_rank(torch.eye(2))), 6)  # log 2
+    0.693147
+    """
     return rank_measures(A, ["entropy_rank"], **kw)["entropy_rank"]
 
 
-def numerical_rank(A, atol: Tol = None, rtol: Tol = None, **kw) -> torch.Tensor:
-    """#{s_i > max(atol, rtol * s_1)} with ``torch.linalg.matrix_rank``'s semantics:
-    without ``rtol``, rtol = max(m, n) * eps(input dtype), or 0 where ``atol > 0``;
-    float or tensor tolerances broadcast over the batch. Returns int64."""
+def numerical_rank(A: MatrixLike, atol: Tol = None, rtol: Tol = None, **kw: Any) -> torch.Tensor:
+    """#{s_i > max(atol, rtol * s_1)} with ``torch.linalg.matrix_rank``'s semantics.
+
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices.
+    atol : float or tensor, optional
+        Absolute tolerance (default 0); a tensor broadcasts over the batch.
+    rtol : float or tensor, optional
+        Relative tolerance; without it, rtol = max(m, n) * eps(input dtype), or 0
+        where ``atol > 0``. A tensor broadcasts over the batch.
+    **kw
+        The other keyword arguments of :func:`rank_measures` (``method``,
+        ``dtype``, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        The count, int64, of the batch shape.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
+        Also a NaN or non-numeric ``atol``/``rtol``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from rankbias import numerical_rank
+    >>> int(numerical_rank(np.eye(3)))
+    3
+    >>> int(numerical_rank(torch.eye(3), atol=2.0))  # every singular value is 1 <= 2
+    0
+    """
     return rank_measures(A, ["numerical_rank"], atol=atol, rtol=rtol, **kw)["numerical_rank"]
 
 
-def participation_ratio(A, **kw) -> torch.Tensor:
+def participation_ratio(A: MatrixLike, **kw: Any) -> torch.Tensor:
     """(sum lambda)^2 / sum lambda^2 for lambda the eigenvalues of the covariance
-    of A's centred rows (rows are samples); 0 when the rows are all equal."""
+    of A's centred rows (rows are samples); 0 when the rows are all equal.
+
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices.
+    **kw
+        The other keyword arguments of :func:`rank_measures` (``method``,
+        ``dtype``, ``accuracy``, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        The participation ratio, float64 by default, of the batch shape.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import participation_ratio
+    >>> rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    >>> float(participation_ratio(rows))  # isotropic covariance in 2-D
+    2.0
+    """
     return rank_measures(A, ["participation_ratio"], **kw)["participation_ratio"]
 
 
-def rankme(A, eps: float = RANKME_EPS, **kw) -> torch.Tensor:
+def rankme(A: MatrixLike, eps: float = RANKME_EPS, **kw: Any) -> torch.Tensor:
     """RankMe (Garrido et al. 2023): exp(H(p)), p_i = s_i / sum s_j + eps, on the
-    uncentred matrix; 0 for the zero matrix."""
+    uncentred matrix; 0 for the zero matrix.
+
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices (rows are embeddings).
+    eps : float, default RANKME_EPS
+        The constant added to each p_i, as in the paper.
+    **kw
+        The other keyword arguments of :func:`rank_measures` (``method``,
+        ``dtype``, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        RankMe, float64 by default, of the batch shape.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import rankme
+    >>> round(float(rankme(torch.eye(4))), 4)
+    4.0
+    """
     return rank_measures(A, ["rankme"], rankme_eps=eps, **kw)["rankme"]

@@ -14,7 +14,8 @@ sums of the centred spectrum). An error bound sees the same object with
 ``delta``, a bound on each singular value's error on the Gram route, and
 returns a bound on the measure's relative error per matrix; ``method="auto"``
 keeps the Gram route for a matrix only where every requested bound is below
-0.1 sqrt(eps). A measure with ``error_bound=None`` is never trusted to the
+its ``accuracy`` (after refining the smallest singular values, if that is
+what the bounds need). A measure with ``error_bound=None`` is never trusted to the
 Gram route: "auto" computes it from the SVD.
 """
 
@@ -135,17 +136,32 @@ class Spectrum:
 
     @cached_property
     def entropy_error(self) -> torch.Tensor:
-        """Bound on |dH| from the errors ``delta``: sum_i delta_i (|log p_i| + H + 1) / sum s.
+        """Bound on |dH|, H = H(p), from the errors ``delta`` (see :meth:`entropy_error_shifted`)."""
+        return self.entropy_error_shifted(0.0)
 
-        A zero s_i has no bound (log 0): then inf, unless its delta is 0 too."""
-        s = self.s
+    def entropy_error_shifted(self, shift: float) -> torch.Tensor:
+        """Bound on |dH| for H = -sum (p_i + shift) log(p_i + shift), p = s / sum s,
+        when each s_i may be off by up to ``delta_i`` (batch shape).
+
+        Each p_i' lies in [(s_i - delta_i)_+ / (S + D), (s_i + delta_i) / (S - D)],
+        S = sum s, D = sum delta; the bound sums, over i, the largest change of
+        x log x on that interval (at its ends or at 1/e). Unlike a derivative
+        bound it stays finite at p_i = 0: a singular value known only to be below
+        delta_i changes H by at most ~(delta_i / S) log(S / delta_i). inf if D >= S."""
+        s, d = self.s, self.delta
         tiny = torch.finfo(s.dtype).tiny
-        total = s.sum(-1, keepdim=True).clamp_min(tiny)
-        p = s / total
-        logp = torch.where(p > 0, p, torch.ones_like(p)).log()
-        h = -(p * logp).sum(-1, keepdim=True)
-        big = torch.where(p > 0, -logp, torch.full_like(p, math.inf))
-        return (self.delta * (big + h + 1)).sum(-1) / total[..., 0]
+        S = s.sum(-1, keepdim=True)
+        D = d.sum(-1, keepdim=True)
+        S_lo, S_hi = (S - D).clamp_min(tiny), (S + D).clamp_min(tiny)
+        p0 = s / S.clamp_min(tiny) + shift
+        lo = (s - d).clamp_min(0) / S_hi + shift
+        hi = (s + d) / S_lo + shift
+        f0 = torch.special.xlogy(p0, p0)
+        err = torch.zeros_like(p0)
+        for x in (lo, hi, torch.minimum(torch.maximum(lo.new_tensor(math.exp(-1)), lo), hi)):
+            err = torch.maximum(err, (torch.special.xlogy(x, x) - f0).abs())
+        out = err.sum(-1)
+        return torch.where((D >= S)[..., 0] & (D > 0)[..., 0], torch.full_like(out, math.inf), out)
 
 
 # ------------------------------------------------------------------ the measures
@@ -227,19 +243,19 @@ class MeasureSpec:
 
     def __post_init__(self):
         if not self.name.isidentifier():
-            raise ValueError(f"MeasureSpec.name must be an identifier, got {self.name!r}")
+            raise InvalidParameterError(f"MeasureSpec.name must be an identifier, got {self.name!r}")
         for field in ("formula", "max_value"):
             if not callable(getattr(self, field)):
-                raise TypeError(f"MeasureSpec({self.name!r}).{field} must be callable")
+                raise InvalidParameterError(f"MeasureSpec({self.name!r}).{field} must be callable")
         if self.error_bound is not None and not callable(self.error_bound):
-            raise TypeError(f"MeasureSpec({self.name!r}).error_bound must be callable or None")
+            raise InvalidParameterError(f"MeasureSpec({self.name!r}).error_bound must be callable or None")
 
 
 #: Every measure, in the order `rank_measures` returns them. Add a measure here.
 SPECS: dict[str, MeasureSpec] = {s.name: s for s in (
     MeasureSpec("stable_rank", _stable_rank, _trace_bound, _rank_bound,
                 definition="sum(s_i^2) / s_1^2"),
-    MeasureSpec("effective_rank", _effective_rank, lambda sp: sp.entropy_error, _rank_bound,
+    MeasureSpec("effective_rank", _effective_rank, lambda sp: sp.entropy_error.expm1(), _rank_bound,
                 definition="exp(H(p)), p_i = s_i / sum_j s_j (Roy & Vetterli 2007)"),
     MeasureSpec("entropy_rank", lambda sp: sp.entropy, _entropy_rank_bound,
                 lambda m, n, e: math.log(min(m, n)),
@@ -252,12 +268,63 @@ SPECS: dict[str, MeasureSpec] = {s.name: s for s in (
     MeasureSpec("participation_ratio", _participation_ratio, lambda sp: torch.zeros(()),
                 lambda m, n, e: float(max(min(m - 1, n), 1)), centered=True,
                 definition="(sum lambda_i)^2 / sum lambda_i^2, lambda: covariance of the centred rows"),
-    MeasureSpec("rankme", _rankme, lambda sp: sp.entropy_error, _rankme_max,
+    MeasureSpec("rankme", _rankme, lambda sp: sp.entropy_error_shifted(sp.rankme_eps).expm1(), _rankme_max,
                 definition="exp(H(p + eps)), eps = 1e-7, uncentred (Garrido et al. 2023)"),
 )}
 
 #: Names of every built-in measure, in the order `rank_measures` returns them.
 MEASURES: tuple[str, ...] = tuple(SPECS)
+
+
+def register_measure(spec: MeasureSpec) -> MeasureSpec:
+    """Add a measure to :data:`SPECS`: every consumer (``rank_measures``,
+    ``KernelSpectrum``, ``rank_report``, ``RankTracker``, ``rankbias measure``)
+    then computes it, last in their tables.
+
+    Parameters
+    ----------
+    spec : MeasureSpec
+        The new measure; its ``name`` must not be taken.
+
+    Returns
+    -------
+    MeasureSpec
+        ``spec``, so that it can be used as ``register_measure(MeasureSpec(...))``.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``spec`` is not a :class:`MeasureSpec`, or its name is already registered.
+
+    Examples
+    --------
+    >>> from rankbias.measures import MeasureSpec, register_measure, unregister_measure
+    >>> spec = register_measure(MeasureSpec("top_share", lambda sp: sp.s1 / sp.total[..., 0],
+    ...                                     None, lambda m, n, e: 1.0))
+    >>> unregister_measure("top_share") is spec
+    True
+    """
+    if not isinstance(spec, MeasureSpec):
+        raise InvalidParameterError(f"register_measure: expected a MeasureSpec, got {type(spec).__name__}")
+    if spec.name in SPECS:
+        raise InvalidParameterError(f"register_measure: a measure named {spec.name!r} is already "
+                                    f"registered; taken: {list(SPECS)}")
+    SPECS[spec.name] = spec
+    return spec
+
+
+def unregister_measure(name: str) -> MeasureSpec:
+    """Remove a measure added by :func:`register_measure` and return its spec.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``name`` is a built-in measure (:data:`MEASURES`) or not registered.
+    """
+    if name in MEASURES or name not in SPECS:
+        raise InvalidParameterError(f"unregister_measure: {name!r} is not a registered added measure; "
+                                    f"added: {[k for k in SPECS if k not in MEASURES]}")
+    return SPECS.pop(name)
 
 
 def _check_measure_names(measures: Iterable[str] | None) -> tuple[str, ...]:
@@ -317,7 +384,7 @@ def measures_from_singular_values(
     names = _check_measure_names(measures)
     s = torch.as_tensor(s)
     if s.ndim < 1 or s.shape[-1] == 0:
-        raise ValueError(f"s: expected singular values of shape (..., k), k >= 1, got {tuple(s.shape)}")
+        raise InvalidParameterError(f"s: expected singular values of shape (..., k), k >= 1, got {tuple(s.shape)}")
     if not s.dtype.is_floating_point:
         s = s.to(torch.float64)
     _check_tol(atol, "atol")

@@ -3,18 +3,28 @@
 Spectra (``method="auto"``, the default) come from the Gram matrix of the
 smaller side (``A A^T`` or ``A^T A``) in the computing dtype with ``eigvalsh``,
 several times cheaper than an SVD. Its eigenvalues carry an absolute error of
-at most ~ k eps s_1^2; from that bound each measure's entry in
-:data:`~rankbias.measures.spec.SPECS` bounds its own error, and "auto"
-recomputes with ``torch.linalg.svdvals`` the matrices where any requested bound
-could exceed 0.1 sqrt(eps) (~1.5e-9 relative in float64), or where a requested
-measure has no bound: nearly rank-deficient matrices, nearly rank-one ones
-(entropy rank ~ 0), a singular value within reach of the numerical-rank
-threshold. Inputs that require grad always take the SVD. ``method="gram"``
-never falls back (singular values below ~sqrt(k eps) s_1 are then returned as
-0) and ``method="svd"`` always uses the SVD. Each matrix is first scaled by a
-power of two (exact) so that its Gram matrix can neither overflow nor
-underflow. The participation ratio needs no eigenvalues: (tr C)^2 / ||C||_F^2
-of the centred Gram matrix.
+at most ~ k eps s_1^2; from that bound, read off the Gram route's own
+eigenvalues, each measure's entry in :data:`~rankbias.measures.spec.SPECS`
+bounds its own relative error, and "auto" decides per matrix, without any
+further work, whether those bounds are within ``accuracy`` (default
+:data:`ACCURACY` = 1e-6 relative in float64, tightened to 0.1 sqrt(eps) ~
+1.5e-9 on matrices up to ~400 x 400, whose SVD costs next to nothing; 0.1
+sqrt(eps) ~ 3.5e-5 when computing in float32, which cannot resolve the small
+singular values the entropies need to 1e-6). Where the bound fails because of
+the smallest singular values, a matrix whose SVD is not cheap first has only
+those recomputed on their own scale, with a residual bound
+(:mod:`rankbias.measures._tail`). Only the matrices where a requested bound
+still exceeds it, or where a requested measure has no bound, are recomputed with
+``torch.linalg.svdvals``: nearly rank-deficient matrices, nearly rank-one ones
+(entropy rank ~ 0), a singular value within its error of the numerical-rank
+threshold (the count is then refined by the SVD, never guessed). Inputs that
+require grad always take the SVD. ``method="gram"`` never falls back (singular
+values below ~sqrt(k eps) s_1 are then returned as 0) and ``method="svd"``
+always uses the SVD; ``method="fast"`` (``rank_measures`` only) estimates the
+measures with error bars (:mod:`rankbias.measures.approx`). Each matrix is first
+scaled by a power of two (exact) so that its Gram matrix can neither overflow
+nor underflow. The participation ratio needs no eigenvalues: (tr C)^2 /
+||C||_F^2 of the centred Gram matrix.
 
 Memory: the input's copy in the computing dtype is the only one (scaled, and
 centred for the participation ratio, in place) and is dropped before
@@ -29,13 +39,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from rankbias.measures._checks import (
+    MatrixLike,
     Method,
     Tol,
+    _check_accuracy,
     _check_finite,
     _check_method,
     _check_tol,
@@ -43,6 +55,8 @@ from rankbias.measures._checks import (
     _default_eps,
     _to_tensor,
 )
+from rankbias.measures._tail import refine_tail
+from rankbias.measures.approx import fast_rank_measures
 from rankbias.measures.spec import (
     RANKME_EPS,
     SPECS,
@@ -52,10 +66,26 @@ from rankbias.measures.spec import (
     split_centered,
 )
 
-# "auto" keeps a matrix on the Gram route only where a bound on the error that
-# route makes in every requested measure is below this fraction of sqrt(eps):
-# ~1.5e-9 relative in float64 (see _gram_is_accurate).
-_AUTO_TARGET = 0.1
+#: Default relative accuracy of ``method="auto"`` when computing in float64: a
+#: matrix stays on the Gram route only where the bound on the error that route
+#: makes in every requested measure is within it (see _gram_is_accurate).
+ACCURACY = 1e-6
+
+
+def _accuracy(accuracy: float | None, cdt: torch.dtype, shape: tuple[int, int]) -> float:
+    """The relative accuracy "auto" works to: the given one; by default ACCURACY, or
+    0.1 sqrt(eps) (~1.5e-9 in float64) for a matrix whose SVD is cheap (estimated
+    under _CHEAP_SVD_SECONDS: up to ~400 x 400), where the tighter target costs
+    nothing worth saving. Computing in float32 the default is never below 0.1
+    sqrt(eps) ~ 3.5e-5: its Gram route resolves singular values only down to
+    ~sqrt(k eps) s_1 (~1e-2 s_1) and its SVD errs by ~eps s_1 on each, ~1e-6
+    relative on the entropies: 1e-6 needs float64 (the default)."""
+    if accuracy is not None:
+        return float(accuracy)
+    fine = 0.1 * math.sqrt(torch.finfo(cdt).eps)
+    if _estimate_seconds("svd", 1, *shape) * max(torch.get_num_threads(), 1) <= _CHEAP_SVD_SECONDS:
+        return fine
+    return max(ACCURACY, fine)
 
 
 class SlowComputationWarning(UserWarning):
@@ -69,6 +99,7 @@ _GEMM_FLOPS = 2.5e10
 _EIG_FLOPS = 1.5e10
 _SVD_FLOPS = 6e9
 _WARN_SECONDS = 10.0
+_CHEAP_SVD_SECONDS = 0.05
 
 
 def _estimate_seconds(route: str, batch: int, m: int, n: int) -> float:
@@ -177,16 +208,15 @@ def _gram_error(s: torch.Tensor) -> torch.Tensor:
     return dl / (s + dl.sqrt()).clamp_min(torch.finfo(s.dtype).tiny)
 
 
-def _gram_is_accurate(sp: Spectrum, names: Sequence[str]) -> torch.Tensor:
+def _gram_is_accurate(sp: Spectrum, names: Sequence[str], target: float) -> torch.Tensor:
     """Per matrix (batch shape): may the Gram-route singular values ``sp.s`` be used?
 
     True where every requested measure's error bound (its entry in ``SPECS``) is
-    within 0.1 sqrt(eps), or where only singular values are asked for (names
-    empty) and each is within that relative to itself. False everywhere if a
-    requested measure has no error bound. The zero matrix is exact on either route.
+    within ``target`` (relative), or where only singular values are asked for
+    (names empty) and each is within that relative to itself. False everywhere if
+    a requested measure has no error bound. The zero matrix is exact on either route.
     """
     s = sp.s
-    target = _AUTO_TARGET * math.sqrt(torch.finfo(s.dtype).eps)
     zero = s[..., 0] == 0
     if not names:
         return (sp.delta <= target * s).all(-1) | zero
@@ -206,6 +236,8 @@ def _spectrum(
     spectrum: Callable[..., Spectrum] | None = None,
     G: torch.Tensor | None = None,
     rescale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    accuracy: float | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """Singular values (descending) of the scaled X, and whether they came from a
     Gram matrix only (then numerical-rank defaults use the Gram's resolution).
@@ -213,18 +245,28 @@ def _spectrum(
     ``names``: the measures wanted (for "auto"'s accuracy check); ``spectrum(s,
     delta=...)``: the :class:`Spectrum` their error bounds see; ``G``: X's Gram
     matrix if already formed; ``rescale(mask)``: X[mask] rebuilt from the input,
-    for the SVD fallback when X itself is no longer kept (X None)."""
+    for the SVD fallback when X itself is no longer kept (X None); ``accuracy``:
+    "auto"'s relative target (None: :func:`_accuracy`'s default for ``shape``, the
+    matrices' (m, n), X's by default)."""
     if method == "svd" or (method == "auto" and X is not None and X.requires_grad
                            and torch.is_grad_enabled()):
         return torch.linalg.svdvals(X), False
     if G is None:
         _warn_if_slow(X, "gram", "Gram matrix and eigvalsh")
-    s = _gram_spectrum(X, G)
+        G = _gram(X)
+    s = _gram_spectrum(None, G)
     if method == "gram":
         return s, True
     delta = _gram_error(s)
-    sp = (spectrum or (lambda s, delta: Spectrum(s, shape=(1, 1), delta=delta)))(s, delta=delta)
-    unsafe = ~_gram_is_accurate(sp, names)
+    make = spectrum or (lambda s, delta: Spectrum(s, shape=(1, 1), delta=delta))
+    if shape is None:
+        shape = tuple(X.shape[-2:]) if X is not None else (s.shape[-1], s.shape[-1])
+    target = _accuracy(accuracy, s.dtype, shape)
+    unsafe = ~_gram_is_accurate(make(s, delta=delta), names, target)
+    if bool(unsafe.any()) and _estimate_seconds("svd", 1, *shape) * max(
+            torch.get_num_threads(), 1) >= _REFINE_SECONDS:
+        s, delta, unsafe = _refine_unsafe(X, G, s, delta, unsafe, rescale, shape,
+                                          lambda s, d: _gram_is_accurate(make(s, delta=d), names, target))
     if not bool(unsafe.any()):
         return s, False
     whole = bool(unsafe.all())  # the whole input: no indexed copy of it
@@ -244,20 +286,126 @@ def _spectrum(
     return s, False
 
 
-def singular_values(A, *, method: Method = "auto", dtype: torch.dtype | None = None) -> torch.Tensor:
+# Below this (estimated single-thread SVD seconds, ~500 x 500) an unresolved matrix
+# takes the SVD at once: the tail refinement would save next to nothing.
+_REFINE_SECONDS = 0.1
+# Tail sizes tried, smallest first; the cut is then moved to the widest gap within
+# the next 50 % (the refinement's bound divides by it).
+_TAIL_SIZES = (16, 64, 256)
+
+
+def _tail_sizes(s: torch.Tensor, delta: torch.Tensor, ok: Callable) -> Iterator[int]:
+    """Tails t (s: one matrix's spectrum), smallest first, whose refinement could pass
+    ``ok`` (it passes with the tail's errors 0), each moved to the widest gap nearby."""
+    k = s.shape[-1]
+    lam = s.square()
+    for t in _TAIL_SIZES:
+        if 4 * t > k:
+            return
+        d = delta.clone()
+        d[..., -t:] = 0
+        if bool(ok(s, d)):
+            hs = torch.arange(k - (3 * t) // 2, k - t + 1)
+            yield k - int(hs[(lam[hs - 1] - lam[hs]).argmax()])
+
+
+def _refine_unsafe(X, G, s, delta, unsafe, rescale, shape, ok):
+    """Refine the tails of the unresolved matrices (:mod:`rankbias.measures._tail`) and
+    return (s, delta, still unresolved); ``ok(s, delta)``: the per-matrix accuracy check,
+    ``shape``: the matrices' (m, n)."""
+    for i in unsafe.nonzero():
+        i = tuple(i.tolist())
+        got = _refine_one(X, G, s, delta, unsafe, rescale, shape, ok, i)
+        if got is not None:
+            s, delta = got
+            unsafe[i] = False
+    return s, delta, unsafe
+
+
+def _refine_one(X, G, s, delta, unsafe, rescale, shape, ok, i):
+    """(s, delta) with matrix i's tail refined so that ``ok`` holds, or None."""
+    m, n = shape
+
+    def sub(x):
+        return x[i] if i else x
+
+    def check(si, di):
+        return sub(ok(*_put(s, delta, i, si, di)))
+
+    Xi = None
+    for t in _tail_sizes(sub(s), sub(delta), check):
+        if Xi is None and X is not None:
+            Xi = sub(X)
+        elif Xi is None:
+            mask = torch.zeros(unsafe.shape, dtype=torch.bool, device=unsafe.device)
+            mask[i] = True
+            Xi = rescale(mask).reshape(m, n)
+        got = refine_tail(Xi if m <= n else Xi.mT, sub(G), sub(s), t)
+        if got is None:
+            continue
+        si, di = sub(s).clone(), sub(delta).clone()
+        si[-t:], di[-t:] = got
+        if bool(check(si, di)):
+            return _put(s, delta, i, si, di)
+    return None
+
+
+def _put(s, delta, i, si, di):
+    """(s, delta) with matrix i's rows replaced (new tensors)."""
+    if not i:
+        return si, di
+    s, delta = s.clone(), delta.clone()
+    s[i], delta[i] = si, di
+    return s, delta
+
+
+def singular_values(A: MatrixLike, *, method: Method = "auto", dtype: torch.dtype | None = None,
+                    accuracy: float | None = None) -> torch.Tensor:
     """Singular values of A (..., m, n), descending, shape (..., min(m, n)).
 
-    ``method``: "svd" (``torch.linalg.svdvals``), "gram" (square roots of the
-    eigenvalues of the smaller Gram matrix: cheap, but singular values below
-    ~sqrt(k eps) s_1 are rounding noise and returned as 0) or "auto" (Gram,
-    with an SVD for the matrices where the Gram's error bound exceeds 0.1
-    sqrt(eps) ~ 1.5e-9 relative on any singular value; always SVD when A
-    requires grad).
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices.
+    method : {"auto", "gram", "svd"}, default "auto"
+        "svd" (``torch.linalg.svdvals``), "gram" (square roots of the eigenvalues
+        of the smaller Gram matrix: cheap, but singular values below
+        ~sqrt(k eps) s_1 are rounding noise and returned as 0) or "auto" (Gram,
+        with an SVD for the matrices where the Gram's error bound exceeds
+        ``accuracy`` relative on any singular value; always SVD when A requires
+        grad).
+    dtype : torch.dtype, optional
+        The computing dtype, float32 or float64 (default float64).
+    accuracy : float, optional
+        The relative error "auto" guarantees, in (0, 1) (default as in
+        :func:`rank_measures`).
+
+    Returns
+    -------
+    torch.Tensor
+        (..., min(m, n)), descending, in the computing dtype.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; an unknown method or dtype; an
+        ``accuracy`` outside (0, 1).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import singular_values
+    >>> singular_values(torch.diag(torch.tensor([3.0, 1.0, 2.0]))).tolist()
+    [3.0, 2.0, 1.0]
+    >>> tuple(singular_values(torch.ones(2, 3, 4)).shape)  # a batch of two 3 x 4 matrices
+    (2, 3)
     """
     A = _to_tensor(A)
     _check_method(method)
+    _check_accuracy(accuracy)
     X, c = _scaled(A, _compute_dtype(dtype))
-    s, _ = _spectrum(X, method)
+    s, _ = _spectrum(X, method, accuracy=accuracy)
     return s * c[..., 0]
 
 
@@ -298,7 +446,7 @@ def _centered_grams(
 
 
 def rank_measures(
-    A,
+    A: MatrixLike,
     measures: Sequence[str] | None = None,
     *,
     atol: Tol = None,
@@ -306,22 +454,75 @@ def rank_measures(
     method: Method = "auto",
     dtype: torch.dtype | None = None,
     rankme_eps: float = RANKME_EPS,
+    accuracy: float | None = None,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Every rank measure of A (..., m, n) from one spectrum.
 
-    Returns ``{name: tensor of the batch shape}`` in the order of
-    :data:`MEASURES` (or of ``measures``). ``atol``/``rtol`` are those of
-    ``numerical_rank``; ``method`` is "auto", "gram" or "svd" (see
-    :func:`singular_values`; with "gram" the default numerical-rank tolerance
-    is applied to s^2, the resolution a Gram matrix has); ``dtype`` the
-    computing dtype (float64 by default). See the module docstring for the
-    definitions and conventions.
+    See the module docstring for the definitions and conventions.
+
+    Parameters
+    ----------
+    A : tensor, numpy array or nested list, shape (..., m, n)
+        A matrix or a batch of matrices.
+    measures : sequence of str, optional
+        Names of :data:`MEASURES` (default: all of them).
+    atol, rtol : float or tensor, optional
+        The tolerances of ``numerical_rank``.
+    method : {"auto", "gram", "svd", "fast"}, default "auto"
+        "auto", "gram" or "svd" (see :func:`singular_values`; with "gram" the
+        default numerical-rank tolerance is applied to s^2, the resolution a Gram
+        matrix has), or "fast": estimates with error bars, returned as a
+        :class:`~rankbias.measures.approx.Estimates` (a dict with ``.errors``;
+        :func:`rankbias.measures.approx.fast_rank_measures`).
+    dtype : torch.dtype, optional
+        The computing dtype (float64 by default).
+    rankme_eps : float, default RANKME_EPS
+        The constant of RankMe.
+    accuracy : float, optional
+        The relative error "auto" guarantees for every measure (default
+        :data:`ACCURACY` = 1e-6 in float64, 1.5e-9 on matrices up to ~400 x 400
+        whose SVD is cheap, 0.1 sqrt(eps) ~ 3.5e-5 in float32; the numerical rank
+        is always exact: refined by the SVD where a singular value lies within
+        its error of the threshold), or the error-bar target of "fast" (default
+        1e-2).
+    seed : int, default 0
+        The random probes of "fast" (ignored otherwise).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``{name: tensor of the batch shape}`` in the order of :data:`MEASURES`
+        (or of ``measures``).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``A`` is not a real tensor, numpy array or nested list of at least 2
+        dimensions, is empty or holds NaN/Inf; an unknown or empty list of
+        measures; an unknown method or dtype; a NaN or non-numeric tolerance; an
+        ``accuracy`` outside (0, 1).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias import rank_measures
+    >>> res = rank_measures(torch.diag(torch.tensor([4.0, 3.0])))
+    >>> {name: round(float(v), 4) for name, v in res.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'stable_rank': 1.5625, 'effective_rank': 1.9796, 'entropy_rank': 0.6829,
+     'numerical_rank': 2.0, 'participation_ratio': 1.0, 'rankme': 1.9796}
+    >>> rank_measures([[1.0, 2.0], [2.0, 4.0]], ["numerical_rank"])  # nested lists are read too
+    {'numerical_rank': tensor(1)}
     """
     A = _to_tensor(A)
     names = _check_measure_names(measures)
-    _check_method(method)
+    _check_method(method, fast=True)
+    _check_accuracy(accuracy)
     _check_tol(atol, "atol")
     _check_tol(rtol, "rtol")
+    if method == "fast":
+        return fast_rank_measures(A, measures, accuracy=accuracy, seed=seed, dtype=dtype,
+                                  rankme_eps=rankme_eps)
     cdt = _compute_dtype(dtype)
     spectral, centred = split_centered(names)
     grad = A.requires_grad and torch.is_grad_enabled()
@@ -357,7 +558,7 @@ def rank_measures(
     if spectral:
         s, from_gram = _spectrum(
             X, method, spectral, lambda s, delta: Spectrum(s, delta=delta, **common), G,
-            rescale=lambda mask: _scaled(A[mask], cdt)[0])
+            rescale=lambda mask: _scaled(A[mask], cdt)[0], accuracy=accuracy, shape=(m, n))
         del G
         out = evaluate(spectral, Spectrum(s, gram_resolution=from_gram, **common))
     if centred:

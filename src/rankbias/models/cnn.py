@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rankbias.errors import InvalidParameterError
+
 
 class SmallCNN(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 32):
@@ -43,7 +45,7 @@ class PlainCNN(nn.Module):
                  depth: int = 4, batch_norm: bool = True):
         super().__init__()
         if depth < 1:
-            raise ValueError(f"depth must be >= 1 conv layers, got {depth}")
+            raise InvalidParameterError(f"depth must be >= 1 conv layers, got {depth}")
         layers: list[nn.Module] = []
         cin, w = in_channels, width
         for i in range(depth):

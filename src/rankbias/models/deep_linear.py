@@ -25,15 +25,17 @@ inference form.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
+from rankbias.errors import InvalidParameterError
+
 __all__ = ["DeepLinear", "end_to_end", "sample_factors"]
 
 Init = Literal["normal", "uniform", "orthogonal"]
-INITS = ("normal", "uniform", "orthogonal")
+INITS: tuple[Init, ...] = get_args(Init)
 
 
 def sample_factors(
@@ -53,9 +55,9 @@ def sample_factors(
     (QR of a Gaussian with the signs of R's diagonal fixed).
     """
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        raise InvalidParameterError(f"init must be one of {INITS}, got {init!r}")
     if len(shape) < 2 or shape[-1] != shape[-2]:
-        raise ValueError(f"shape must end in (n, n), got {tuple(shape)}")
+        raise InvalidParameterError(f"shape must end in (n, n), got {tuple(shape)}")
     n = shape[-1]
     kw = dict(generator=generator, dtype=dtype, device=device)
     if init == "normal":
@@ -88,17 +90,49 @@ class DeepLinear(nn.Module):
 
     Parameters
     ----------
-    depths : the depth of each of the M networks (ints >= 1).
-    n : width (input = hidden = output dimension).
-    init, init_scale : see :func:`sample_factors`; each factor of network m is
-        drawn from init (a name) or init[m] (a sequence of M names) with
-        E|W x|^2 = s_m^2 |x|^2, s_m = init_scale (a float) or init_scale[m]
-        (a sequence of M floats).
-    generator : a seeded ``torch.Generator`` (for a deterministic draw).
+    depths : sequence of int
+        The depth of each of the M networks (ints >= 1).
+    n : int
+        Width (input = hidden = output dimension).
+    init : str or sequence of str, default "normal"
+        See :func:`sample_factors`; each factor of network m is drawn from init (a
+        name) or init[m] (a sequence of M names).
+    init_scale : float or sequence of float, default 1.0
+        E|W x|^2 = s_m^2 |x|^2, s_m = init_scale (a float) or init_scale[m] (a
+        sequence of M floats).
+    generator : torch.Generator, optional
+        A seeded generator (for a deterministic draw).
+    dtype : torch.dtype, default torch.float64
+        The factors' dtype.
+    device : str or torch.device, optional
+        The factors' device.
 
-    Attributes: ``factors`` (Parameter, (M, L_max, n, n)); ``depths`` (buffer,
-    (M,) long); ``mask`` (buffer, (M, L_max) bool, True where a factor is the
-    network's own). Padded slots hold identity matrices.
+    Attributes
+    ----------
+    factors : nn.Parameter
+        (M, L_max, n, n); padded slots hold identity matrices.
+    depths : torch.Tensor
+        Buffer, (M,) long.
+    mask : torch.Tensor
+        Buffer, (M, L_max) bool, True where a factor is the network's own.
+
+    Raises
+    ------
+    InvalidParameterError
+        An empty ``depths`` or a depth < 1, ``n < 1``, an unknown ``init``, or an
+        ``init``/``init_scale`` sequence of another length than ``depths``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import DeepLinear
+    >>> net = DeepLinear([1, 3], n=4, generator=torch.Generator().manual_seed(0))
+    >>> net
+    DeepLinear(n_models=2, depths=[1, 3], n=4)
+    >>> tuple(net.factors.shape), net.mask.tolist()
+    ((2, 3, 4, 4), [[True, False, False], [True, True, True]])
+    >>> tuple(net(torch.randn(5, 4, dtype=torch.float64)).shape)  # 5 inputs shared by both networks
+    (2, 5, 4)
     """
 
     def __init__(
@@ -111,20 +145,20 @@ class DeepLinear(nn.Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         depths = [int(d) for d in depths]
         if not depths or any(d < 1 for d in depths):
-            raise ValueError(f"depths must be a non-empty list of ints >= 1, got {depths}")
+            raise InvalidParameterError(f"depths must be a non-empty list of ints >= 1, got {depths}")
         if int(n) < 1:
-            raise ValueError(f"n must be an int >= 1, got {n}")
+            raise InvalidParameterError(f"n must be an int >= 1, got {n}")
         M, L, n = len(depths), max(depths), int(n)
         if isinstance(init_scale, int | float):
             scale = float(init_scale)
         else:
             scale = torch.as_tensor(list(init_scale), dtype=dtype, device=device)
             if scale.shape != (M,):
-                raise ValueError(f"init_scale: expected a float or {M} floats, got {scale.shape[0]}")
+                raise InvalidParameterError(f"init_scale: expected a float or {M} floats, got {scale.shape[0]}")
             scale = scale.view(M, 1, 1, 1)
         kw = dict(generator=generator, dtype=dtype, device=device)
         if isinstance(init, str):
@@ -132,7 +166,7 @@ class DeepLinear(nn.Module):
         else:
             inits = list(init)
             if len(inits) != M:
-                raise ValueError(f"init: expected a name or {M} names, got {len(inits)}")
+                raise InvalidParameterError(f"init: expected a name or {M} names, got {len(inits)}")
             per_model = [scale] * M if isinstance(scale, float) else list(scale.view(M))
             W = torch.stack([sample_factors((L, n, n), init=i, scale=s, **kw)
                              for i, s in zip(inits, per_model)])  # (M, L, n, n)
@@ -148,11 +182,11 @@ class DeepLinear(nn.Module):
     def from_factors(cls, factors: Sequence[Sequence[torch.Tensor]]) -> DeepLinear:
         """M networks from their factor lists [[W_1, ..., W_L], ...] (applied W_1 first)."""
         if not factors or any(len(fs) == 0 for fs in factors):
-            raise ValueError("factors must be a non-empty list of non-empty factor lists")
+            raise InvalidParameterError("factors must be a non-empty list of non-empty factor lists")
         W0 = factors[0][0]
         n = W0.shape[-1]
         if any(W.shape != (n, n) for fs in factors for W in fs):
-            raise ValueError(f"every factor must be {n} x {n}")
+            raise InvalidParameterError(f"every factor must be {n} x {n}")
         net = cls([len(fs) for fs in factors], n, dtype=W0.dtype, device=W0.device)
         with torch.no_grad():
             for m, fs in enumerate(factors):

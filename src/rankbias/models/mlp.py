@@ -6,12 +6,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rankbias.errors import InvalidParameterError
+
 
 class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int = 10, width: int = 128, depth: int = 3):
         super().__init__()
         if in_features < 1 or width < 1 or depth < 1:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"in_features, width and depth must be >= 1, got {in_features}, {width}, {depth}")
         layers: list[nn.Module] = [nn.Flatten()]
         d = in_features
@@ -24,7 +26,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x[0].numel() != self.in_features:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"MLP built for inputs of {self.in_features} values, got samples of shape "
                 f"{tuple(x.shape[1:])} ({x[0].numel()} values)")
         z = self.hidden(x)  # (N, width): the penultimate embedding

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from rankbias.errors import InvalidParameterError
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1):
@@ -34,7 +36,7 @@ class CifarResNet(nn.Module):
                  blocks: Sequence[int] = (3, 3, 3), widths: Sequence[int] = (16, 32, 64)):
         super().__init__()
         if len(blocks) != len(widths) or not blocks:
-            raise ValueError(f"blocks {blocks} and widths {widths} must be non-empty and of equal length")
+            raise InvalidParameterError(f"blocks {blocks} and widths {widths} must be non-empty and of equal length")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())
         stages, cin = [], widths[0]

@@ -11,7 +11,7 @@ threshold kappa.
 
 Every tensor carries a leading model dimension M: M independent networks (a
 sweep over noise levels x seeds) run as one batched matmul
-(M, n P, d) @ (M, d, 2m). The trainer is :func:`rankbias.fit.two_layer_cnn.train_two_layer_cnn`.
+(M, n P, d) @ (M, d, 2m). The trainer is :func:`rankbias.fit.two_layer_cnn.fit_two_layer_cnn`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from rankbias.errors import InvalidParameterError
 
 __all__ = [
     "HuberizedReLU",
@@ -168,23 +170,76 @@ def huberized_relu(z: torch.Tensor, q: float = 3.0, kappa: float = 1.0) -> torch
 
     Continuous with a continuous first derivative for every q >= 1 (q = 1 is
     the ReLU). Elementwise; differentiable (derivative (clamp(z,0,kappa)/kappa)^(q-1)).
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Pre-activations, any shape.
+    q : float, default 3.0
+        The power of the polynomial piece (>= 1).
+    kappa : float, default 1.0
+        The threshold between the polynomial and the linear piece (> 0).
+
+    Returns
+    -------
+    torch.Tensor
+        sigma(z), of the shape of ``z``.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``q < 1`` or ``kappa <= 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import huberized_relu
+    >>> huberized_relu(torch.tensor([-1.0, 0.5, 2.0]))  # 0, 0.5^3 / 3, 2 - 2/3
+    tensor([0.0000, 0.0417, 1.3333])
     """
     if not q >= 1:
-        raise ValueError(f"q must be >= 1, got {q}")
+        raise InvalidParameterError(f"q must be >= 1, got {q}")
     if not kappa > 0:
-        raise ValueError(f"kappa must be > 0, got {kappa}")
+        raise InvalidParameterError(f"kappa must be > 0, got {kappa}")
     return _HuberizedReLUFn.apply(z, float(q), float(kappa))
 
 
 class HuberizedReLU(nn.Module):
-    """The Huberised ReLU as a module (see :func:`huberized_relu`)."""
+    """The Huberised ReLU as a module (see :func:`huberized_relu`).
 
-    def __init__(self, q: float = 3.0, kappa: float = 1.0):
+    Parameters
+    ----------
+    q : float, default 3.0
+        The power of the polynomial piece (>= 1; 1 is the ReLU).
+    kappa : float, default 1.0
+        The threshold between the polynomial and the linear piece (> 0).
+
+    Attributes
+    ----------
+    q, kappa : float
+        The parameters, as floats.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``q < 1`` or ``kappa <= 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import HuberizedReLU
+    >>> HuberizedReLU(q=2.0, kappa=0.5)
+    HuberizedReLU(q=2, kappa=0.5)
+    >>> HuberizedReLU(q=1.0)(torch.tensor([-1.0, 2.0]))  # q = 1: the ReLU
+    tensor([0., 2.])
+    """
+
+    def __init__(self, q: float = 3.0, kappa: float = 1.0) -> None:
         super().__init__()
         if not q >= 1:
-            raise ValueError(f"q must be >= 1, got {q}")
+            raise InvalidParameterError(f"q must be >= 1, got {q}")
         if not kappa > 0:
-            raise ValueError(f"kappa must be > 0, got {kappa}")
+            raise InvalidParameterError(f"kappa must be > 0, got {kappa}")
         self.q, self.kappa = float(q), float(kappa)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -197,10 +252,55 @@ class HuberizedReLU(nn.Module):
 class TwoLayerCNN(nn.Module):
     """M independent two-layer CNNs with m filters per class over d-dimensional patches.
 
-    Parameters: ``weight`` (M, 2, m, d); index 0 of dim 1 is class +1, index 1 class -1.
     Input: patches (M, n, P, d) (one data set per model) or (n, P, d) (shared).
     Output: f (M, n).
-    ``seeds``: one init seed per model (default 0..M-1); w ~ N(0, init_std^2 I).
+
+    Parameters
+    ----------
+    dim : int
+        d, the dimension of a patch (>= 1).
+    filters : int
+        m, the filters per class (>= 1).
+    models : int, default 1
+        M, the independent networks (>= 1).
+    q, kappa : float, default 3.0 and 1.0
+        The Huberised ReLU's power and threshold (see :func:`huberized_relu`).
+    init_std : float, default 0.01
+        w ~ N(0, init_std^2 I) (>= 0).
+    seeds : sequence of int, optional
+        One init seed per model (default 0..M-1); a model's init depends on its
+        seed only.
+    dtype : torch.dtype, default torch.float32
+        The weights' dtype.
+    device : str or torch.device, default "cpu"
+        The weights' device.
+
+    Attributes
+    ----------
+    weight : nn.Parameter
+        (M, 2, m, d); index 0 of dim 1 is class +1, index 1 class -1.
+    filter_matrix : torch.Tensor
+        (M, 2m, d): the filters as one matrix per model (the matrix whose rank
+        the papers follow).
+    act : HuberizedReLU
+        The activation.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``dim``, ``filters`` or ``models`` < 1, ``init_std < 0``, a bad ``q`` or
+        ``kappa``, or ``seeds`` of another length than ``models``. In the forward
+        pass: an input whose shape is not (M, n, P, d) or (n, P, d).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rankbias.papers import TwoLayerCNN
+    >>> net = TwoLayerCNN(dim=5, filters=3, models=2)
+    >>> tuple(net.weight.shape), tuple(net.filter_matrix.shape)
+    ((2, 2, 3, 5), (2, 6, 5))
+    >>> tuple(net(torch.randn(4, 6, 5)).shape)  # 4 images of 6 patches, shared by both models
+    (2, 4)
     """
 
     def __init__(
@@ -215,20 +315,20 @@ class TwoLayerCNN(nn.Module):
         seeds: Sequence[int] | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
-    ):
+    ) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("filters", filters), ("models", models)):
             if int(v) < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+                raise InvalidParameterError(f"{name} must be >= 1, got {v}")
         if not init_std >= 0:
-            raise ValueError(f"init_std must be >= 0, got {init_std}")
+            raise InvalidParameterError(f"init_std must be >= 0, got {init_std}")
         self.dim, self.filters, self.models = int(dim), int(filters), int(models)
         self.act = HuberizedReLU(q, kappa)
         if seeds is None:
             seeds = range(models)
         seeds = list(seeds)
         if len(seeds) != models:
-            raise ValueError(f"seeds must have one entry per model ({models}), got {len(seeds)}")
+            raise InvalidParameterError(f"seeds must have one entry per model ({models}), got {len(seeds)}")
         # One generator per model: a model's init depends on its seed only, not
         # on which other models share the batch (batched == one at a time).
         w = torch.stack([
@@ -247,11 +347,11 @@ class TwoLayerCNN(nn.Module):
         """(F_{+1}, F_{-1}) of every image: (M, n, 2)."""
         M, m, d = self.models, self.filters, self.dim
         if x.shape[-1] != d:
-            raise ValueError(f"patch dimension {x.shape[-1]} != the model's dim {d}")
+            raise InvalidParameterError(f"patch dimension {x.shape[-1]} != the model's dim {d}")
         if x.dim() == 3:
             x = x.unsqueeze(0).expand(M, *x.shape)
         if x.dim() != 4 or x.shape[0] != M:
-            raise ValueError(f"input must be (M={M}, n, P, d) or (n, P, d); got {tuple(x.shape)}")
+            raise InvalidParameterError(f"input must be (M={M}, n, P, d) or (n, P, d); got {tuple(x.shape)}")
         _, n, P, _ = x.shape
         x = x.reshape(M, n * P, d)
         q, kappa = self.act.q, self.act.kappa
@@ -270,16 +370,3 @@ class TwoLayerCNN(nn.Module):
 def logistic_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean of log(1 + exp(-y f)) over the last dimension: (M, n) -> (M,)."""
     return nn.functional.softplus(-y * f).mean(-1)
-
-
-_MOVED = {"CNNFit", "CNNMetrics", "train_two_layer_cnn"}
-
-
-def __getattr__(name: str):
-    # The trainer moved to rankbias.fit.two_layer_cnn (models/ holds modules only); the old
-    # import path stays valid, resolved lazily because fit/ imports this module.
-    if name in _MOVED:
-        import rankbias.fit.two_layer_cnn as fit
-
-        return getattr(fit, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

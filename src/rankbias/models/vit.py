@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankbias.errors import InvalidParameterError
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} must be a multiple of heads {heads}")
+            raise InvalidParameterError(f"dim {dim} must be a multiple of heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -70,9 +72,9 @@ class ViT(nn.Module):
                  mlp_ratio: float = 2.0):
         super().__init__()
         if patch_size < 1 or image_size % patch_size:
-            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+            raise InvalidParameterError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
         if depth < 1 or dim < 1:
-            raise ValueError(f"depth and dim must be >= 1, got {depth}, {dim}")
+            raise InvalidParameterError(f"depth and dim must be >= 1, got {depth}, {dim}")
         self.image_size, self.patch_size = image_size, patch_size
         n_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
@@ -88,7 +90,7 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"ViT built for {self.image_size}x{self.image_size} images, got {tuple(x.shape[-2:])}")
         B = x.shape[0]
         t = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, P, D): one token per patch

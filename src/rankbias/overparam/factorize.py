@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from rankbias.errors import InvalidParameterError
+
 
 def _balanced_factors(
     W: torch.Tensor, depth: int, hidden: int, generator: torch.Generator | None
@@ -30,12 +32,19 @@ def _balanced_factors(
     G, m, n = W.shape
     r = min(m, n)
     if hidden < r:
-        raise ValueError(
+        raise InvalidParameterError(
             f"init='preserve' needs hidden width >= min(out, fan_in) = {r} per group to "
             f"factorise the weight exactly; got {hidden} (raise width)"
         )
-    dtype, device = W.dtype, W.device
-    W64 = W.to(torch.float64)
+    first_r, last_r, root = _balanced_split(W.to(torch.float64), depth)
+    if depth == 1:
+        return [W.clone()]
+    return [f.to(W.dtype) for f in _padded_factors(first_r, last_r, root, depth, hidden, generator)]
+
+
+def _balanced_split(W64: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(F_1 (G, r, n), F_L (G, m, r), d (G, r)) of the balanced split of W64 (G, m, n), r = min(m, n)."""
+    m, n = W64.shape[-2:]
     wide = m <= n
     gram = W64 @ W64.mT if wide else W64.mT @ W64  # (G, r, r)
     lam, Q = torch.linalg.eigh(gram)  # ascending
@@ -48,15 +57,21 @@ def _balanced_factors(
     else:  # W = (W V) V^T: F_1 = d V^T, F_L = W V d^(1-L)
         first_r = d.unsqueeze(-1) * Q.mT
         last_r = (W64 @ Q) * (d ** (1 - depth)).unsqueeze(-2)
-    root = d
+    return first_r, last_r, d
+
+
+def _padded_factors(first_r: torch.Tensor, last_r: torch.Tensor, root: torch.Tensor, depth: int, hidden: int,
+                    generator: torch.Generator | None) -> list[torch.Tensor]:
+    """The float64 factors at ``hidden`` width: the split's, plus trainable extra units (random
+    rows of F_1, a random orthogonal block of each middle factor, zero columns of F_L)."""
+    (G, r, n), m = first_r.shape, last_r.shape[-2]
+    device = first_r.device
     extra = hidden - r
     scale = root.mean(-1, keepdim=True)  # (G, 1): typical factor gain
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, dtype=torch.float64, device="cpu").to(device)
 
-    if depth == 1:
-        return [W.clone()]
     first = torch.zeros(G, hidden, n, dtype=torch.float64, device=device)
     first[:, :r] = first_r
     if extra:
@@ -72,7 +87,7 @@ def _balanced_factors(
         mids.append(M)
     last = torch.zeros(G, m, hidden, dtype=torch.float64, device=device)
     last[:, :, :r] = last_r
-    return [f.to(dtype) for f in (first, *mids, last)]
+    return [first, *mids, last]
 
 
 def _chain(mats: Sequence[torch.Tensor]) -> torch.Tensor:

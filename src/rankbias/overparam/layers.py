@@ -49,35 +49,37 @@ import copy
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankbias.errors import UnsupportedError
+from rankbias.errors import InvalidParameterError, UnsupportedError
 from rankbias.overparam._computed import guard
 from rankbias.overparam.factorize import _chain, _init_factors
 
 __all__ = ["OverparamConv1D", "OverparamConv2d", "OverparamLinear"]
 
 Mode = Literal["kernel", "sequential", "auto"]
-MODES = ("kernel", "sequential", "auto")
-LAYERS = ("all", "conv", "linear")
-INITS = ("fresh", "preserve")
+ExpandLayers = Literal["all", "conv", "linear"]
+FactorInit = Literal["fresh", "preserve"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+LAYERS: tuple[ExpandLayers, ...] = get_args(ExpandLayers)
+INITS: tuple[FactorInit, ...] = get_args(FactorInit)
 
 
 def _check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+        raise InvalidParameterError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     return mode
 
 
 def _check_depth_width(depth, width) -> tuple[int, float]:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be an int >= 1 (1 = no expansion); got {depth!r}")
+        raise InvalidParameterError(f"depth must be an int >= 1 (1 = no expansion); got {depth!r}")
     if isinstance(width, bool) or not isinstance(width, int | float) or not math.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a finite number > 0 (hidden = round(width * out)); got {width!r}")
+        raise InvalidParameterError(f"width must be a finite number > 0 (hidden = round(width * out)); got {width!r}")
     return depth, float(width)
 
 

@@ -43,15 +43,16 @@ import sys
 import types
 import warnings
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
 from torch import nn
 
-from rankbias.errors import UnsupportedError
+from rankbias.errors import InvalidParameterError, UnsupportedError
 from rankbias.overparam.layers import (
     INITS,
     LAYERS,
+    ExpandLayers,
+    FactorInit,
     Mode,
     OverparamConv1D,
     OverparamConv2d,
@@ -115,9 +116,9 @@ def overparameterize(
     model: nn.Module,
     depth: int = 2,
     width: float = 1.0,
-    layers: Literal["all", "conv", "linear"] = "all",
+    layers: ExpandLayers = "all",
     ignore: Iterable[str] = (),
-    init: Literal["fresh", "preserve"] = "fresh",
+    init: FactorInit = "fresh",
     inplace: bool = False,
     *,
     mode: Mode = "auto",
@@ -127,75 +128,89 @@ def overparameterize(
     """Replace every ``nn.Linear`` / ``nn.Conv2d`` (and Hugging Face ``Conv1D``) of
     ``model`` by its expanded form.
 
-    Args:
-        model: any module (a bare Linear/Conv2d is expanded and returned itself).
-        depth: factors per layer (>= 1; 1 keeps the layer's shape but still
-            re-initialises it with ``init="fresh"``).
-        width: hidden width multiplier, hidden = round(width * out) (a multiple of
-            ``groups`` for convs).
-        layers: which layer types to expand: "all", "conv" or "linear" (Conv1D is linear).
-        ignore: qualified module names (as in ``model.named_modules()``) to leave
-            alone; a name also covers everything below it (``"layer4"``). An unknown
-            name is an error.
-        init: "fresh" re-initialises the factors as Huh et al.'s code does
-            (kaiming-normal, fan_in for linear and fan_out for conv factors, gain 1
-            inside, ReLU gain on the last factor); "preserve" factorises the current
-            weights (balanced split) so the expanded model computes the same function at
-            step 0 (fine-tuning).
-        inplace: modify ``model`` itself instead of a deep copy.
-        mode: forward form of the expanded layers: "kernel", "sequential" or "auto"
-            (see :mod:`rankbias.overparam.layers`; change later with :func:`set_forward_mode`).
-        factor_bias: a bias on every factor (the authors' layout; same function class,
-            different training dynamics) instead of on the last one only.
-        generator: random source for "fresh" init (and the extra units of "preserve").
+    Layers with their own forward and frozen layers are left as they are, with a
+    warning; so is the whole model when nothing was expanded.
 
-    Raises:
-        UnsupportedError: a selected layer shares a parameter with another module (tied
-            weights), is parametrised, has hooks, holds state that cannot be carried
-            (submodules, ``get_extra_state``), or is also referenced outside the module
-            tree (a list/dict attribute); put it in ``ignore``.
+    Parameters
+    ----------
+    model : nn.Module
+        Any module (a bare Linear/Conv2d is expanded and returned itself).
+    depth : int, default 2
+        Factors per layer (>= 1; 1 keeps the layer's shape but still
+        re-initialises it with ``init="fresh"``).
+    width : float, default 1.0
+        Hidden width multiplier, hidden = round(width * out) (a multiple of
+        ``groups`` for convs).
+    layers : {"all", "conv", "linear"}, default "all"
+        Which layer types to expand (Conv1D is linear).
+    ignore : iterable of str, default ()
+        Qualified module names (as in ``model.named_modules()``) to leave alone;
+        a name also covers everything below it (``"layer4"``). An unknown name is
+        an error.
+    init : {"fresh", "preserve"}, default "fresh"
+        "fresh" re-initialises the factors as Huh et al.'s code does
+        (kaiming-normal, fan_in for linear and fan_out for conv factors, gain 1
+        inside, ReLU gain on the last factor); "preserve" factorises the current
+        weights (balanced split) so the expanded model computes the same function
+        at step 0 (fine-tuning).
+    inplace : bool, default False
+        Modify ``model`` itself instead of a deep copy.
+    mode : {"auto", "kernel", "sequential"}, default "auto"
+        Forward form of the expanded layers (see :mod:`rankbias.overparam.layers`;
+        change later with :func:`set_forward_mode`).
+    factor_bias : bool, default False
+        A bias on every factor (the authors' layout; same function class,
+        different training dynamics) instead of on the last one only.
+    generator : torch.Generator, optional
+        Random source for "fresh" init (and the extra units of "preserve").
 
-    Returns the expanded model; :func:`collapse` turns it back into the original
-    architecture. Layers with their own forward and frozen layers are left as they are,
-    with a warning; so is the whole model when nothing was expanded.
+    Returns
+    -------
+    nn.Module
+        The expanded model; :func:`collapse` turns it back into the original
+        architecture.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``model`` is not an ``nn.Module``; ``depth`` not an int >= 1, ``width`` not
+        a finite number > 0; an unknown ``layers``, ``init`` or ``mode``; a name of
+        ``ignore`` that is not a module of ``model``.
+    UnsupportedError
+        A selected layer shares a parameter with another module (tied weights), is
+        parametrised, has hooks, holds state that cannot be carried (submodules,
+        ``get_extra_state``), or is also referenced outside the module tree (a
+        list/dict attribute); put it in ``ignore``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from rankbias import collapse, overparameterize
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> deep = overparameterize(model, depth=3, init="preserve")
+    >>> type(deep[0]).__name__
+    'OverparamLinear'
+    >>> x = torch.randn(5, 4)
+    >>> torch.allclose(deep(x), model(x), atol=1e-5)  # "preserve": the same function
+    True
+    >>> type(collapse(deep)[0]).__name__
+    'Linear'
     """
     depth, width = _check_depth_width(depth, width)
     if layers not in LAYERS:
-        raise ValueError(f"layers must be one of {', '.join(map(repr, LAYERS))}; got {layers!r}")
+        raise InvalidParameterError(f"layers must be one of {', '.join(map(repr, LAYERS))}; got {layers!r}")
     if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
+        raise InvalidParameterError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
     _check_mode(mode)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if isinstance(ignore, str):
-        ignore = (ignore,)
-    ignore = tuple(ignore)
-    names = {n for n, _ in model.named_modules(remove_duplicate=False)}
-    unknown = [n for n in ignore if n not in names or n == ""]
-    if unknown:
-        hints = {n: difflib.get_close_matches(n, names, n=3) for n in unknown}
-        raise ValueError(
-            f"ignore: unknown module name(s) {unknown}; accepted: qualified names from "
-            f"model.named_modules(), e.g. {sorted(x for x in names if x)[:8]}"
-            + "".join(f"; did you mean {v} for {k!r}?" for k, v in hints.items() if v)
-        )
+        raise InvalidParameterError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    ignore = _checked_ignore(model, ignore)
     # checked on the model as given: a refused case is refused before any copy (an
     # old-style weight_norm layer cannot even be deep-copied)
     targets, own_forward, frozen = _select(model, layers, ignore)
     _refuse_unsafe(model, targets, _aliases(model))
-    if own_forward:
-        warnings.warn(
-            f"overparameterize: left {len(own_forward)} layer(s) with their own forward as they "
-            f"are (a product of plain layers would compute something else): {_list(own_forward)}",
-            stacklevel=2)
-    if frozen:
-        warnings.warn(
-            f"overparameterize: left {len(frozen)} frozen layer(s) (weight requires_grad=False) "
-            f"as they are: {_list(frozen)}", stacklevel=2)
-    if not targets:
-        warnings.warn(f"overparameterize: nothing was expanded (no trainable, plain {layers!r} "
-                      f"layer outside `ignore` in this {type(model).__name__})", stacklevel=2)
-
+    _warn_left_alone(own_forward, frozen, bool(targets), layers, type(model).__name__)
     if not inplace:
         model = copy.deepcopy(model)
         targets, _, _ = _select(model, layers, ignore)
@@ -212,6 +227,40 @@ def overparameterize(
         for name in all_names:
             model = _set_child(model, name, new)
     return model
+
+
+def _checked_ignore(model: nn.Module, ignore: Iterable[str] | str) -> tuple[str, ...]:
+    """``ignore`` as a tuple of module names, each one of ``model``'s (else an error with near misses)."""
+    if isinstance(ignore, str):
+        ignore = (ignore,)
+    ignore = tuple(ignore)
+    names = {n for n, _ in model.named_modules(remove_duplicate=False)}
+    unknown = [n for n in ignore if n not in names or n == ""]
+    if unknown:
+        hints = {n: difflib.get_close_matches(n, names, n=3) for n in unknown}
+        raise InvalidParameterError(
+            f"ignore: unknown module name(s) {unknown}; accepted: qualified names from "
+            f"model.named_modules(), e.g. {sorted(x for x in names if x)[:8]}"
+            + "".join(f"; did you mean {v} for {k!r}?" for k, v in hints.items() if v)
+        )
+    return ignore
+
+
+def _warn_left_alone(own_forward: list[str], frozen: list[str], any_target: bool, layers: str,
+                     model_type: str) -> None:
+    # stacklevel 3: the warning points at the caller of overparameterize
+    if own_forward:
+        warnings.warn(
+            f"overparameterize: left {len(own_forward)} layer(s) with their own forward as they "
+            f"are (a product of plain layers would compute something else): {_list(own_forward)}",
+            stacklevel=3)
+    if frozen:
+        warnings.warn(
+            f"overparameterize: left {len(frozen)} frozen layer(s) (weight requires_grad=False) "
+            f"as they are: {_list(frozen)}", stacklevel=3)
+    if not any_target:
+        warnings.warn(f"overparameterize: nothing was expanded (no trainable, plain {layers!r} "
+                      f"layer outside `ignore` in this {model_type})", stacklevel=3)
 
 
 def _select(model: nn.Module, layers: str, ignore: tuple[str, ...]):
@@ -232,7 +281,7 @@ def _select(model: nn.Module, layers: str, ignore: tuple[str, ...]):
             continue
         label = all_names[0] or type(m).__name__
         if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
-            raise ValueError(f"layer {label!r} is lazy and not initialised yet: run one forward first")
+            raise UnsupportedError(f"layer {label!r} is lazy and not initialised yet: run one forward first")
         if (conv1d is None or not isinstance(m, conv1d)) and _own_forward(m):
             own_forward.append(f"{label} ({type(m).__name__})")
         elif "weight" in m._parameters and not m.weight.requires_grad:
@@ -367,9 +416,40 @@ def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
     included). ``timm.utils.reparameterize_model`` gives the same result through
     :meth:`~rankbias.overparam.layers._Expanded.fuse`.
 
-    Raises:
-        UnsupportedError: an expanded layer is also referenced outside the module tree
-            (it would keep running the expanded layer).
+    Parameters
+    ----------
+    model : nn.Module
+        A model with expanded layers (of :func:`overparameterize`); a model
+        without any is returned as it is (copied unless ``inplace``).
+    inplace : bool, default False
+        Modify ``model`` itself instead of a deep copy.
+
+    Returns
+    -------
+    nn.Module
+        The collapsed model, computing the same function.
+
+    Raises
+    ------
+    UnsupportedError
+        An expanded layer is also referenced outside the module tree (it would
+        keep running the expanded layer).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from rankbias import collapse, overparameterize
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> deep = overparameterize(model, depth=3)
+    >>> flat = collapse(deep)
+    >>> type(flat[0]).__name__, tuple(flat[0].weight.shape)
+    ('Linear', (8, 4))
+    >>> x = torch.randn(5, 4)
+    >>> torch.allclose(flat(x), deep(x), atol=1e-5)
+    True
+    >>> flat.load_state_dict(model.state_dict(), strict=True)  # the original architecture
+    <All keys matched successfully>
     """
     aliases = _aliases(model)
     expanded = {id(m): aliases[id(m)][0] or "<model>" for _, m in expanded_modules(model)}

@@ -27,7 +27,12 @@ from rankbias.plots.depth import (
     rank_by_depth_lines,
     singular_value_dynamics,
 )
-from rankbias.plots.ranks import layer_ranks, layer_sigma_heatmaps, ranks_against_sigma
+from rankbias.plots.ranks import (
+    layer_ranks,
+    layer_sigma_heatmaps,
+    ranks_against_sigma,
+    tracked_ranks,
+)
 
 __all__ = [
     "STYLE",
@@ -45,4 +50,5 @@ __all__ = [
     "singular_value_dynamics",
     "layer_sigma_heatmaps",
     "ranks_against_sigma",
+    "tracked_ranks",
 ]

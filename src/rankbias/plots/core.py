@@ -119,37 +119,13 @@ def sweep_figure(
     seeds for which the claim holds). Numeric x values go on a numeric axis (log
     when they span 16x or more), others on a categorical one.
     """
-
-    def num(v):
-        if isinstance(v, bool):
-            return float(v)
-        if isinstance(v, int | float) and np.isfinite(v):
-            return float(v)
-        return np.nan
-
-    xs: list = []
-    for points in series.values():
-        xs.extend(x for x in points if x not in xs)
-    numeric_x = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
-    if numeric_x:
-        xs = sorted(xs)
-        pos = {x: float(x) for x in xs}
-    else:
-        pos = {x: float(i) for i, x in enumerate(xs)}
+    xs, pos, numeric_x = _sweep_x(series)
     n_seeds = max(len(rows) for points in series.values() for rows in points.values())
     ncols = min(len(metrics), 2)
     nrows = -(-len(metrics) // ncols)
     fig, axes = figure(ncols=ncols, nrows=nrows, width=4.4, height=3.2, squeeze=False)
-    cmap = plt.get_cmap("viridis")
     for ax, metric in zip(axes.flat, metrics):
-        for i, (label, points) in enumerate(series.items()):
-            keys = [x for x in xs if x in points]
-            vals = [np.array([num(r.get(metric)) for r in points[x]], float) for x in keys]
-            mean = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in vals]
-            std = [np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0 for v in vals]
-            color = cmap(i / max(len(series) - 1, 1)) if len(series) > 1 else "C0"
-            line_with_band(ax, [pos[x] for x in keys], mean, std if n_seeds > 1 else None,
-                           label=label or None, color=color)
+        _sweep_panel(ax, series, metric, xs, pos, n_seeds)
         if metric == "verdict.holds":
             ax.set_ylabel("claim holds (fraction of seeds)")
             ax.set_ylim(-0.05, 1.05)
@@ -168,6 +144,41 @@ def sweep_figure(
     spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed per point"
     fig.suptitle(f"{title} ({spread})", fontsize=10)
     return save(fig, path)
+
+
+def _sweep_x(series: Mapping[str, Mapping[object, Sequence]]) -> tuple[list, dict, bool]:
+    """(the x values of all series, in order; their positions on the axis; whether they are numbers)."""
+    xs: list = []
+    for points in series.values():
+        xs.extend(x for x in points if x not in xs)
+    numeric_x = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
+    if numeric_x:
+        xs = sorted(xs)
+        return xs, {x: float(x) for x in xs}, True
+    return xs, {x: float(i) for i, x in enumerate(xs)}, False
+
+
+def _as_number(v) -> float:
+    """A metric value as a float: booleans as 0/1, anything not a finite number as NaN."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float) and np.isfinite(v):
+        return float(v)
+    return np.nan
+
+
+def _sweep_panel(ax, series: Mapping[str, Mapping[object, Sequence[Mapping[str, object]]]], metric: str,
+                 xs: list, pos: dict, n_seeds: int) -> None:
+    """One line per series of ``metric``'s mean (and std band over seeds) against x."""
+    cmap = plt.get_cmap("viridis")
+    for i, (label, points) in enumerate(series.items()):
+        keys = [x for x in xs if x in points]
+        vals = [np.array([_as_number(r.get(metric)) for r in points[x]], float) for x in keys]
+        mean = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in vals]
+        std = [np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0 for v in vals]
+        color = cmap(i / max(len(series) - 1, 1)) if len(series) > 1 else "C0"
+        line_with_band(ax, [pos[x] for x in keys], mean, std if n_seeds > 1 else None,
+                       label=label or None, color=color)
 
 
 def quantile_lines(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from rankbias.plots.core import figure, line_with_band, save
 
-__all__ = ["layer_ranks", "layer_sigma_heatmaps", "ranks_against_sigma"]
+__all__ = ["layer_ranks", "layer_sigma_heatmaps", "ranks_against_sigma", "tracked_ranks"]
 
 
 def layer_ranks(
@@ -144,4 +145,54 @@ def ranks_against_sigma(
     axes[0][0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title, fontsize=9)
+    return save(fig, path)
+
+
+def tracked_ranks(
+    history: Sequence[Mapping[str, float]],
+    path: str | Path,
+    *,
+    title: str = "",
+    max_legend: int = 24,
+) -> Path:
+    """Ranks against the training step, as :class:`rankbias.analysis.RankTracker`
+    records them: one panel per measure (``"<layer>/<measure>"`` keys of
+    ``history``, rows with ``step`` and, for a batch of models, ``model``), one
+    line per layer. A batch of models is drawn as the mean over models with a
+    band from the smallest to the largest. NaN values leave gaps."""
+    keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("step", "model")]
+    by_measure: dict[str, list[str]] = {}
+    for k in keys:
+        layer, _, measure = k.rpartition("/")
+        by_measure.setdefault(measure, []).append(layer)
+    steps = np.array(sorted({int(r["step"]) for r in history}))
+    batched = any("model" in r for r in history)
+    n_models = 1 + max(int(r.get("model", 0)) for r in history)
+    fig, axes = figure(ncols=len(by_measure), width=4.4, height=3.4, squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (measure, layers) in zip(axes[0], by_measure.items()):
+        for i, layer in enumerate(layers):
+            key = f"{layer}/{measure}"
+            vals = np.full((len(steps), n_models), np.nan)  # (step, model)
+            for r in history:
+                if key in r:
+                    vals[np.searchsorted(steps, int(r["step"])), int(r.get("model", 0))] = r[key]
+            color = cmap(i / max(len(layers) - 1, 1))
+            line = vals[:, 0]
+            if batched:
+                with warnings.catch_warnings():  # a step where every model is NaN stays a gap
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    line, lo, hi = np.nanmean(vals, 1), np.nanmin(vals, 1), np.nanmax(vals, 1)
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+            ax.plot(steps, line, color=color, lw=1.3, marker="o" if len(steps) <= 30 else None, ms=3,
+                    label=layer if i < max_legend else None)
+        if len(layers) > max_legend:
+            ax.plot([], [], " ", label=f"... {len(layers) - max_legend} more layers")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(measure.replace("_", " "))
+        ax.set_title(measure.replace("_", " ") + (" (mean, band: range over models)" if batched else ""),
+                     fontsize=9)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="layer")
+    if title:
+        fig.suptitle(title)
     return save(fig, path)

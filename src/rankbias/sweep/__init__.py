@@ -56,7 +56,7 @@ resources, on an existing cluster at ``address`` or on a local instance).
 The package: :mod:`~rankbias.sweep.grid` (parsing, the points and their
 configs), :mod:`~rankbias.sweep.backends` (where points run) and
 :mod:`~rankbias.sweep.results` (``results.csv`` and the figures).
-:func:`rankbias.reproduce.reproduce` runs every registered experiment instead.
+:func:`rankbias.plan_runner.reproduce` runs every registered experiment instead.
 """
 
 from __future__ import annotations
@@ -65,16 +65,12 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from rankbias.errors import LoadError
 from rankbias.framework.config import ConfigError
 from rankbias.framework.paths import runs_root
 from rankbias.framework.runs import RunDir, config_hash, dir_lock, to_jsonable
-from rankbias.reproduce import (  # kept here too: rankbias.sweep was their home
-    ReproduceResult,
-    reproduce,
-)
 from rankbias.sweep.backends import (
     MissingDependency,
     execute_point,
@@ -104,7 +100,6 @@ from rankbias.sweep.results import (
 
 __all__ = [
     "MissingDependency",
-    "ReproduceResult",
     "SweepPoint",
     "SweepResult",
     "check_points",
@@ -114,7 +109,6 @@ __all__ = [
     "parse_grid",
     "parse_seeds",
     "plot_sweep_results",
-    "reproduce",
     "run_sweep",
     "seed_field",
 ]
@@ -146,32 +140,82 @@ def run_sweep(
 ) -> SweepResult:
     """Run experiment ``name`` at every grid point and seed; resumable (see the module doc).
 
-    Args:
-        grid: ``{key: [values]}`` or CLI strings ``["key=v1,v2", ...]``.
-        seeds: ``"0-4"``, ``"0,2,5"`` or ints, mapped to the experiment's seed field.
-        preset, overrides: the base config every point starts from.
-        out_dir: the sweep directory (default ``$RANKBIAS_RUNS/sweeps/NAME-<hash of the spec>``,
-            so the same command resumes the same sweep).
-        backend: ``"local"`` (``workers`` processes; 1 = in this process) or ``"ray"``.
-        workers: local processes; with Ray on a new local instance, its number of CPUs.
-        address: Ray cluster address (``"auto"`` or ``host:port``); default a local instance.
-        cpus_per_point, gpus_per_point: Ray resources per point (a point with
-            ``gpus_per_point > 0`` should also set ``device=cuda``).
-        metrics: results.csv columns to plot against each swept key (default:
-            ``verdict.holds`` and the verdict's numbers that vary).
-        ray_ship_code: upload this process's rankbias package to the Ray workers
-            (Ray ``runtime_env`` ``py_modules``); otherwise every node needs the
-            same rankbias version installed (checked per task).
-        batch_seeds: give a ``seeds``-list experiment all seeds in one run per grid
-            point (it batches them) instead of one run per seed.
-        skip_invalid: run the valid points and record the invalid ones (status
-            ``invalid``) instead of refusing the whole sweep before any compute.
-        force: let this sweep take over a directory that holds another sweep (another
-            grid, seeds, preset or overrides): its ``sweep.json`` and ``results.csv``
-            are replaced; without it that is refused (one sweep per directory).
-        progress: show a bar (None: only on a terminal).
+    Parameters
+    ----------
+    name : str
+        A registered experiment (see :func:`list_experiments`).
+    grid : mapping of str to list, or sequence of str, optional
+        ``{key: [values]}`` or CLI strings ``["key=v1,v2", ...]``.
+    seeds : str, int or sequence of int, optional
+        ``"0-4"``, ``"0,2,5"`` or ints, mapped to the experiment's seed field.
+    preset : str, default "quick"
+        The preset every point starts from.
+    overrides : mapping, optional
+        Config values every point starts from (on top of ``preset``).
+    out_dir : str or os.PathLike, optional
+        The sweep directory (default ``$RANKBIAS_RUNS/sweeps/NAME-<hash of the
+        spec>``, so the same command resumes the same sweep).
+    backend : {"local", "ray"}, default "local"
+        ``"local"`` (``workers`` processes; 1 = in this process) or ``"ray"``.
+    workers : int, default 1
+        Local processes; with Ray on a new local instance, its number of CPUs.
+    address : str, optional
+        Ray cluster address (``"auto"`` or ``host:port``); default a local instance.
+    cpus_per_point, gpus_per_point : float, default 1.0 and 0.0
+        Ray resources per point (a point with ``gpus_per_point > 0`` should also
+        set ``device=cuda``).
+    metrics : sequence of str, optional
+        results.csv columns to plot against each swept key (default:
+        ``verdict.holds`` and the verdict's numbers that vary).
+    batch_seeds : bool, default False
+        Give a ``seeds``-list experiment all seeds in one run per grid point (it
+        batches them) instead of one run per seed.
+    ray_ship_code : bool, default False
+        Upload this process's rankbias package to the Ray workers (Ray
+        ``runtime_env`` ``py_modules``); otherwise every node needs the same
+        rankbias version installed (checked per task).
+    skip_invalid : bool, default False
+        Run the valid points and record the invalid ones (status ``invalid``)
+        instead of refusing the whole sweep before any compute.
+    force : bool, default False
+        Let this sweep take over a directory that holds another sweep (another
+        grid, seeds, preset or overrides): its ``sweep.json`` and ``results.csv``
+        are replaced; without it that is refused (one sweep per directory).
+    progress : bool, optional
+        Show a bar (None: only on a terminal).
+
+    Returns
+    -------
+    SweepResult
+        The sweep directory, the rows of ``results.csv`` (one per point and seed,
+        with its status and flattened summary), the figures and the counts of
+        rows by status.
+
+    Raises
+    ------
+    ConfigError
+        An unknown experiment, preset, key or value; a bad ``backend``,
+        ``workers`` or resources; an invalid point (without ``skip_invalid``); a
+        directory that holds another sweep (without ``force``) or is in use.
+    LoadError
+        The directory's ``sweep.json`` cannot be read (without ``force``).
+    MissingDependency
+        ``backend="ray"`` without Ray installed (an ``ImportError``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import rankbias
+    >>> res = rankbias.run_sweep(
+    ...     "depth-rank-init", {"n": [4, 8]},
+    ...     overrides={"network": "linear", "draws": 20, "depths": [1, 2, 4]},
+    ...     out_dir=tempfile.mkdtemp(), progress=False)
+    >>> res.counts, [row["n"] for row in res.rows]
+    ({'done': 2}, [4, 8])
+    >>> [row["verdict.status"] for row in res.rows]
+    ['holds', 'holds']
     """
-    if backend not in ("local", "ray"):
+    if backend not in get_args(Backend):
         raise ConfigError(f"backend: got {backend!r}; accepted: 'local', 'ray'")
     if not (isinstance(workers, int) and workers >= 1):
         raise ConfigError(f"workers: got {workers!r}; accepted: an int >= 1")

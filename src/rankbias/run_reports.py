@@ -5,19 +5,21 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rankbias.framework.tables import fmt, markdown_table
+
+# the one verdict-to-word function: "not testable" and "inconclusive" are never shown as a failure
+from rankbias.verdicts import status_of
+
 __all__ = [
+    "NOTICES_KEY",
     "VERDICT_KEYS",
     "OUTCOMES",
-    "fmt",
-    "markdown_table",
     "paper_vs_measured",
-    "status_word",
     "verdict_line",
     "write_reproduce_report",
     "write_run_report",
@@ -25,46 +27,6 @@ __all__ = [
 
 VERDICT_KEYS = ("status", "holds", "criterion", "reason", "statement", "paper", "measured")
 """The keys of a verdict dict (see :mod:`rankbias.verdicts`) that are not its numbers."""
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    if not rows:
-        return "(no rows)\n"
-    if columns is None:  # the union of the rows' keys, in first-seen order
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-    columns = list(columns)
-    def cell(v: Any) -> str:  # a | or a newline would break the row
-        return fmt(v).replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        out.append("| " + " | ".join(cell(r.get(c)) for c in columns) + " |")
-    return "\n".join(out) + "\n"
-
-
-def status_word(verdict: Mapping[str, Any] | None) -> str:
-    """The verdict's outcome: "holds", "does not hold", "inconclusive", "not testable"
-    (:data:`rankbias.verdicts.STATUSES`) or "no verdict".
-
-    "not testable" (the setting cannot show the claim: a model at chance, data whose
-    rank cannot grow enough) and "inconclusive" (the seeds cannot tell "no effect"
-    from the claimed effect) are not failures of the claim, and are never shown as one.
-    """
-    from rankbias.verdicts import status_of
-
-    return status_of(verdict)
 
 
 OUTCOMES = {
@@ -80,7 +42,7 @@ OUTCOMES = {
 
 
 def verdict_line(verdict: Mapping[str, Any]) -> str:
-    word = status_word(verdict)
+    word = status_of(verdict)
     reason = f" {verdict['reason']}" if verdict.get("reason") else ""
     if word in ("holds", "does not hold"):
         return f"**Verdict: the claim {'HOLDS' if word == 'holds' else 'does NOT hold'}.**{reason}"
@@ -118,11 +80,24 @@ def paper_vs_measured(verdict: Mapping[str, Any] | None, claim: str = "") -> lis
         rows.append({"": "claim", "paper": claim or "(no claim registered)", "measured": ""})
     if verdict.get("criterion"):
         rows.append({"": "test", "paper": "", "measured": str(verdict["criterion"])})
-    result = status_word(verdict)
+    result = status_of(verdict)
     if verdict.get("reason"):
         result += f": {verdict['reason']}"
     rows.append({"": "result", "paper": "", "measured": result})
     return rows
+
+
+NOTICES_KEY = "notices"
+"""A summary's list of what the reader must know before its verdict (e.g. that a stand-in
+dataset was used, and the command that fixes it): every report leads with them."""
+
+
+def _notices(e: Mapping[str, Any]) -> list[str]:
+    return list((e.get("summary") or {}).get(NOTICES_KEY) or [])
+
+
+def _notice_lines(notices: Sequence[str], name: str = "") -> list[str]:
+    return [f"> **Notice{f' ({name})' if name else ''}.** {n}\n" for n in notices]
 
 
 def write_run_report(
@@ -134,9 +109,11 @@ def write_run_report(
     sections: Sequence[tuple[str, str]],
     figures: Sequence[str] = (),
     config: Mapping[str, Any] | None = None,
+    notices: Sequence[str] = (),
 ) -> None:
-    """report.md of one run: the claim, the verdict with its numbers, tables, figures."""
-    lines = [f"# {title}", "", f"**Claim.** {claim}", ""]
+    """report.md of one run: its notices (:data:`NOTICES_KEY`), the claim, the verdict with its
+    numbers, tables, figures."""
+    lines = [f"# {title}", "", *_notice_lines(notices), f"**Claim.** {claim}", ""]
     if verdict is not None:
         lines += [verdict_line(verdict), "", markdown_table(paper_vs_measured(verdict, claim)), ""]
         details = {k: v for k, v in verdict.items() if k not in VERDICT_KEYS}
@@ -220,7 +197,7 @@ def _seconds(v: Any) -> str:
 def _entry_word(e: Mapping[str, Any]) -> str:
     """The entry's verdict as the report shows it."""
     if e.get("status") == "done":
-        return status_word((e.get("summary") or {}).get("verdict"))
+        return status_of((e.get("summary") or {}).get("verdict"))
     return e["verdict"]
 
 
@@ -285,13 +262,15 @@ def _legend_rows() -> list[dict[str, str]]:
 
 def _reproduce_markdown(out_dir, entries, env) -> str:
     lines = ["# rankbias: reproduction report", "", _headline(entries, env), "",
+             *[x for e in entries for x in _notice_lines(_notices(e), e["name"])],
              "The same report with the figures embedded: [report/index.html](report/index.html).", "",
              markdown_table(_overview_rows(entries)), "",
              "Each claim is decided by a test stated before the run, with four outcomes:", "",
              markdown_table(_legend_rows()), ""]
     for e in entries:
         pvm, numbers, tables = _entry_parts(e)
-        lines += [f"## {e['name']}: {_entry_word(e)}", "", e.get("description", ""), ""]
+        lines += [f"## {e['name']}: {_entry_word(e)}", "", e.get("description", ""), "",
+                  *_notice_lines(_notices(e))]
         if _claim_not_in(pvm, e):
             lines += [f"**Claim.** {e['claim']}", ""]
         lines += [markdown_table(pvm), ""]
@@ -355,6 +334,7 @@ pre{background:#f6f8fa;padding:.6em;font-size:.85em;white-space:pre-wrap;overflo
 details{margin:.4em 0}summary{cursor:pointer;color:#0969da}
 .muted{color:#6b7280}
 .claim{background:#f6f8fa;border-left:4px solid #0969da;padding:.5em .8em}
+.notice{background:#fff8c5;border:1px solid #d4a72c;border-left:6px solid #9a6700;padding:.5em .8em}
 """
 
 
@@ -381,6 +361,14 @@ def _badge(word: str) -> str:
     return f'<span class="badge" style="background:{color}">{html.escape(word)}</span>'
 
 
+def _html_notice(text: str, name: str = "") -> str:
+    """A notice box; `code` spans of the text as <code>."""
+    import re
+
+    body = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return f"<p class='notice'><b>Notice{f' ({html.escape(name)})' if name else ''}.</b> {body}</p>"
+
+
 def _reproduce_html(entries, env) -> str:
     esc = html.escape
     parts = [
@@ -389,6 +377,7 @@ def _reproduce_html(entries, env) -> str:
         f"<title>rankbias: reproduction report</title><style>{_CSS}</style></head><body>",
         "<h1>rankbias: reproduction report</h1>",
         f"<p>{esc(_headline(entries, env)).replace('`', '')}</p>",
+        *[_html_notice(n, e["name"]) for e in entries for n in _notices(e)],
         _html_table(_overview_rows(entries)),
         "<p>Each claim is decided by a test stated before the run, with four outcomes:</p><ul class='legend'>"
         + "".join(f"<li>{_badge(k)} {esc(v)}</li>" for k, v in OUTCOMES.items()) + "</ul>",
@@ -398,6 +387,7 @@ def _reproduce_html(entries, env) -> str:
         pvm, numbers, tables = _entry_parts(e)
         parts += [f"<section id='{name}'><h2>{name} {_badge(word)}</h2>",
                   f"<p class='muted'>{esc(e.get('description', ''))}</p>"]
+        parts += [_html_notice(n) for n in _notices(e)]
         if _claim_not_in(pvm, e):
             parts.append(f"<p class='claim'><b>Claim.</b> {esc(e['claim'])}</p>")
         parts += [_html_table(pvm, cls="pvm",
