@@ -200,7 +200,7 @@ def test_model_prefixes_are_clear_errors(tmp_path, capsys):
 
 def test_analyze_writes_the_log_log_esd_of_each_layer_beside_the_rank_bars(tmp_path):
     from rankbias.analysis import analyze
-    from rankbias.analysis.render import weight_esd_panels
+    from rankbias.analysis.outputs import weight_esd_panels
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 16), nn.ReLU(),
@@ -228,7 +228,7 @@ def test_analyze_writes_the_log_log_esd_of_each_layer_beside_the_rank_bars(tmp_p
 
 
 def test_esd_figure_of_a_deep_model_shows_sixteen_evenly_spaced_layers(tmp_path):
-    from rankbias.analysis.render import weight_esd_panels, write_report
+    from rankbias.analysis.outputs import weight_esd_panels, write_report
     from rankbias.plots.spectra import EsdPanel
 
     torch.manual_seed(0)

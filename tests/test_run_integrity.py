@@ -242,7 +242,7 @@ def test_two_sweeps_at_once_into_one_directory(tmp_path, gate_experiment):
 
 # ----------------------------------------------------------- analyze --out
 def test_analyze_checks_out_before_loading_or_computing(tmp_path, monkeypatch, capsys):
-    import rankbias.analysis.report as report_mod
+    import rankbias.analysis.rank_table as report_mod
     import rankbias.io as io_mod
     from rankbias.cli import main
 

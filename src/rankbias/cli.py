@@ -158,8 +158,6 @@ def cmd_analyze(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from rankbias._version import __version__
-    from rankbias.analysis.options import WeightOptions, add_report_arguments
-    from rankbias.framework.arguments import add_arguments
 
     p = argparse.ArgumentParser(
         prog="rankbias",
@@ -167,10 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"rankbias {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    # one function per subcommand; this order is the order of `rankbias --help`
+    for add in (_add_list_parser, _add_run_parser, _add_measure_parser, _add_sweep_parser,
+                _add_reproduce_parser, _add_prepare_data_parser, _add_analyze_parser):
+        add(sub)
+    return p
 
+
+def _add_list_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("list", help="list the experiments")
     sp.set_defaults(func=cmd_list)
 
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("run", help="run one experiment into a run directory")
     sp.add_argument("name", help="experiment name (see `rankbias list`)")
     sp.add_argument("--preset", default="quick", help="preset: quick (minutes on a CPU) or paper")
@@ -183,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--show-config", action="store_true", help="list the config fields and presets, run nothing")
     sp.set_defaults(func=cmd_run)
+
+
+def _add_measure_parser(sub: argparse._SubParsersAction) -> None:
+    from rankbias.analysis.options import WeightOptions
+    from rankbias.framework.arguments import add_arguments
 
     sp = sub.add_parser("measure", help="rank measures of every 2-D+ tensor in a file")
     sp.add_argument("path", help=".npy, .npz, .pt/.pth (tensor, state_dict or model), .safetensors, "
@@ -198,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.set_defaults(func=cmd_measure)
 
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("sweep", help="run one experiment over a grid of settings x seeds (resumable)")
     sp.add_argument("name", help="experiment name (see `rankbias list`)")
     sp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -229,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "are replaced; shared points are reused)")
     sp.set_defaults(func=cmd_sweep)
 
+
+def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("reproduce", help="run every experiment and write the combined report")
     sp.add_argument("--preset", default="quick",
                     help="quick (minutes on a laptop), paper, or another entry of rankbias.plans.REPRODUCE_PRESETS")
@@ -240,12 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="presets gpu / gpu-smoke: the whole run's time budget (default 9 / 2)")
     sp.set_defaults(func=cmd_reproduce)
 
+
+def _add_prepare_data_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("prepare-data", help="pack CIFAR-10 (+ MNIST 0/1) into one folder < 60 MiB for a GPU run")
     sp.add_argument("--out", required=True, help="folder to write (parts + rankbias-packed.json)")
     sp.add_argument("--data-root", default=None, help="dataset root (default $RANKBIAS_DATA or ./data)")
     sp.add_argument("--mnist-classes", default="0,1",
                     help="MNIST classes to include ('all': all ten, which does not fit beside CIFAR-10)")
     sp.set_defaults(func=cmd_prepare_data)
+
+
+def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    from rankbias.analysis.options import add_report_arguments
 
     sp = sub.add_parser("analyze", help="rank report of a model: weights, embeddings on data, the data")
     sp.add_argument("model", help="torchvision:NAME, a state_dict file with --arch, or a file "
@@ -266,8 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None, help="torch device (default: cpu)")
     sp.add_argument("--out", default=None, help="output directory (default runs/analyze/MODEL)")
     sp.set_defaults(func=cmd_analyze)
-    return p
-
 
 def _error_message(e: BaseException) -> str:
     """One line: an OS error as ``PATH: reason``, the project's errors by their message."""

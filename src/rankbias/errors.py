@@ -25,3 +25,24 @@ class LoadError(RankbiasError, ValueError):
 
 class UnsupportedError(RankbiasError, ValueError):
     """A case rankbias refuses rather than answer wrongly (says what is accepted instead)."""
+
+
+class MissingDependency(RankbiasError, ImportError):
+    """An optional dependency a chosen feature needs is not installed."""
+
+
+def optional_import(module: str, *, feature: str, extra: str, package: str | None = None):
+    """``importlib.import_module(module)``, or a :class:`MissingDependency` that names the
+    feature that needs it and the one command that installs it (the extra of rankbias,
+    or the package itself). The one place every optional dependency is imported."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        package = package or module.partition(".")[0]
+        raise MissingDependency(
+            f"{feature} needs the {package} package, an optional dependency: "
+            f"pip install 'rankbias[{extra}]' (or pip install {package})"
+        ) from e
+

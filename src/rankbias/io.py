@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rankbias.errors import LoadError
+from rankbias.errors import LoadError, MissingDependency, optional_import
 
 __all__ = [
     "MODEL_SPECS",
@@ -145,13 +145,9 @@ def load_tensors(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict
                 for k in z.files:
                     _flatten(z[k], k, out)
         else:
-            from safetensors.torch import load_file
-
-            out.update(load_file(str(path)))
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading .safetensors needs the safetensors package: pip install 'rankbias[safetensors]'"
-        ) from e
+            out.update(_safetensors("safetensors.torch").load_file(str(path)))
+    except MissingDependency:  # pragma: no cover - depends on the environment
+        raise
     except Exception as e:  # numpy and safetensors raise many types for a corrupt file
         raise LoadError(f"{path}: could not read as a {suffix} file: {type(e).__name__}: {e}") from e
     return out
@@ -220,12 +216,7 @@ def _read_index(index: Path) -> tuple[list[Path], dict[Path, list[str]]]:
 
 
 def _safe_open(file: Path):
-    try:
-        from safetensors import safe_open
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading .safetensors needs the safetensors package: pip install 'rankbias[safetensors]'"
-        ) from e
+    safe_open = _safetensors("safetensors").safe_open
     try:
         return safe_open(str(file), framework="pt")
     except Exception as e:  # SafetensorError, OSError: a corrupt or truncated file
@@ -346,13 +337,12 @@ def build_arch(arch: str) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None)
 
 
-def _import_optional(module: str, extra: str):
-    import importlib
+def _safetensors(module: str):
+    return optional_import(module, feature="reading .safetensors", extra="safetensors", package="safetensors")
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise LoadError(f"{extra}: models need the {module} package: pip install 'rankbias[{extra}]'") from e
+
+def _import_optional(module: str, extra: str):
+    return optional_import(module, feature=f"{extra}:NAME models", extra=extra)
 
 
 def _build_timm(name: str) -> nn.Module:

@@ -269,7 +269,6 @@ def _smoke_plan(data: DataFolder) -> list[Step]:
             sh["paper1-mnist"],
         ),
     ]
-    p2: dict[str, Any] = {}  # without CIFAR-10: the smoke preset's digits
     if "cifar10" in data.has:
         steps.append(
             Step(
@@ -280,26 +279,33 @@ def _smoke_plan(data: DataFolder) -> list[Step]:
                 sh["paper1-cifar10"],
             )
         )
-        p2 = {
-            **p2_data,
-            "dataset": "cifar10",
-            "train_limit": 200,
-            "test_limit": 100,
-            "train_eval_limit": 100,
-            "train.crop_padding": 4,
-            "train.hflip": True,
-        }
     steps.append(
         Step(
             "paper2-overparam-cifar",
             "overparam-cifar",
             "smoke",
-            p2,
+            _smoke_overparam(data, p2_data),
             sh["paper2-overparam-cifar"],
             stops_itself=True,
         )
     )
     return steps
+
+
+def _smoke_overparam(data: DataFolder, p2_data: dict) -> dict[str, Any]:
+    """``gpu-smoke``'s overparam-cifar overrides: CIFAR-10 at a tiny size, or without it
+    none (the smoke preset's digits)."""
+    if "cifar10" not in data.has:
+        return {}
+    return {
+        **p2_data,
+        "dataset": "cifar10",
+        "train_limit": 200,
+        "test_limit": 100,
+        "train_eval_limit": 100,
+        "train.crop_padding": 4,
+        "train.hflip": True,
+    }
 
 
 def _lacks(data: DataFolder, dataset: str) -> str | None:

@@ -5,12 +5,12 @@ data, and the data itself; and a tracker that records ranks during training.
 - :mod:`~rankbias.analysis.readings`: how each layer type's weights read as out x in;
 - :mod:`~rankbias.analysis.weights`: weights as matrices (conv readings);
 - :mod:`~rankbias.analysis.stream`: streaming embeddings through forward hooks;
-- :mod:`~rankbias.analysis.report`: :func:`rank_report`;
+- :mod:`~rankbias.analysis.rank_table`: :func:`rank_report`;
 - :mod:`~rankbias.analysis.tracker`: :class:`RankTracker`
   (:mod:`~rankbias.analysis.lightning`: its Lightning callback;
   :mod:`~rankbias.analysis.hf_trainer`: its Hugging Face ``Trainer`` callback;
   :mod:`~rankbias.analysis.loggers`: TensorBoard, MLflow and W&B loggers);
-- :mod:`~rankbias.analysis.render`: the figure, summary and files, :func:`analyze`;
+- :mod:`~rankbias.analysis.outputs`: the figure, summary and files, :func:`analyze`;
 - :mod:`~rankbias.analysis.tensors`: :func:`measure_tensors` (``rankbias measure``).
 
 Loading models and inputs by name lives in :mod:`rankbias.io` (``build_arch``,
@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from rankbias.analysis.layers import DATA_ROW_NAME, WeightEntry, weight_entries, weight_layers
 from rankbias.analysis.loggers import MlflowLogger, RankLogger, TensorBoardLogger, WandbLogger
-from rankbias.analysis.readings import WeightReading, register_weight_reading
-from rankbias.analysis.render import (
+from rankbias.analysis.outputs import (
     Analysis,
     analyze,
     plot_rank_report,
     summarize_report,
     write_report,
 )
-from rankbias.analysis.report import rank_report
+from rankbias.analysis.rank_table import rank_report
+from rankbias.analysis.readings import WeightReading, register_weight_reading
 from rankbias.analysis.tensors import measure_tensors
 from rankbias.analysis.tracker import RankTracker
 

@@ -9,16 +9,11 @@ Needs the optional ``transformers`` package (``pip install 'rankbias[hf]'``).
 
 from __future__ import annotations
 
-try:
-    from transformers import Trainer, TrainerCallback
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "rankbias.analysis.hf_trainer needs the transformers package, an optional dependency: "
-        "pip install 'rankbias[hf]' (or pip install transformers accelerate)"
-    ) from e
-
 from rankbias.analysis.tracker import RankTracker
-from rankbias.errors import InvalidParameterError, UnsupportedError
+from rankbias.errors import InvalidParameterError, UnsupportedError, optional_import
+
+_transformers = optional_import("transformers", feature="rankbias.analysis.hf_trainer", extra="hf")
+Trainer, TrainerCallback = _transformers.Trainer, _transformers.TrainerCallback
 
 __all__ = ["HFRankTrackerCallback"]
 

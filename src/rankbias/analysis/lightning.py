@@ -6,16 +6,11 @@ Needs the optional ``lightning`` package (``pip install 'rankbias[lightning]'``)
 
 from __future__ import annotations
 
-try:
-    from lightning.pytorch.callbacks import Callback
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "rankbias.analysis.lightning needs the lightning package, an optional dependency: "
-        "pip install 'rankbias[lightning]' (or pip install lightning)"
-    ) from e
-
 from rankbias.analysis.tracker import RankTracker
-from rankbias.errors import InvalidParameterError, UnsupportedError
+from rankbias.errors import InvalidParameterError, UnsupportedError, optional_import
+
+Callback = optional_import("lightning.pytorch.callbacks", feature="rankbias.analysis.lightning",
+                           extra="lightning", package="lightning").Callback
 
 __all__ = ["RankTrackerCallback"]
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from rankbias.errors import InvalidParameterError
+from rankbias.errors import InvalidParameterError, optional_import
 
 __all__ = ["MlflowLogger", "RankLogger", "TensorBoardLogger", "WandbLogger", "mlflow_key"]
 
@@ -35,13 +35,6 @@ class RankLogger(Protocol):
 
     def close(self) -> None:
         """End of the run: flush, and close what this logger opened."""
-
-
-def _missing(what: str, extra: str, package: str) -> ImportError:
-    return ImportError(
-        f"{what} needs the {package} package, an optional dependency: "
-        f"pip install 'rankbias[{extra}]' (or pip install {package})"
-    )
 
 
 class TensorBoardLogger:
@@ -63,13 +56,9 @@ class TensorBoardLogger:
         if hasattr(log_dir, "add_scalar"):
             self.writer, self._owns = log_dir, False
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise _missing(
-                "RankTracker(tensorboard=...) / TensorBoardLogger", "tensorboard", "tensorboard"
-            ) from e
-        self.writer, self._owns = SummaryWriter(log_dir=str(log_dir)), True
+        tb = optional_import("torch.utils.tensorboard", package="tensorboard", extra="tensorboard",
+                             feature="RankTracker(tensorboard=...) / TensorBoardLogger")
+        self.writer, self._owns = tb.SummaryWriter(log_dir=str(log_dir)), True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for tag, value in metrics.items():
@@ -124,12 +113,9 @@ class MlflowLogger:
         tracking_uri: str | None = None,
         experiment_name: str | None = None,
     ):
-        try:
-            import mlflow
-            from mlflow.entities import Metric
-        except ImportError as e:
-            raise _missing("MlflowLogger", "mlflow", "mlflow-skinny") from e
-        self._metric = Metric
+        mlflow = optional_import("mlflow", feature="MlflowLogger", extra="mlflow", package="mlflow-skinny")
+        self._metric = optional_import("mlflow.entities", feature="MlflowLogger", extra="mlflow",
+                                       package="mlflow-skinny").Metric
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         active = mlflow.active_run() if run_id is None and tracking_uri is None else None
         self._owns = run_id is None and active is None
@@ -187,10 +173,7 @@ class WandbLogger:
     STEP = "rank/step"
 
     def __init__(self, run=None, **init_kwargs: Any):
-        try:
-            import wandb
-        except ImportError as e:
-            raise _missing("WandbLogger", "wandb", "wandb") from e
+        wandb = optional_import("wandb", feature="WandbLogger", extra="wandb")
         if run is not None and init_kwargs:
             raise InvalidParameterError(
                 "WandbLogger: pass a run or wandb.init's arguments, not both"

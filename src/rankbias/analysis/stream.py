@@ -160,8 +160,11 @@ class EmbeddingStream:
         self.error: str | None = None
 
     @torch.no_grad()
-    def add(self, out: torch.Tensor, to_rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Stream a batch ``out`` (n, ...) whose samples ``to_rows`` reads as rows (., d).
+    def add(self, out: torch.Tensor, to_rows: Callable[[torch.Tensor], torch.Tensor],
+            positions: bool = False) -> None:
+        """Stream a batch ``out`` (n, ...) whose samples ``to_rows`` reads as rows (., d);
+        ``positions``: ``out`` is channels-first (n, d, *spatial), read per position,
+        which :meth:`KernelSpectrum._update_positions` does without the rows' copy.
 
         The batch is taken a few samples at a time so that the row copies (a
         conv output moved channels-last) and their float64 versions stay a
@@ -174,8 +177,8 @@ class EmbeddingStream:
         per_sample = max(1, out.numel() // max(n, 1))
         k = max(1, self.chunk_elements // per_sample)
         for i in range(0, n, k):
-            Z = to_rows(out[i : i + k])
-            d = Z.shape[-1]
+            Z = out[i : i + k] if positions else to_rows(out[i : i + k])
+            d = Z.shape[1] if positions else Z.shape[-1]
             if d > self.max_dim:
                 self.error = (
                     f"embedding dimension {d} > max_embedding_dim={self.max_dim} (the streamed "
@@ -186,7 +189,10 @@ class EmbeddingStream:
             if self.spectrum is None:
                 self.spectrum = KernelSpectrum(d, centered=self.centered, device=Z.device)
             try:
-                self.spectrum.update(Z)
+                if positions:
+                    self.spectrum._update_positions(Z)
+                else:
+                    self.spectrum.update(Z)
             except ValueError as e:
                 # checked here, only on failure: KernelSpectrum already checks finiteness
                 bad = Z.is_floating_point() and not bool(torch.isfinite(Z).all())
@@ -220,8 +226,9 @@ class _Feeder:
         except _Unreadable as e:
             stream.error = str(e)
             return
-        stream.add(t, lambda c: embedding_rows(c, CHANNELS_LAST if layout == SEQUENCE_FIRST else layout,
-                                               self.reading))
+        layout = CHANNELS_LAST if layout == SEQUENCE_FIRST else layout
+        stream.add(t, lambda c: embedding_rows(c, layout, self.reading),
+                   positions=layout == CHANNELS_FIRST and t.ndim >= 3 and self.reading == "position")
 
     def _batch_first(self, t: torch.Tensor, layout: str | None, scope, target: Target, what: str) -> torch.Tensor:
         name, shape = target.row.split(":")[0], tuple(t.shape)

@@ -261,7 +261,7 @@ class RankTracker:
         """:func:`rank_report` on ``self.data``, its measure columns as metrics."""
         import pandas as pd
 
-        from rankbias.analysis.report import rank_report
+        from rankbias.analysis.rank_table import rank_report
 
         if not isinstance(model, nn.Module):
             raise UnsupportedError(f"RankTracker(data=...): embeddings need a module to run, got "

@@ -122,9 +122,10 @@ class DepthRankInitConfig(DepthConfig):
 
 def sample_factor(shape, init: str, n: int, gen: torch.Generator, device) -> torch.Tensor:
     """i.i.d. factors scaled to unit variance per output (the scale does not change ranks)."""
+    # scaled in place: the same operations as out-of-place, without a second (chunk, n, n) pass
     if init == "normal":
-        return torch.randn(shape, generator=gen, dtype=torch.float64, device=device) / n**0.5
-    return (torch.rand(shape, generator=gen, dtype=torch.float64, device=device) * 2 - 1) * (3 / n) ** 0.5
+        return torch.randn(shape, generator=gen, dtype=torch.float64, device=device).div_(n**0.5)
+    return torch.rand(shape, generator=gen, dtype=torch.float64, device=device).mul_(2).sub_(1).mul_((3 / n) ** 0.5)
 
 
 def entropy_ranks_by_depth(cfg: DepthRankInitConfig) -> dict[int, np.ndarray]:
@@ -169,7 +170,7 @@ def kernel_entropy_ranks_by_depth(cfg: DepthRankInitConfig, activation: str) -> 
     for start in range(0, cfg.draws, cfg.chunk):
         b = min(cfg.chunk, cfg.draws - start)
         X = torch.randn((b, N, w), generator=gen, dtype=torch.float64, device=cfg.device)
-        weights = (sample_factor((b, w, w), cfg.init, w, gen, cfg.device) * gain
+        weights = (sample_factor((b, w, w), cfg.init, w, gen, cfg.device).mul_(gain)
                    for _ in range(max(cfg.depths)))
         for depth, Z in mlp_embeddings(X, weights, activation, cfg.depths).items():
             K = Z @ Z.mT  # (b, N, N): the kernel; its singular values are its eigenvalues

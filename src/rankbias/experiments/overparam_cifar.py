@@ -25,7 +25,8 @@ import dataclasses
 import sys
 import time
 import traceback
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -528,12 +529,9 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
     macs = _forward_cost(cfg, len(train), in_ch, n_classes, shape)
     key = training_key(cfg)
     records, metrics, chosen, todo = _finished_arms(cfg, run, key)
+    st = _Arms(cfg, run, key, train, test, train_eval, curve, in_ch, n_classes, settings, deadline,
+               records, metrics, chosen, todo)
     group_times: list[float] = []
-    lr_sel: dict[str, dict] = {}
-
-    def write_metrics(extra=()):
-        run.write_csv("metrics.csv", [*metrics, *extra])
-
     for gi, arm in enumerate(todo):
         depth, label = arm["depth"], arm["label"]
         remaining = None if deadline is None else deadline - time.perf_counter()
@@ -541,51 +539,86 @@ def _run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
             records[label] = {"depth": depth, "label": label, "wd_on": arm["wd_on"], "status": "not run",
                               "reason": f"budget: {remaining:.0f} s left, a depth took {group_times[-1]:.0f} s"}
             continue
-        t0 = time.perf_counter()
-        live: list[dict] = []
-
-        def on_epoch(info, depth=depth, live=live, gi=gi, label=label):
-            live.extend({"depth": depth, "arm": label, **r} for r in info["rows"])
-            write_metrics(live)  # each finished epoch is on disk at once
-            if info["epoch"] != _fit_epoch(cfg) or gi != 0:
-                return None
-            costs = chosen.get("costs") or dict.fromkeys([a["label"] for a in todo], 1.0)
-            return fit_epochs(cfg, chosen, info, costs, deadline, bool(records))
-
-        try:
-            if label not in lr_sel:
-                lr_sel[label] = select_lr(cfg, arm, train, dataclasses.replace(settings, epochs=chosen["epochs"]),
-                                          in_ch, n_classes, run, key)
-                t0 = time.perf_counter()  # a depth's time, for the budget, is without the search
-            arm_settings = dataclasses.replace(settings, epochs=chosen["epochs"], lr=lr_sel[label]["chosen"],
-                                               weight_decay_on=arm["wd_on"])
-            seeds = list(cfg.seeds)
-            models = [build(cfg, depth, s, in_ch, n_classes) for s in seeds]
-            if chosen["batched"] is None:
-                chosen["batched"] = _choose_batched(cfg, models, seeds, train, test, arm_settings)
-                if cfg.fit_epochs_to_budget and deadline is not None and not records:
-                    chosen["costs"] = _arm_costs(cfg, todo, train, arm_settings, chosen["batched"],
-                                                 in_ch, n_classes)
-                t0 = time.perf_counter()  # a depth's time, for the budget, is without the probes
-            res, arm_settings = _train_arm(cfg, depth, seeds, in_ch, n_classes, models, train, curve,
-                                           arm_settings, lr_sel[label], chosen["batched"], deadline,
-                                           on_epoch, label, live)
-            rec = _arm_outcome(cfg, res, depth, seeds, test, train_eval)
-            rec.update(epochs_planned=res.epochs_planned, epoch_times_s=res.epoch_times,
-                       batched=chosen["batched"], lr=arm_settings.lr, lr_selection=lr_sel[label])
-        except Exception as e:  # one failed depth must not lose the others
-            rec = {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                   "traceback": traceback.format_exc(limit=6)}
-        rec = {"depth": depth, "label": label, "wd_on": arm["wd_on"], "key": key, **rec, "train_time_s": time.perf_counter() - t0,
-               "history": [r for r in live]}
+        rec = _fit_arm(st, arm, gi)
         group_times.append(rec["train_time_s"])
         if rec["status"] == "ok":  # a failed or stopped depth is retried by a rerun
             run.save_part(label, rec, identity=key)
         records[label] = rec
         metrics += rec["history"]
-        write_metrics()
+        st.write_metrics()
     return summarise(cfg, run, records, chosen, macs, time.perf_counter() - t_start, len(test), n_classes)
 
+
+@dataclasses.dataclass
+class _Arms:
+    """What the arms of one run share: the data and settings, the budget's deadline, what the
+    first arm chose (``chosen``: epochs, batching, probe costs; ``lr_sel``: each arm's lr search)
+    and what is done (``records``, the ``metrics`` rows)."""
+
+    cfg: OverparamCifarConfig
+    run: RunDir
+    key: str
+    train: Any
+    test: Any
+    train_eval: Any
+    curve: Any
+    in_ch: int
+    n_classes: int
+    settings: FastTrainSettings
+    deadline: float | None
+    records: dict[str, dict]
+    metrics: list[dict]
+    chosen: dict
+    todo: list[dict]
+    lr_sel: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def write_metrics(self, extra: Sequence[dict] = ()) -> None:
+        self.run.write_csv("metrics.csv", [*self.metrics, *extra])
+
+
+def _fit_arm(st: _Arms, arm: dict, gi: int) -> dict:
+    """Train arm number ``gi`` of ``st.todo`` and measure it; its record. A failure is recorded,
+    not raised (one failed depth must not lose the others); ``train_time_s``, the time the
+    budget plans with, leaves out the lr search and the first arm's probes."""
+    cfg, chosen, lr_sel = st.cfg, st.chosen, st.lr_sel
+    depth, label = arm["depth"], arm["label"]
+    t0 = time.perf_counter()
+    live: list[dict] = []
+
+    def on_epoch(info):
+        live.extend({"depth": depth, "arm": label, **r} for r in info["rows"])
+        st.write_metrics(live)  # each finished epoch is on disk at once
+        if info["epoch"] != _fit_epoch(cfg) or gi != 0:
+            return None
+        costs = chosen.get("costs") or dict.fromkeys([a["label"] for a in st.todo], 1.0)
+        return fit_epochs(cfg, chosen, info, costs, st.deadline, bool(st.records))
+
+    try:
+        if label not in lr_sel:
+            lr_sel[label] = select_lr(cfg, arm, st.train, dataclasses.replace(st.settings, epochs=chosen["epochs"]),
+                                      st.in_ch, st.n_classes, st.run, st.key)
+            t0 = time.perf_counter()  # a depth's time, for the budget, is without the search
+        arm_settings = dataclasses.replace(st.settings, epochs=chosen["epochs"], lr=lr_sel[label]["chosen"],
+                                           weight_decay_on=arm["wd_on"])
+        seeds = list(cfg.seeds)
+        models = [build(cfg, depth, s, st.in_ch, st.n_classes) for s in seeds]
+        if chosen["batched"] is None:
+            chosen["batched"] = _choose_batched(cfg, models, seeds, st.train, st.test, arm_settings)
+            if cfg.fit_epochs_to_budget and st.deadline is not None and not st.records:
+                chosen["costs"] = _arm_costs(cfg, st.todo, st.train, arm_settings, chosen["batched"],
+                                             st.in_ch, st.n_classes)
+            t0 = time.perf_counter()  # a depth's time, for the budget, is without the probes
+        res, arm_settings = _train_arm(cfg, depth, seeds, st.in_ch, st.n_classes, models, st.train, st.curve,
+                                       arm_settings, lr_sel[label], chosen["batched"], st.deadline,
+                                       on_epoch, label, live)
+        rec = _arm_outcome(cfg, res, depth, seeds, st.test, st.train_eval)
+        rec.update(epochs_planned=res.epochs_planned, epoch_times_s=res.epoch_times,
+                   batched=chosen["batched"], lr=arm_settings.lr, lr_selection=lr_sel[label])
+    except Exception as e:  # one failed depth must not lose the others
+        rec = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+               "traceback": traceback.format_exc(limit=6)}
+    return {"depth": depth, "label": label, "wd_on": arm["wd_on"], "key": st.key, **rec,
+            "train_time_s": time.perf_counter() - t0, "history": [r for r in live]}
 
 __all__ = ["CLAIM", "PAPER", "OverparamCifarConfig", "build", "forward_macs", "load_data",
            "measure_collapsed", "run"]

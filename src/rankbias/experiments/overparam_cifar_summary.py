@@ -40,10 +40,37 @@ def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: fl
     """Per-depth table, the paired verdict, runs.csv, the figure and report.md; the summary.
     With ``n_test`` and ``n_classes`` (the final test set), a baseline at chance makes the
     verdict "not testable" (:func:`rankbias.verdicts.require_learned`)."""
-    from rankbias.experiments._statements import CLAIMED_GAIN_PP, PAPER2_OVERPARAM
     from rankbias.framework.tables import markdown_table
     from rankbias.run_reports import write_run_report
-    from rankbias.verdicts import mean_std, paired_gain_verdict, require_learned
+
+    runs, per_depth = _per_depth_table(cfg, records)
+    base, all_diffs = _paired_diffs(cfg, records, per_depth)
+    verdict = _verdict(cfg, records, per_depth, runs, base, all_diffs, n_test, n_classes)
+    figures = []
+    if runs:
+        plot(cfg, per_depth, records, run.figure_path("accuracy_rank_vs_depth"))
+        figures = ["accuracy_rank_vs_depth"]
+    cols = ["arm", "lr", "status", "epochs", "epochs_planned", "n_ok", "fit", "test_acc_mean", "test_acc_std", "test_acc_diff_pp_mean",
+            "test_acc_diff_pp_std", "train_acc_mean", "embed_erank_mean", "embed_erank_std", "note"]
+    run.write_csv("runs.csv", runs)
+    info = {"epochs": chosen["epochs"], "batched_seeds": chosen["batched"],
+            "forward_macs_per_image": macs, "wall_time_s": round(wall, 1),
+            **({"probe_epoch_s": chosen["costs"]} if chosen.get("costs") else {})}  # what sized the epochs
+    lr_selection = {r.get("label", f"depth{r['depth']}"): r["lr_selection"]
+                    for r in records.values() if r.get("lr_selection")}
+    write_run_report(
+        run, title=f"overparam-cifar: {cfg.model} on {cfg.dataset}, collapsed after training",
+        claim=CLAIM, verdict={k: v for k, v in verdict.items() if k != "intervals"},
+        sections=[("Per depth (collapsed model; diff = paired over seeds vs depth 1, pp)",
+                   markdown_table(per_depth, cols)), ("Run", markdown_table([info]))],
+        figures=figures, config=cfg.to_dict())
+    return {"per_depth": per_depth, "verdict": verdict, "runs": runs, "run": info, "lr_selection": lr_selection,
+            "fit_threshold": cfg.fit_threshold}
+
+
+def _per_depth_table(cfg, records: dict) -> tuple[list[dict], list[dict]]:
+    """(one row per arm and seed, one row per arm with its means and stds over seeds)."""
+    from rankbias.verdicts import mean_std
 
     runs, per_depth = [], []
     for arm in arms(cfg):
@@ -58,6 +85,14 @@ def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: fl
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([p[key] for p in r.get("per_seed", [])])
         row["fit"] = fit_count(cfg, r)
         per_depth.append(row)
+    return runs, per_depth
+
+
+def _paired_diffs(cfg, records: dict, per_depth: list[dict]) -> tuple[dict, dict[str, list[float]]]:
+    """(the baseline's seeds, each arm's test-accuracy gains over it in pp, paired by seed);
+    fills the rows' ``test_acc_diff_pp_*`` columns."""
+    from rankbias.verdicts import mean_std
+
     base = {p["seed"]: p for p in records["depth1"].get("per_seed", [])}
     all_diffs = {_diff_key(a): [100 * (p["test_acc"] - base[p["seed"]]["test_acc"])
                                 for p in records[a["label"]].get("per_seed", []) if p["seed"] in base]
@@ -65,6 +100,16 @@ def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: fl
     for row in per_depth:
         row["test_acc_diff_pp_mean"], row["test_acc_diff_pp_std"] = (
             mean_std(all_diffs[_diff_key(row)]) if row["depth"] != 1 else (0.0, 0.0))
+    return base, all_diffs
+
+
+def _verdict(cfg, records: dict, per_depth: list[dict], runs: list[dict], base: dict,
+             all_diffs: dict[str, list[float]], n_test: int | None, n_classes: int | None) -> dict:
+    """The paired verdict of the paper's protocol, under the stopping rule and the chance check,
+    with the ablation's intervals and the measured values beside it."""
+    from rankbias.experiments._statements import CLAIMED_GAIN_PP, PAPER2_OVERPARAM
+    from rankbias.verdicts import paired_gain_verdict, require_learned
+
     # the verdict tests the paper's protocol (weight_decay_on); the ablation arms are reported beside it
     diffs = {k: v for k, v in all_diffs.items() if "wd on" not in k}
     if diffs:
@@ -90,26 +135,7 @@ def summarise(cfg, run: RunDir, records: dict, chosen: dict, macs: int, wall: fl
     verdict["paper"] = PAPER
     verdict["measured"] = "; ".join(meas) if meas else "no depth finished"
     verdict["max_collapse_rel_diff"] = max((p["collapse_max_rel_diff"] for p in runs), default=None)
-    figures = []
-    if runs:
-        plot(cfg, per_depth, records, run.figure_path("accuracy_rank_vs_depth"))
-        figures = ["accuracy_rank_vs_depth"]
-    cols = ["arm", "lr", "status", "epochs", "epochs_planned", "n_ok", "fit", "test_acc_mean", "test_acc_std", "test_acc_diff_pp_mean",
-            "test_acc_diff_pp_std", "train_acc_mean", "embed_erank_mean", "embed_erank_std", "note"]
-    run.write_csv("runs.csv", runs)
-    info = {"epochs": chosen["epochs"], "batched_seeds": chosen["batched"],
-            "forward_macs_per_image": macs, "wall_time_s": round(wall, 1),
-            **({"probe_epoch_s": chosen["costs"]} if chosen.get("costs") else {})}  # what sized the epochs
-    lr_selection = {r.get("label", f"depth{r['depth']}"): r["lr_selection"]
-                    for r in records.values() if r.get("lr_selection")}
-    write_run_report(
-        run, title=f"overparam-cifar: {cfg.model} on {cfg.dataset}, collapsed after training",
-        claim=CLAIM, verdict={k: v for k, v in verdict.items() if k != "intervals"},
-        sections=[("Per depth (collapsed model; diff = paired over seeds vs depth 1, pp)",
-                   markdown_table(per_depth, cols)), ("Run", markdown_table([info]))],
-        figures=figures, config=cfg.to_dict())
-    return {"per_depth": per_depth, "verdict": verdict, "runs": runs, "run": info, "lr_selection": lr_selection,
-            "fit_threshold": cfg.fit_threshold}
+    return verdict
 
 
 def _diff_key(arm: dict) -> str:

@@ -11,7 +11,7 @@ the filters' rank measures on the way.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -210,6 +210,29 @@ def fit_two_layer_cnn(
     """
     from rankbias.training import train
 
+    y, y_test = _check_inputs(X, y, X_test, y_test, optimizer, batch_size, target_train_loss)
+    M, d = X.shape[0], X.shape[3]
+    model = TwoLayerCNN(
+        d, filters, M, q=q, kappa=kappa, init_std=init_std, seeds=init_seeds, dtype=X.dtype, device=X.device
+    )
+    target = _TargetLoss(target_train_loss, M)
+    if optimizer == "gd":
+        loss_fn = _full_batch_loss(model, X, y, target)
+    else:
+        loss_fn = _mini_batch_loss(model, X, y, target, batch_size, batch_seed)
+    metrics = CNNMetrics(model, X, y, X_test, y_test, measures)
+    res = train(
+        loss_fn, model, steps=steps, optimizer="gd" if optimizer == "gd" else "sgd", lr=lr,
+        log_every=log_every, callbacks=[metrics, *callbacks], progress=progress, desc="two-layer CNN",
+    )
+    return CNNFit(model, res.history, res.status, res.diverged_at, _final_values(res), target.reached_at)
+
+
+def _check_inputs(
+    X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor | None, y_test: torch.Tensor | None,
+    optimizer: str, batch_size: int | None, target_train_loss: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y, y_test) as (M, n) tensors of X's dtype and device; a bad argument raises."""
     if X.dim() != 4:
         raise InvalidParameterError(f"X must be (M, n, P, d); got shape {tuple(X.shape)}")
     M, n, P, d = X.shape
@@ -226,43 +249,51 @@ def fit_two_layer_cnn(
         raise InvalidParameterError(f"sgd needs 1 <= batch_size <= n={n}, got {batch_size}")
     if target_train_loss is not None and not target_train_loss > 0:
         raise InvalidParameterError(f"target_train_loss must be > 0 or None, got {target_train_loss}")
-    model = TwoLayerCNN(
-        d, filters, M, q=q, kappa=kappa, init_std=init_std, seeds=init_seeds, dtype=X.dtype, device=X.device
-    )
-    target = _TargetLoss(target_train_loss, M)
-    if optimizer == "gd":
-        def loss_fn(step: int) -> torch.Tensor:
-            losses = logistic_loss(model(X), y)  # (M,), the full-batch loss after `step` updates
-            target.check(losses, step)
-            return target.mask(losses)
-    else:
-        gen = torch.Generator().manual_seed(int(batch_seed))
-        per_epoch = n // batch_size
-        order: list[torch.Tensor] = []
+    return y, y_test
 
-        def loss_fn(step: int) -> torch.Tensor:
-            if target.target is not None:  # the stop rule reads the full-batch loss, not a batch's
-                with torch.no_grad():
-                    target.check(logistic_loss(model(X), y), step)
-            epoch, b = divmod(step, per_epoch)
-            while len(order) <= epoch:
-                order.append(torch.randperm(n, generator=gen).to(X.device))
-            idx = order[epoch][b * batch_size:(b + 1) * batch_size]
-            return target.mask(logistic_loss(model(X[:, idx]), y[:, idx]))
 
-    metrics = CNNMetrics(model, X, y, X_test, y_test, measures)
-    res = train(
-        loss_fn, model, steps=steps, optimizer="gd" if optimizer == "gd" else "sgd", lr=lr,
-        log_every=log_every, callbacks=[metrics, *callbacks], progress=progress, desc="two-layer CNN",
-    )
+def _full_batch_loss(
+    model: TwoLayerCNN, X: torch.Tensor, y: torch.Tensor, target: _TargetLoss
+) -> Callable[[int], torch.Tensor]:
+    """Gradient descent's loss at step ``step``: the (M,) full-batch losses."""
+    def loss_fn(step: int) -> torch.Tensor:
+        losses = logistic_loss(model(X), y)  # (M,), the full-batch loss after `step` updates
+        target.check(losses, step)
+        return target.mask(losses)
+
+    return loss_fn
+
+
+def _mini_batch_loss(
+    model: TwoLayerCNN, X: torch.Tensor, y: torch.Tensor, target: _TargetLoss, batch_size: int, batch_seed: int
+) -> Callable[[int], torch.Tensor]:
+    """SGD's loss at step ``step``: one batch of an epoch's permutation, the same for every model."""
+    n = X.shape[1]
+    gen = torch.Generator().manual_seed(int(batch_seed))
+    per_epoch = n // batch_size
+    order: list[torch.Tensor] = []
+
+    def loss_fn(step: int) -> torch.Tensor:
+        if target.target is not None:  # the stop rule reads the full-batch loss, not a batch's
+            with torch.no_grad():
+                target.check(logistic_loss(model(X), y), step)
+        epoch, b = divmod(step, per_epoch)
+        while len(order) <= epoch:
+            order.append(torch.randperm(n, generator=gen).to(X.device))
+        idx = order[epoch][b * batch_size:(b + 1) * batch_size]
+        return target.mask(logistic_loss(model(X[:, idx]), y[:, idx]))
+
+    return loss_fn
+
+
+def _final_values(res) -> dict[str, torch.Tensor]:
+    """Per-model (M,) values of the last logged row; NaN for a model that did not end "ok"."""
     last_step = res.history[-1]["step"]
     last = [r for r in res.history if r["step"] == last_step]
     keys = [k for k in last[0] if k not in ("step", "model")]
     final = {k: torch.tensor([float(r[k]) for r in last], dtype=torch.float64) for k in keys}
     dead = torch.tensor([s != "ok" for s in res.status])
-    final = {k: v.masked_fill(dead, float("nan")) for k, v in final.items()}
-    return CNNFit(model, res.history, res.status, res.diverged_at, final, target.reached_at)
-
+    return {k: v.masked_fill(dead, float("nan")) for k, v in final.items()}
 
 def _labels(y: torch.Tensor, M: int, n: int, name: str, X: torch.Tensor) -> torch.Tensor:
     y = torch.as_tensor(y)

@@ -36,7 +36,7 @@ import torch
 
 _OVERSAMPLE = 8
 _MAX_ITERATIONS = 40
-_LAST_ITERATIONS = [0]  # for the tests and the bench: iterations of the last refinement
+_LAST_ITERATIONS = [0]  # iterations of the last refinement (read by the tests)
 
 
 def _bottom_eigvecs(

@@ -71,10 +71,6 @@ _CHEAP_EXACT_FLOPS = 2.5e10
 # power iterations of the range finder: each shrinks the Ritz residuals, whose
 # coupling of the top to the tail biases the tail's sums (entropy ~1 % at 1024 x 2752 with 1)
 _POWER = 2
-# the parts of the last matrix's bars, relative (jackknife, quadrature, deflation,
-# control variate), for the bench's profile
-_LAST_PARTS: dict[str, list[float]] = {}
-_Z999 = 3.2905  # two-sided 99.9% normal quantile
 
 
 class Estimates(dict):
@@ -93,9 +89,11 @@ class Estimates(dict):
 
 
 def _t_quantile(dof: int) -> float:
-    """Student-t 99.9% two-sided quantile (Cornish-Fisher expansion in 1/dof; no scipy)."""
-    z, v = _Z999, float(dof)
-    return z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v * v)
+    """Student-t 99.9% two-sided quantile (scipy, a core dependency; imported here so that
+    ``import rankbias`` stays free of scipy.stats)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.9995, dof))
 
 
 def _check_fast_args(names: Sequence[str], rank: int, probes: int, steps: int) -> None:
@@ -293,11 +291,8 @@ def _values_and_bars(theta, res, T, dim, fro2, names, rankme_eps, rounding):
     # the control variate's exact trace, off by the rounding of theta
     t_err = rounding * theta.sum()
     moved = [at(t_tail=t_tail + t_err), at(t_tail=(t_tail - t_err).clamp_min(0))]
-    _LAST_PARTS.clear()
-    for n in names:
-        parts = (errs[n], quad[n], (raised[n] - vals[n]).abs(), max((d[n] - vals[n]).abs() for d in moved))
-        _LAST_PARTS[n] = [float(x / vals[n].abs().clamp_min(1e-300)) for x in parts]
-        errs[n] = sum(parts)
+    for n in names:  # jackknife + quadrature + deflation + the control variate's trace
+        errs[n] = errs[n] + quad[n] + (raised[n] - vals[n]).abs() + max((d[n] - vals[n]).abs() for d in moved)
     if "stable_rank" in names:  # lambda_1 in [lam1, lam1 + ||r_1||]
         lo, hi = fro2 / (lam1 + res[0]), fro2 / lam1
         vals["stable_rank"], errs["stable_rank"] = (lo + hi) / 2, (hi - lo) / 2

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -215,16 +215,7 @@ def run_sweep(
     >>> [row["verdict.status"] for row in res.rows]
     ['holds', 'holds']
     """
-    if backend not in get_args(Backend):
-        raise ConfigError(f"backend: got {backend!r}; accepted: 'local', 'ray'")
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ConfigError(f"workers: got {workers!r}; accepted: an int >= 1")
-    if cpus_per_point <= 0 or gpus_per_point < 0:
-        raise ConfigError(
-            f"cpus_per_point/gpus_per_point: got {cpus_per_point}/{gpus_per_point}; accepted: cpus > 0, gpus >= 0"
-        )
-    if backend == "ray":
-        import_ray()  # fail before any work when Ray is missing
+    _check_backend(backend, workers, cpus_per_point, gpus_per_point)
     points = expand_grid(name, grid, seeds, preset=preset, overrides=overrides, batch_seeds=batch_seeds)
     if not skip_invalid:
         check_points(points, check_device=backend != "ray")
@@ -239,41 +230,74 @@ def run_sweep(
         _claim_sweep_dir(sweep_dir, {**spec, "points": len(points)}, force)
         root = out / "points"
         results, todo = _scan_points(name, points, root)
-
-        from tqdm.auto import tqdm
-
-        timing: list[dict[str, Any]] = []
-        bar = tqdm(total=len(results) + len(todo), initial=len(results), desc=f"sweep {name}", unit="point",
-                   disable=None if progress is None else not progress, dynamic_ncols=True)
-        try:
-            if backend == "ray":
-                stream = ray_points(name, preset, todo, root, address=address,
-                                    workers=workers if workers > 1 else None, cpus_per_point=cpus_per_point,
-                                    gpus_per_point=gpus_per_point, ship_code=ray_ship_code)
-            elif workers > 1 and len(todo) > 1:
-                n_proc = min(workers, len(todo))
-                # share the cores instead of oversubscribing them (torch would take all of them in each process)
-                threads = max(1, (os.cpu_count() or 1) // n_proc)
-                stream = pool_points(name, preset, todo, root, n_proc, threads)
-            else:
-                stream = local_points(name, preset, todo, root)
-            for p, res in stream:
-                _record_point(name, root, p, res, bar)
-                results[p.key] = res
-                timing.append({"point": p.key, "status": res["status"], "wall_time_s": res.get("wall_time_s")})
-        finally:
-            bar.close()
-            # also on Ctrl-C: what finished is aggregated, the rest is marked pending
-            rows = aggregate(name, points, root, results, has_seed, seeds_batched=seeds is not None and batch_seeds)
-            sweep_dir.write_csv("results.csv", rows)
-            if timing:
-                sweep_dir.write_csv("timing.csv", timing)
-
+        # a generator: nothing runs until _run_points draws from it
+        stream = _point_stream(name, preset, todo, root, backend, workers, address, cpus_per_point,
+                               gpus_per_point, ray_ship_code)
+        rows = _run_points(name, sweep_dir, points, results, todo, stream, has_seed,
+                           seeds is not None and batch_seeds, progress)
         figures = plot_sweep_results(rows, grid_keys, out / "figures", experiment=name, metrics=metrics)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return SweepResult(out, rows, figures, counts)
+
+
+def _check_backend(backend: str, workers: int, cpus_per_point: float, gpus_per_point: float) -> None:
+    """Refuse a bad backend or resources, and a Ray backend without Ray, before any work."""
+    if backend not in get_args(Backend):
+        raise ConfigError(f"backend: got {backend!r}; accepted: 'local', 'ray'")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ConfigError(f"workers: got {workers!r}; accepted: an int >= 1")
+    if cpus_per_point <= 0 or gpus_per_point < 0:
+        raise ConfigError(
+            f"cpus_per_point/gpus_per_point: got {cpus_per_point}/{gpus_per_point}; accepted: cpus > 0, gpus >= 0"
+        )
+    if backend == "ray":
+        import_ray()  # fail before any work when Ray is missing
+
+
+def _point_stream(
+    name: str, preset: str, todo: Sequence[SweepPoint], root: Path, backend: str, workers: int,
+    address: str | None, cpus_per_point: float, gpus_per_point: float, ray_ship_code: bool,
+) -> Iterator[tuple[SweepPoint, dict]]:
+    """The (point, result) pairs of ``todo`` as they finish, on the chosen backend."""
+    if backend == "ray":
+        return ray_points(name, preset, todo, root, address=address,
+                          workers=workers if workers > 1 else None, cpus_per_point=cpus_per_point,
+                          gpus_per_point=gpus_per_point, ship_code=ray_ship_code)
+    if workers > 1 and len(todo) > 1:
+        n_proc = min(workers, len(todo))
+        # share the cores instead of oversubscribing them (torch would take all of them in each process)
+        threads = max(1, (os.cpu_count() or 1) // n_proc)
+        return pool_points(name, preset, todo, root, n_proc, threads)
+    return local_points(name, preset, todo, root)
+
+
+def _run_points(
+    name: str, sweep_dir: RunDir, points: Sequence[SweepPoint], results: dict[str, dict],
+    todo: Sequence[SweepPoint], stream: Iterator[tuple[SweepPoint, dict]], has_seed: bool,
+    seeds_batched: bool, progress: bool | None,
+) -> list[dict[str, Any]]:
+    """Record each point of ``stream`` as it ends; write and return the rows of results.csv."""
+    from tqdm.auto import tqdm
+
+    root = sweep_dir.path / "points"
+    timing: list[dict[str, Any]] = []
+    bar = tqdm(total=len(results) + len(todo), initial=len(results), desc=f"sweep {name}", unit="point",
+               disable=None if progress is None else not progress, dynamic_ncols=True)
+    try:
+        for p, res in stream:
+            _record_point(name, root, p, res, bar)
+            results[p.key] = res
+            timing.append({"point": p.key, "status": res["status"], "wall_time_s": res.get("wall_time_s")})
+    finally:
+        bar.close()
+        # also on Ctrl-C: what finished is aggregated, the rest is marked pending
+        rows = aggregate(name, points, root, results, has_seed, seeds_batched=seeds_batched)
+        sweep_dir.write_csv("results.csv", rows)
+        if timing:
+            sweep_dir.write_csv("timing.csv", timing)
+    return rows
 
 
 def _claim_sweep_dir(sweep_dir: RunDir, spec: Mapping[str, Any], force: bool) -> None:

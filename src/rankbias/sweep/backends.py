@@ -18,23 +18,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rankbias.errors import RankbiasError
+from rankbias.errors import MissingDependency, optional_import
 from rankbias.framework.config import ConfigError
 from rankbias.framework.runs import RunDir
 from rankbias.runner import run_experiment
 from rankbias.sweep.grid import SweepPoint
 
 __all__ = ["MissingDependency", "execute_point", "import_ray", "local_points", "pool_points", "ray_points", "status_record"]
-
-RAY_INSTALL_HINT = (
-    "the ray backend needs Ray, an optional extra: pip install 'rankbias[ray]' "
-    "(or pip install 'ray[default]')"
-)
-
-
-class MissingDependency(RankbiasError, ImportError):
-    """An optional dependency a chosen feature needs is not installed."""
-
 
 def execute_point(
     name: str, preset: str, overrides: Mapping[str, Any], out_dir: str | os.PathLike, threads: int | None = None
@@ -143,11 +133,7 @@ def pool_points(
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise MissingDependency(RAY_INSTALL_HINT) from e
-    return ray
+    return optional_import("ray", feature="the ray backend", extra="ray", package="ray[default]")
 
 
 def ray_points(
@@ -165,50 +151,15 @@ def ray_points(
     from rankbias._version import __version__
 
     ray = import_ray()
-    started = False
-    if not ray.is_initialized():
-        # ship_code uploads this rankbias to the workers instead of relying on the nodes' install
-        package_dir = str(Path(__file__).resolve().parents[1])  # src/rankbias, what Ray uploads
-        runtime_env = {"py_modules": [package_dir]} if ship_code else None
-        if address:
-            try:
-                ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
-            except ConnectionError as e:
-                raise ConfigError(
-                    f"address: cannot connect to a Ray cluster at {address!r} ({e}); start one with "
-                    "`ray start --head` and pass the address it prints (or 'auto' on a cluster node), "
-                    "or omit --address for a local instance"
-                ) from None
-            have = ray.cluster_resources()
-            for res, need in (("CPU", cpus_per_point), ("GPU", gpus_per_point)):
-                if need > have.get(res, 0):
-                    import warnings
-
-                    warnings.warn(
-                        f"the Ray cluster at {address!r} has {have.get(res, 0):g} {res}(s) but each point asks "
-                        f"for {need}: the points wait until nodes with them join (autoscaling)",
-                        RuntimeWarning, stacklevel=2,
-                    )
-        else:
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     runtime_env=runtime_env)
-            # a local instance does not autoscale: a point that can never fit would wait forever
-            have = ray.cluster_resources()
-            for res, need in (("CPU", cpus_per_point), ("GPU", gpus_per_point)):
-                if need > have.get(res, 0):
-                    ray.shutdown()
-                    raise ConfigError(
-                        f"{res.lower()}s_per_point={need} but the local Ray instance has "
-                        f"{have.get(res, 0):g} {res}(s); lower it or pass --address of a cluster that has them"
-                    )
-        started = True
+    started = not ray.is_initialized()  # a Ray the caller started is left running
+    if started:
+        _start_ray(ray, address, workers, cpus_per_point, gpus_per_point, ship_code)
     task = ray.remote(_ray_execute_point).options(
         num_cpus=cpus_per_point, num_gpus=gpus_per_point, name=f"rankbias:{name}"
     )
     threads = max(1, int(math.ceil(cpus_per_point)))
     pending = {}
     try:
-        pending = {}
         for p in todo:
             _mark_running(root, name, p)
             pending[task.remote(name, preset, p.overrides, threads, __version__)] = p
@@ -228,6 +179,46 @@ def ray_points(
             ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
+
+
+def _start_ray(ray, address: str | None, workers: int | None, cpus_per_point: float, gpus_per_point: float,
+               ship_code: bool) -> None:
+    """Join the cluster at ``address`` (warn about resources no node has yet), or start a local
+    instance (refuse resources it can never offer)."""
+    # ship_code uploads this rankbias to the workers instead of relying on the nodes' install
+    package_dir = str(Path(__file__).resolve().parents[1])  # src/rankbias, what Ray uploads
+    runtime_env = {"py_modules": [package_dir]} if ship_code else None
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        except ConnectionError as e:
+            raise ConfigError(
+                f"address: cannot connect to a Ray cluster at {address!r} ({e}); start one with "
+                "`ray start --head` and pass the address it prints (or 'auto' on a cluster node), "
+                "or omit --address for a local instance"
+            ) from None
+        have = ray.cluster_resources()
+        for res, need in (("CPU", cpus_per_point), ("GPU", gpus_per_point)):
+            if need > have.get(res, 0):
+                import warnings
+
+                warnings.warn(  # stacklevel 3: the caller of ray_points
+                    f"the Ray cluster at {address!r} has {have.get(res, 0):g} {res}(s) but each point asks "
+                    f"for {need}: the points wait until nodes with them join (autoscaling)",
+                    RuntimeWarning, stacklevel=3,
+                )
+    else:
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 runtime_env=runtime_env)
+        # a local instance does not autoscale: a point that can never fit would wait forever
+        have = ray.cluster_resources()
+        for res, need in (("CPU", cpus_per_point), ("GPU", gpus_per_point)):
+            if need > have.get(res, 0):
+                ray.shutdown()
+                raise ConfigError(
+                    f"{res.lower()}s_per_point={need} but the local Ray instance has "
+                    f"{have.get(res, 0):g} {res}(s); lower it or pass --address of a cluster that has them"
+                )
 
 
 def status_record(p: SweepPoint, name: str, res: Mapping[str, Any]) -> dict[str, Any]:

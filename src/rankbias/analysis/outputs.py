@@ -270,7 +270,7 @@ def analyze(
     >>> sorted(p.name for p in res.files)
     ['rank_report.csv', 'rank_report.md', 'rank_report.png', 'weight_esd.png']
     """
-    from rankbias.analysis.report import rank_report
+    from rankbias.analysis.rank_table import rank_report
     from rankbias.framework.config import check_device_available
     from rankbias.framework.paths import runs_root
     from rankbias.framework.runs import RunDir, check_writable
