@@ -119,211 +119,147 @@ def rank_measures_many(
     return results if keys is None else dict(zip(keys, results))
 
 
+_MEASURE_DOC = """{summary}
+
+Parameters
+----------
+A : tensor, numpy array or nested list, shape (..., m, n)
+    {a_desc}
+{extra}**kw
+    The other keyword arguments of :func:`rank_measures` (``method``,
+    ``dtype``{accuracy}, ...).
+
+Returns
+-------
+torch.Tensor
+    {returns}
+
+Raises
+------
+InvalidParameterError
+    ``A`` is not a real tensor, numpy array or nested list of at least 2
+    dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.{extra_raise}
+
+Examples
+--------
+{examples}
+"""
+
+
+def _measure_doc(summary: str, returns: str, examples: str, *, a_desc: str = "A matrix or a batch of matrices.",
+                 extra: str = "", accuracy: bool = True, extra_raise: str = ""):
+    """Give a one-measure function its numpy-doc docstring: the sections every such
+    function shares are written once, here."""
+
+    def deco(fn):
+        fn.__doc__ = _MEASURE_DOC.format(
+            summary=summary, a_desc=a_desc, extra=extra, accuracy=", ``accuracy``" if accuracy else "",
+            returns=returns, extra_raise=("\n    " + extra_raise) if extra_raise else "", examples=examples)
+        return fn
+
+    return deco
+
+
+@_measure_doc(
+    'sum(s_i^2) / s_1^2 of A (..., m, n); 0 for the zero matrix.',
+    'The stable rank, float64 by default, of the batch shape.',
+    """\
+>>> import torch
+>>> from rankbias import stable_rank
+>>> A = torch.diag(torch.tensor([4.0, 3.0]))
+>>> float(stable_rank(A))  # (16 + 9) / 16
+1.5625""",
+)
 def stable_rank(A: MatrixLike, **kw: Any) -> torch.Tensor:
-    """sum(s_i^2) / s_1^2 of A (..., m, n); 0 for the zero matrix.
-
-    Parameters
-    ----------
-    A : tensor, numpy array or nested list, shape (..., m, n)
-        A matrix or a batch of matrices.
-    **kw
-        The other keyword arguments of :func:`rank_measures` (``method``,
-        ``dtype``, ``accuracy``, ...).
-
-    Returns
-    -------
-    torch.Tensor
-        The stable rank, float64 by default, of the batch shape.
-
-    Raises
-    ------
-    InvalidParameterError
-        ``A`` is not a real tensor, numpy array or nested list of at least 2
-        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from rankbias import stable_rank
-    >>> A = torch.diag(torch.tensor([4.0, 3.0]))
-    >>> float(stable_rank(A))  # (16 + 9) / 16
-    1.5625
-    """
     return rank_measures(A, ["stable_rank"], **kw)["stable_rank"]
 
 
+@_measure_doc(
+    'exp(H(p)), p_i = s_i / sum s_j (Roy & Vetterli 2007); 0 for the zero matrix.',
+    'The effective rank, float64 by default, of the batch shape.',
+    """\
+>>> import torch
+>>> from rankbias import effective_rank
+>>> round(float(effective_rank(torch.eye(3))), 6)  # equal singular values
+3.0
+>>> A = torch.diag(torch.tensor([4.0, 3.0]))
+>>> round(float(effective_rank(A)), 4)
+1.9796""",
+)
 def effective_rank(A: MatrixLike, **kw: Any) -> torch.Tensor:
-    """exp(H(p)), p_i = s_i / sum s_j (Roy & Vetterli 2007); 0 for the zero matrix.
-
-    Parameters
-    ----------
-    A : tensor, numpy array or nested list, shape (..., m, n)
-        A matrix or a batch of matrices.
-    **kw
-        The other keyword arguments of :func:`rank_measures` (``method``,
-        ``dtype``, ``accuracy``, ...).
-
-    Returns
-    -------
-    torch.Tensor
-        The effective rank, float64 by default, of the batch shape.
-
-    Raises
-    ------
-    InvalidParameterError
-        ``A`` is not a real tensor, numpy array or nested list of at least 2
-        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from rankbias import effective_rank
-    >>> round(float(effective_rank(torch.eye(3))), 6)  # equal singular values
-    3.0
-    >>> A = torch.diag(torch.tensor([4.0, 3.0]))
-    >>> round(float(effective_rank(A)), 4)
-    1.9796
-    """
     return rank_measures(A, ["effective_rank"], **kw)["effective_rank"]
 
 
+@_measure_doc(
+    'H(p) in nats, p_i = s_i / sum s_j: the log of the effective rank; 0 for the zero matrix.',
+    'The entropy of the normalised singular values, float64 by default, of the batch shape.',
+    """\
+>>> import torch
+>>> from rankbias import entropy_rank
+>>> round(float(entropy_rank(torch.eye(2))), 6)  # log 2
+0.693147""",
+)
 def entropy_rank(A: MatrixLike, **kw: Any) -> torch.Tensor:
-    """H(p) in nats, p_i = s_i / sum s_j: the log of the effective rank; 0 for the zero matrix.
-
-    Parameters
-    ----------
-    A : tensor, numpy array or nested list, shape (..., m, n)
-        A matrix or a batch of matrices.
-    **kw
-        The other keyword arguments of :func:`rank_measures` (``method``,
-        ``dtype``, ``accuracy``, ...).
-
-    Returns
-    -------
-    torch.Tensor
-        The entropy of the normalised singular values, float64 by default, of the batch shape.
-
-    Raises
-    ------
-    InvalidParameterError
-        ``A`` is not a real tensor, numpy array or nested list of at least 2
-        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from rankbias import entropy_rank
-    >>> round(float(entropy_rank(torch.eye(2))), 6)  # log 2
-    0.693147
-    """
     return rank_measures(A, ["entropy_rank"], **kw)["entropy_rank"]
 
 
+@_measure_doc(
+    "#{s_i > max(atol, rtol * s_1)} with ``torch.linalg.matrix_rank``'s semantics.",
+    'The count, int64, of the batch shape.',
+    """\
+>>> import numpy as np
+>>> import torch
+>>> from rankbias import numerical_rank
+>>> int(numerical_rank(np.eye(3)))
+3
+>>> int(numerical_rank(torch.eye(3), atol=2.0))  # every singular value is 1 <= 2
+0""",
+    extra="""\
+atol : float or tensor, optional
+    Absolute tolerance (default 0); a tensor broadcasts over the batch.
+rtol : float or tensor, optional
+    Relative tolerance; without it, rtol = max(m, n) * eps(input dtype), or 0
+    where ``atol > 0``. A tensor broadcasts over the batch.
+""",
+    accuracy=False,
+    extra_raise='Also a NaN or non-numeric ``atol``/``rtol``.',
+)
 def numerical_rank(A: MatrixLike, atol: Tol = None, rtol: Tol = None, **kw: Any) -> torch.Tensor:
-    """#{s_i > max(atol, rtol * s_1)} with ``torch.linalg.matrix_rank``'s semantics.
-
-    Parameters
-    ----------
-    A : tensor, numpy array or nested list, shape (..., m, n)
-        A matrix or a batch of matrices.
-    atol : float or tensor, optional
-        Absolute tolerance (default 0); a tensor broadcasts over the batch.
-    rtol : float or tensor, optional
-        Relative tolerance; without it, rtol = max(m, n) * eps(input dtype), or 0
-        where ``atol > 0``. A tensor broadcasts over the batch.
-    **kw
-        The other keyword arguments of :func:`rank_measures` (``method``,
-        ``dtype``, ...).
-
-    Returns
-    -------
-    torch.Tensor
-        The count, int64, of the batch shape.
-
-    Raises
-    ------
-    InvalidParameterError
-        ``A`` is not a real tensor, numpy array or nested list of at least 2
-        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
-        Also a NaN or non-numeric ``atol``/``rtol``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import torch
-    >>> from rankbias import numerical_rank
-    >>> int(numerical_rank(np.eye(3)))
-    3
-    >>> int(numerical_rank(torch.eye(3), atol=2.0))  # every singular value is 1 <= 2
-    0
-    """
     return rank_measures(A, ["numerical_rank"], atol=atol, rtol=rtol, **kw)["numerical_rank"]
 
 
+@_measure_doc(
+    """\
+(sum lambda)^2 / sum lambda^2 for lambda the eigenvalues of the covariance
+of A's centred rows (rows are samples); 0 when the rows are all equal.""",
+    'The participation ratio, float64 by default, of the batch shape.',
+    """\
+>>> import torch
+>>> from rankbias import participation_ratio
+>>> rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+>>> float(participation_ratio(rows))  # isotropic covariance in 2-D
+2.0""",
+)
 def participation_ratio(A: MatrixLike, **kw: Any) -> torch.Tensor:
-    """(sum lambda)^2 / sum lambda^2 for lambda the eigenvalues of the covariance
-    of A's centred rows (rows are samples); 0 when the rows are all equal.
-
-    Parameters
-    ----------
-    A : tensor, numpy array or nested list, shape (..., m, n)
-        A matrix or a batch of matrices.
-    **kw
-        The other keyword arguments of :func:`rank_measures` (``method``,
-        ``dtype``, ``accuracy``, ...).
-
-    Returns
-    -------
-    torch.Tensor
-        The participation ratio, float64 by default, of the batch shape.
-
-    Raises
-    ------
-    InvalidParameterError
-        ``A`` is not a real tensor, numpy array or nested list of at least 2
-        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from rankbias import participation_ratio
-    >>> rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
-    >>> float(participation_ratio(rows))  # isotropic covariance in 2-D
-    2.0
-    """
     return rank_measures(A, ["participation_ratio"], **kw)["participation_ratio"]
 
 
+@_measure_doc(
+    """\
+RankMe (Garrido et al. 2023): exp(H(p)), p_i = s_i / sum s_j + eps, on the
+uncentred matrix; 0 for the zero matrix.""",
+    'RankMe, float64 by default, of the batch shape.',
+    """\
+>>> import torch
+>>> from rankbias import rankme
+>>> round(float(rankme(torch.eye(4))), 4)
+4.0""",
+    a_desc='A matrix or a batch of matrices (rows are embeddings).',
+    extra="""\
+eps : float, default RANKME_EPS
+    The constant added to each p_i, as in the paper.
+""",
+    accuracy=False,
+)
 def rankme(A: MatrixLike, eps: float = RANKME_EPS, **kw: Any) -> torch.Tensor:
-    """RankMe (Garrido et al. 2023): exp(H(p)), p_i = s_i / sum s_j + eps, on the
-    uncentred matrix; 0 for the zero matrix.
-
-    Parameters
-    ----------
-    A : tensor, numpy array or nested list, shape (..., m, n)
-        A matrix or a batch of matrices (rows are embeddings).
-    eps : float, default RANKME_EPS
-        The constant added to each p_i, as in the paper.
-    **kw
-        The other keyword arguments of :func:`rank_measures` (``method``,
-        ``dtype``, ...).
-
-    Returns
-    -------
-    torch.Tensor
-        RankMe, float64 by default, of the batch shape.
-
-    Raises
-    ------
-    InvalidParameterError
-        ``A`` is not a real tensor, numpy array or nested list of at least 2
-        dimensions, is empty or holds NaN/Inf; a bad option of :func:`rank_measures`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from rankbias import rankme
-    >>> round(float(rankme(torch.eye(4))), 4)
-    4.0
-    """
     return rank_measures(A, ["rankme"], rankme_eps=eps, **kw)["rankme"]
