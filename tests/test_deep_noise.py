@@ -1,4 +1,4 @@
-"""noise-robustness-deep: a CI-sized run gives every row and figure, every network goes
+"""noise-robustness-deep: the smoke preset's run gives every row and figure, every network goes
 through the one trainer, the ratio and the noise draws obey their definitions, and the
 intrinsic-dimension estimators recover known dimensions."""
 
@@ -20,7 +20,7 @@ from rankbias.models import build_model
 from rankbias.runner import run_experiment
 from rankbias.verdicts import STATUSES
 
-CI = nd.CI
+SMOKE = nd.SMOKE
 
 
 def _spy(seen):
@@ -39,13 +39,13 @@ def ci_run(tmp_path_factory):
     seen: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rankbias.training, "train", _spy(seen))
-        summary = run_experiment("noise-robustness-deep", preset="ci", out_dir=out)
+        summary = run_experiment("noise-robustness-deep", preset="smoke", out_dir=out)
     return summary, out, seen
 
 
 def test_ci_run_gives_every_row(ci_run):
     summary, _, _ = ci_run
-    cfg = build_config("noise-robustness-deep", preset="ci")
+    cfg = build_config("noise-robustness-deep", preset="smoke")
     S = len(cfg.sigmas)
     assert len(summary["per_sigma"]) == len(cfg.models) * len(cfg.noise_models) * S
     assert all(0 <= r["test_acc_mean"] <= 1 for r in summary["per_sigma"])
@@ -78,7 +78,7 @@ def test_ci_run_gives_every_row(ci_run):
 
 def test_ci_run_gives_every_figure_and_the_report(ci_run):
     summary, out, _ = ci_run
-    cfg = build_config("noise-robustness-deep", preset="ci")
+    cfg = build_config("noise-robustness-deep", preset="smoke")
     want = {f"{kind}_{m}_{n}" for kind in ("heatmap", "ranks_vs_sigma") for m in cfg.models
             for n in cfg.noise_models}
     want |= {f"accuracy_vs_sigma_{n}" for n in cfg.noise_models} | {"data_rank_vs_sigma"}
@@ -96,7 +96,7 @@ def test_ci_run_gives_every_figure_and_the_report(ci_run):
 
 def test_every_network_is_trained_through_the_one_trainer(ci_run):
     summary, _, seen = ci_run
-    cfg = build_config("noise-robustness-deep", preset="ci")
+    cfg = build_config("noise-robustness-deep", preset="smoke")
     assert len(seen) == len(cfg.models) * len(cfg.noise_models) * len(cfg.sigmas) * len(cfg.seeds)
     assert {"ViT", "CifarResNet", "PlainCNN", "MLP"} == set(seen)
 
@@ -104,7 +104,7 @@ def test_every_network_is_trained_through_the_one_trainer(ci_run):
 def test_vit_and_resnet_train_through_the_one_trainer(monkeypatch):
     seen: list[str] = []
     monkeypatch.setattr(rankbias.training, "train", _spy(seen))
-    cfg = nd.DeepNoiseConfig.from_dict({**CI, "steps": 4, "log_every": 2, "lr": 1e-2})
+    cfg = nd.DeepNoiseConfig.from_dict({**SMOKE, "steps": 4, "log_every": 2, "lr": 1e-2})
     x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 3
     for name in ("vit", "resnet8"):
         model, res = nd.train_network(cfg, name, x, y, 3, seed=0)
@@ -120,7 +120,7 @@ def test_vit_and_resnet_train_through_the_one_trainer(monkeypatch):
 
 
 def test_a_seed_determines_the_network():
-    cfg = nd.DeepNoiseConfig.from_dict({**CI, "steps": 5})
+    cfg = nd.DeepNoiseConfig.from_dict({**SMOKE, "steps": 5})
     x, y = torch.rand(50, 1, 8, 8), torch.arange(50) % 2
     a, _ = nd.train_network(cfg, "mlp", x, y, 2, seed=3)
     b, _ = nd.train_network(cfg, "mlp", x, y, 2, seed=3)
@@ -140,7 +140,7 @@ def test_log_ratio_is_the_log_log_slope():
 
 @pytest.mark.parametrize("noise", ["canvas", "background_pixels"])
 def test_every_sigma_scales_the_same_noise_draw(noise):
-    cfg = nd.DeepNoiseConfig.from_dict(CI)
+    cfg = nd.DeepNoiseConfig.from_dict(SMOKE)
     x = torch.rand(6, 1, 8, 8) * (torch.rand(6, 1, 8, 8) > 0.5)  # half the pixels background
     n1, clean = nd.add_noise(cfg, noise, x, 0.5, seed=1)
     n2, clean2 = nd.add_noise(cfg, noise, x, 1.5, seed=1)
@@ -162,7 +162,7 @@ def test_every_sigma_scales_the_same_noise_draw(noise):
 ])
 def test_bad_configs_are_refused(override, field):
     with pytest.raises(ConfigError, match=field):
-        nd.DeepNoiseConfig.from_dict({**CI, **override})
+        nd.DeepNoiseConfig.from_dict({**SMOKE, **override})
 
 
 def test_overall_verdict_counts_the_testable_layers():
@@ -182,7 +182,7 @@ def test_overall_verdict_counts_the_testable_layers():
 def test_without_scikit_dimension_the_id_columns_are_skipped_with_a_note(monkeypatch, tmp_path):
     monkeypatch.setattr(idmod, "available", lambda: False)
     s = run_experiment("noise-robustness-deep", {"models": ["mlp"], "noise_models": ["background_pixels"],
-                                                 "steps": 2}, preset="ci", out_dir=tmp_path / "r")
+                                                 "steps": 2}, preset="smoke", out_dir=tmp_path / "r")
     assert len(s["per_sigma"]) == 2 and s["layer_tables"][0]["noise"] == "background_pixels"
     assert sorted(s["figures"]) == ["accuracy_vs_sigma_background_pixels", "data_rank_vs_sigma",
                                     "heatmap_mlp_background_pixels", "ranks_vs_sigma_mlp_background_pixels"]

@@ -53,7 +53,7 @@ def test_bad_config_is_a_clear_error_before_compute(over, match, tmp_path):
 def test_unknown_experiment_and_preset():
     with pytest.raises(ConfigError, match="accepted: .*depth-rank-init"):
         rankbias.run_experiment("nope")
-    with pytest.raises(ConfigError, match="unknown preset 'huge'; accepted: quick, paper"):
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; accepted: quick, smoke, paper"):
         rankbias.run_experiment("depth-rank-init", preset="huge")
 
 

@@ -232,9 +232,8 @@ def test_noise_robustness_relative_verdict_on_ci_config(tmp_path):
 
 
 def test_noise_robustness_diverged_config_does_not_lose_the_sweep(tmp_path):
-    s = rankbias.run_experiment("noise-robustness", {
-        "sigmas": [0.0, 1e20], "seeds": [0], "n_train": 40, "n_test": 40, "dim": 20, "steps": 20,
-        "log_every": 10}, out_dir=tmp_path)
+    s = rankbias.run_experiment("noise-robustness", {"sigmas": [0.0, 1e20], "seeds": [0]}, out_dir=tmp_path,
+                                preset="smoke")
     assert [r["status"] for r in s["status"]] == ["ok", "diverged"]
     assert s["per_sigma"][0]["n_ok"] == 1 and s["per_sigma"][1]["n_diverged"] == 1
     assert s["per_sigma"][1]["test_acc_mean"] is None  # NaN -> null in JSON

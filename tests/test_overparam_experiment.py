@@ -64,9 +64,8 @@ def test_ci_sized_run_summary_and_verdict(tmp_path):
 
 
 def test_baseline_init_same_as_factors_decides_the_verdict(tmp_path):
-    cfg = {**CI, "epochs": 1, "baseline_init": "same as factors", "compare_both_baselines": False,
-           "factor_bias": True}
-    s = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r")
+    cfg = {"baseline_init": "same as factors", "compare_both_baselines": False, "factor_bias": True}
+    s = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r", preset="smoke")
     assert {r["init"] for r in s["per_depth"]} == {"same as factors", "factors"}
     assert set(s["paired_test_acc_diffs_pp"]) == {"same as factors"}
     assert s["verdict"]["baseline_init"] == "same as factors" and not s["verdict"]["other_baseline"]
@@ -81,8 +80,8 @@ def test_a_failed_run_keeps_the_others(tmp_path, monkeypatch):
         return real(cfg, model_name, depth, seed, data, baseline_init)
 
     monkeypatch.setattr(opc, "train_one", flaky)
-    cfg = {**CI, "epochs": 1, "compare_both_baselines": False}
-    s = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r")
+    cfg = {"models": ["cnn"], "compare_both_baselines": False}
+    s = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r", preset="smoke")
     assert s["failures"] == [{"model": "cnn", "depth": 2, "seed": 1, "error": "RuntimeError: boom"}]
     rows = {r["depth"]: r for r in s["per_depth"]}
     assert s["verdict"]["intervals"]["cnn/depth=2"]["n"] == 1
@@ -137,7 +136,7 @@ def test_a_gain_over_a_baseline_at_chance_is_not_testable(tmp_path, monkeypatch)
         return {**rec, "test_acc": 0.1 if depth == 1 else 0.9 + 0.01 * seed}
 
     monkeypatch.setattr(opc, "train_one", chance_baseline)
-    cfg = {**CI, "epochs": 1, "compare_both_baselines": False, "seeds": [0, 1, 2]}
-    v = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r")["verdict"]
+    cfg = {"compare_both_baselines": False, "seeds": [0, 1, 2]}
+    v = run_experiment("overparam-classification", cfg, out_dir=tmp_path / "r", preset="smoke")["verdict"]
     assert v["status"] == "not testable" and v["untested_verdict"]["status"] == "holds"
     assert "baseline did not learn" in v["reason"] and "statement" in v

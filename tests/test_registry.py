@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -128,7 +129,25 @@ def test_registration_refuses_an_experiment_that_breaks_the_contract(kwargs, mat
 def test_every_builtin_experiment_keeps_the_contract_and_has_a_paper_preset():
     for name, exp in registry.list_experiments().items():
         registry.check_contract(exp)
-        assert "paper" in exp.presets, name
+        assert {"quick", "smoke", "paper"} <= set(exp.presets), name
+
+
+def test_a_builtin_experiment_without_a_smoke_preset_is_refused():
+    """The one convention for test-sized configs (tests/test_smoke_presets.py runs every
+    experiment's "smoke"): an experiment of rankbias.experiments without one fails at
+    registration; one registered from elsewhere (a test's toy) needs only "quick"."""
+    def run(cfg, run_dir):
+        return {}
+
+    run.__module__ = "rankbias.experiments.zz_new"  # as if defined in a new experiment module
+    for presets, missing in [({"quick": {}, "paper": {}}, "['smoke']"),
+                             ({"quick": {}}, "['smoke', 'paper']")]:
+        with pytest.raises(InvalidParameterError, match=r"lack " + re.escape(missing) + r" .*'smoke', seconds"):
+            registry.register("zz-no-smoke", description="d", config_cls=TinyConfig, presets=presets)(run)
+    assert "zz-no-smoke" not in registry.list_experiments()
+    exp = registry.Experiment("zz-no-smoke", "d", TinyConfig, run, {"quick": {}, "smoke": {}, "paper": {}})
+    with registry.registered(exp):
+        assert registry.get_experiment("zz-no-smoke") is exp
 
 
 def test_a_claim_without_a_readable_verdict_fails_the_run(tmp_path):

@@ -140,6 +140,14 @@ def paper_preset(**settings) -> dict:
             **settings}
 
 
+def smoke_preset(**settings) -> dict:
+    """The "smoke" preset of a trained-depth experiment: its quick path at a size that runs
+    in seconds on one thread (tests/test_smoke_presets.py), with the experiment's own
+    ``settings`` on top. Two seeds, because the verdicts decide on means over seeds."""
+    return {"n": 8, "depths": [1, 4], "seeds": [0, 1], "target_rank": 2, "n_train": 16, "n_test": 32,
+            "steps": 60, "plateau_window": 30, "log_every": 30, "lr_factors": [1.0], **settings}
+
+
 class SweepGroup(NamedTuple):
     """One line of a sweep: a target kind and an initialisation."""
 

@@ -259,21 +259,21 @@ def write_outputs(run, cfg: NoiseSweepConfig, fit, data_ranks: Mapping[str, np.n
 
 def _write_figures(run, cfg: NoiseSweepConfig, history: list[dict[str, Any]], per_sigma: list[dict[str, Any]],
                    clean_rank: float, labels: SweepLabels, table: SweepTable) -> None:
-    from rankbias.experiments import _noise_figures as figs
+    from rankbias.plots import noise as figs
 
     clean_acc = per_sigma[cfg.clean_index]["test_acc_mean"]
-    figs.plot_ranks_vs_sigma(
+    figs.stable_ranks_against_sigma(
         per_sigma, run.figure_path("stable_rank_vs_sigma"), clean_rank=clean_rank,
         clean_label=labels.clean_label, sigma_label=labels.sigma_label, title=labels.figure_title,
         clean_acc=clean_acc, image_key=table.image_key, clean_data_key=table.clean_data_key,
     )
-    figs.plot_filter_rank_over_steps(
+    figs.filter_rank_against_steps(
         history, cfg.sigmas, run.figure_path("filter_stable_rank_over_steps"), clean_rank=clean_rank,
         clean_label=labels.clean_label.split(" (")[0],
         title=f"{labels.name}: filter stable rank during GD (lr={cfg.lr:g})",
     )
-    figs.plot_acc_vs_sigma(per_sigma, run.figure_path("accuracy_vs_sigma"), sigma_label=labels.sigma_label,
-                           title=f"{labels.name}: accuracy against background noise", clean_acc=clean_acc)
+    figs.accuracy_against_sigma(per_sigma, run.figure_path("accuracy_vs_sigma"), sigma_label=labels.sigma_label,
+                                title=f"{labels.name}: accuracy against background noise", clean_acc=clean_acc)
 
 
 def _write_report(run, cfg: NoiseSweepConfig, summary: dict[str, Any], labels: SweepLabels,

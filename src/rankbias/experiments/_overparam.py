@@ -1,7 +1,7 @@
 """What the two over-parameterisation experiments share (``overparam-classification``,
 ``overparam-cifar``; docs/overparam.md): the augmentation defaults, the checks of the
 depths and seeds, the kernel effective rank of the penultimate embeddings (the input
-of ``fc``), the cost of a forward pass, and the accuracy / rank panels of the figure."""
+of ``fc``) and the cost of a forward pass (their figures: :mod:`rankbias.plots.overparam`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rankbias.framework.config import Config
 from rankbias.measures import KernelSpectrum
 
 __all__ = ["AUTO_CROP", "AUTO_FLIP", "augment", "embedding_measures", "forward_macs",
-           "plot_accuracy_rank", "recording_embeddings", "validate_depths_seeds"]
+           "recording_embeddings", "validate_depths_seeds"]
 
 # random-crop padding and horizontal flips: flips only where the classes are mirror-symmetric
 AUTO_CROP = {"digits": 1, "mnist": 2, "fashion-mnist": 2, "cifar10": 4}
@@ -107,25 +107,3 @@ def forward_macs(model: nn.Module, shape) -> int:
         for h in hs:
             h.remove()
     return total
-
-
-def plot_accuracy_rank(ax1, ax2, x, rows: list[dict], depths, label: str = "", **kw) -> None:
-    """Test / train accuracy (%) of ``rows`` on ``ax1`` and their embedding rank on ``ax2``,
-    mean +- std over seeds, against the depths ``x``."""
-    import rankbias.plots as plots
-
-    pre = f"{label} " if label else ""
-    plots.line_with_band(ax1, x, [100 * r["test_acc_mean"] for r in rows],
-                         [100 * r["test_acc_std"] for r in rows], label=f"{pre}test", **kw)
-    plots.line_with_band(ax1, x, [100 * r["train_acc_mean"] for r in rows],
-                         [100 * r["train_acc_std"] for r in rows], label=f"{pre}train",
-                         ls="--", marker="s", **({"alpha": 0.6} if label else {}), **kw)
-    plots.line_with_band(ax2, x, [r["embed_erank_mean"] for r in rows],
-                         [r["embed_erank_std"] for r in rows], **({"label": label} if label else {}),
-                         **kw)
-    for ax in (ax1, ax2):
-        ax.set_xlabel("expansion depth (1 = baseline)")
-        ax.set_xticks(sorted(depths))
-    ax1.set_ylabel("accuracy of collapsed model (%)")
-    ax2.set_ylabel("kernel effective rank")
-    ax2.set_title("penultimate embeddings, test set")

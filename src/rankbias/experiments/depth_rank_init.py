@@ -199,6 +199,8 @@ def strictly_decreasing(xs) -> bool:
     config_cls=DepthRankInitConfig,
     presets={
         "quick": {"network": "mlp", "draws": 1000, "chunk": 500},
+        "smoke": {"network": "mlp", "n": 8, "depths": [1, 2, 4], "draws": 40, "chunk": 40, "width": 16,
+                  "n_inputs": 8},
         "paper": {"n": 256, "depths": [1, 2, 4, 8, 16, 32, 64], "draws": 10000, "chunk": 256,
                   "network": "mlp", "width": 256, "n_inputs": 128},
     },

@@ -43,6 +43,7 @@ from rankbias.experiments._depth import (
     per_depth_rows,
     per_seed,
     rank_against_steps,
+    smoke_preset,
     target_entropy_rank,
     training_record,
     training_table,
@@ -147,6 +148,7 @@ def resilience_verdict(first_minus_last: dict[str, list[float]], means: dict[str
     config_cls=DepthRankInitSensitivityConfig,
     presets={
         "quick": {},
+        "smoke": smoke_preset(init_scales=[1.0]),
         "paper": paper_preset(lr=0.005, log_every=500, init_scales=[0.25, 0.5, 1.0, 2.0, 4.0]),
     },
     claim=CLAIM,

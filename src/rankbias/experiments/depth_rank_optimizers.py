@@ -28,6 +28,7 @@ from rankbias.experiments._depth import (
     per_depth_rows,
     rank_against_steps,
     require_seeds,
+    smoke_preset,
     target_entropy_rank,
     training_record,
     training_table,
@@ -101,6 +102,7 @@ def _settings(cfg: DepthRankOptimizersConfig, name: str) -> dict:
     config_cls=DepthRankOptimizersConfig,
     presets={
         "quick": {},
+        "smoke": smoke_preset(lbfgs_steps=5, random_search_steps=40, population=4),
         "paper": paper_preset(lbfgs_steps=200, random_search_steps=10000),
     },
     claim=CLAIM,

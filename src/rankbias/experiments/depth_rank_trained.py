@@ -31,6 +31,7 @@ from rankbias.experiments._depth import (
     per_depth_rows,
     rank_against_steps,
     require_seeds,
+    smoke_preset,
     target_entropy_rank,
     training_record,
     training_table,
@@ -132,6 +133,7 @@ def full_rank_verdict(rows) -> dict:
     config_cls=DepthRankTrainedConfig,
     presets={
         "quick": {},
+        "smoke": smoke_preset(log_every=20, top_k=2),
         "paper": paper_preset(depths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32], target_rank=4, lr=0.005,
                               log_every=250),
     },

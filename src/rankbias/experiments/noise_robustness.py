@@ -109,6 +109,8 @@ def build_data(cfg: NoiseRobustnessConfig):
     config_cls=NoiseRobustnessConfig,
     presets={
         "quick": {},
+        "smoke": {"sigmas": [0.0, 0.5], "seeds": [0, 1], "n_train": 40, "n_test": 40, "dim": 20, "steps": 20,
+                  "log_every": 10},
         "paper": {
             "n_train": 1000, "n_test": 1000, "patches": 16, "dim": 400, "K": 4, "signal_norm": 10.0,
             "sigmas": [0.0, 0.0625, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0, 1.25],

@@ -280,15 +280,15 @@ def run_one(cfg: DeepNoiseConfig, noise: str, name: str, sigma: float, seed: int
 
 # ------------------------------------------------------------------------ run
 
-CI = {
+SMOKE = {
     "dataset": "digits", "train_limit": 120, "test_limit": 60, "sigmas": [0.0, 1.0], "seeds": [0],
     "noise_models": ["canvas"],
     "models": ["plain-cnn", "resnet8", "vit", "mlp"], "width": 4, "vit_dim": 16, "vit_depth": 1,
     "vit_heads": 2, "mlp_width": 16, "mlp_depth": 2, "steps": 6, "batch_size": 32, "log_every": 3,
     "id_samples": 60,
 }
-"""The test-sized config (seconds): every model, every row and figure (of the canvas noise;
-the tests run the background noise on the MLP)."""
+"""The ``smoke`` preset (seconds on one thread): every model, every row and figure (of the
+canvas noise; the tests run the background noise on the MLP)."""
 
 
 @register(
@@ -301,7 +301,7 @@ the tests run the background noise on the MLP)."""
             "noise_models": ["canvas"], "steps": 300, "batch_size": 64, "lr": 2e-3,
             "test_limit": 300, "num_threads": 1,
         },
-        "ci": CI,
+        "smoke": SMOKE,
         "paper": {
             "dataset": "mnist", "train_limit": 10000, "test_limit": 2000,
             "noise_models": ["canvas", "background_pixels"],
@@ -351,5 +351,5 @@ def run(cfg: DeepNoiseConfig, run: RunDir) -> dict:
     return summary_mod.summarize(cfg, run, data_rows, results, info)
 
 
-__all__ = ["CI", "CLAIM", "DeepNoiseConfig", "add_noise", "canvas_side", "data_measures", "intrinsic",
+__all__ = ["CLAIM", "SMOKE", "DeepNoiseConfig", "add_noise", "canvas_side", "data_measures", "intrinsic",
            "load_split", "run", "train_network"]

@@ -208,6 +208,9 @@ def _fallback_notice(info: dict) -> dict:
     config_cls=NoiseImagesConfig,
     presets={
         "quick": {},
+        # digits, not quick's "auto": a test never reads MNIST from $RANKBIAS_DATA
+        "smoke": {"dataset": "digits", "sigmas": [0.0, 0.5], "seeds": [0, 1], "n_train": 100, "n_test": 100,
+                  "steps": 20, "log_every": 10},
         "mnist": {"dataset": "mnist"},
         "mnist-background": {"dataset": "mnist", "noise_model": "background_pixels", "patch_size": 7},
         # lr 0.05: at lr 1 a clean CIFAR network collapses to a constant (loss log 2) within 50 steps

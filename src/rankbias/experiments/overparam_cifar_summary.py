@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from rankbias.experiments._overparam import plot_accuracy_rank
 from rankbias.framework.config import Config
 from rankbias.framework.runs import RunDir
 
@@ -192,22 +189,10 @@ def ablation_intervals(all_diffs: dict) -> dict:
 
 
 def plot(cfg, per_depth, records, path) -> None:
-    import rankbias.plots as plots
+    """The accuracy / rank figure with the per-epoch curves
+    (:func:`rankbias.plots.accuracy_rank_curves`) of every arm of ``records``."""
+    from rankbias.plots.overparam import accuracy_rank_curves
 
-    fig, (ax1, ax2, ax3) = plots.figure(ncols=3, width=4.0, height=3.2)
-    rows = [r for r in per_depth if r["n_ok"] and "-wd-" not in r["arm"]]
-    x = [r["depth"] for r in rows]
-    plot_accuracy_rank(ax1, ax2, x, rows, cfg.depths)
-    for k, row in enumerate(per_depth):  # every arm: test (solid) and train (dashed) per epoch
-        hist = records[row["arm"]].get("history") or []
-        epochs = sorted({h["epoch"] for h in hist})
-        for key, ls, lab in (("test_acc", "-", row["arm"]), ("train_acc_augmented", "--", None)):
-            acc = [100 * np.mean([h[key] for h in hist if h["epoch"] == e]) for e in epochs]
-            if epochs:
-                ax3.plot(epochs, acc, color=f"C{k}", ls=ls, label=lab)
-    ax1.legend()
-    ax1.set_title(f"{cfg.dataset}, {len(cfg.seeds)} seeds")
-    ax3.set_xlabel("epoch")
-    ax3.set_ylabel("accuracy (%), mean over seeds (dashed: train)")
-    ax3.legend()
-    plots.save(fig, path)
+    histories = {row["arm"]: records[row["arm"]].get("history") or [] for row in per_depth}
+    accuracy_rank_curves(per_depth, histories, path, depths=cfg.depths,
+                         title=f"{cfg.dataset}, {len(cfg.seeds)} seeds")

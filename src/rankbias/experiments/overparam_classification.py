@@ -285,6 +285,8 @@ def _measure_trained(cfg: OverparamClassificationConfig, model: nn.Module, depth
     config_cls=OverparamClassificationConfig,
     presets={
         "quick": {},
+        "smoke": {"models": ["cnn", "resnet"], "model_width": 4, "depths": [1, 2], "seeds": [0, 1], "epochs": 1,
+                  "warmup_epochs": 0.5, "train_limit": 128, "test_limit": 64},
         "paper": {
             "dataset": "cifar10", "models": ["cnn", "resnet18"], "model_width": 64,
             "depths": [1, 2, 3, 4], "seeds": [0, 1, 2], "epochs": 200, "batch_size": 128,

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from rankbias.experiments._overparam import plot_accuracy_rank
 from rankbias.experiments._statements import CLAIMED_GAIN_PP, PAPER2_OVERPARAM
 from rankbias.verdicts import mean_std, paired_gain_verdict, verdict
 
@@ -102,17 +99,12 @@ def make_verdict(cfg, per_depth: list[dict], diffs: dict[str, dict[str, list[flo
 
 
 def plot(cfg, per_depth: list[dict], path) -> None:
-    import rankbias.plots as plots
+    """The accuracy / rank figure (:func:`rankbias.plots.accuracy_rank_against_depth`) of the
+    factors rows and the ``baseline_init`` baseline of each of ``cfg.models``."""
+    from rankbias.plots.overparam import accuracy_rank_against_depth
 
-    fig, (ax1, ax2) = plots.figure(ncols=2, width=4.4, height=3.3)
-    for k, model_name in enumerate(cfg.models):
-        rows = sorted((r for r in per_depth if r["model"] == model_name and r["n_ok"] > 0
-                       and r["init"] in ("factors", cfg.baseline_init)), key=lambda r: r["depth"])
-        if not rows:
-            continue
-        x = np.array([r["depth"] for r in rows], float) + (k - (len(cfg.models) - 1) / 2) * 0.06
-        plot_accuracy_rank(ax1, ax2, x, rows, cfg.depths, label=model_name, color=f"C{k}")
-    for ax in (ax1, ax2):
-        ax.legend()
-    ax1.set_title(f"{cfg.dataset}: accuracy (mean ± std, {len(cfg.seeds)} seeds)")
-    plots.save(fig, path)
+    per_model = {m: sorted((r for r in per_depth if r["model"] == m and r["n_ok"] > 0
+                            and r["init"] in ("factors", cfg.baseline_init)), key=lambda r: r["depth"])
+                 for m in cfg.models}
+    accuracy_rank_against_depth(per_model, path, depths=cfg.depths,
+                                title=f"{cfg.dataset}: accuracy (mean ± std, {len(cfg.seeds)} seeds)")

@@ -3,8 +3,9 @@
 An experiment module defines a :class:`~rankbias.framework.config.Config` subclass, a
 ``run(config, run_dir) -> summary`` function and registers them with
 :func:`register` together with its presets (``quick``: minutes on 2 CPU cores;
-``paper``: the papers' scale). Every module of this package is imported on the
-first lookup, so adding an experiment needs no edit elsewhere. Running one is
+``smoke``: seconds on one thread, for tests; ``paper``: the papers' scale). Every
+module of this package is imported on the first lookup, so adding an experiment needs
+no edit elsewhere. Running one is
 :func:`rankbias.runner.run_experiment`.
 """
 
@@ -98,6 +99,10 @@ def _add(exp: Experiment, replace: bool = False) -> Experiment | None:
 # The rules an experiment follows, each checked when it registers (not found later as a
 # missing report section): the names docs/contributing.md walks through.
 REQUIRED_PRESETS = ("quick",)
+# The experiments of this package also have "smoke" (seconds on one thread: the quick path at
+# tiny sizes, run end to end by tests/test_smoke_presets.py) and "paper" (the papers' scale);
+# an experiment registered from elsewhere (a test's toy, a notebook's) needs only "quick".
+BUILTIN_PRESETS = (*REQUIRED_PRESETS, "smoke", "paper")
 _NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
@@ -109,7 +114,9 @@ def check_contract(exp: Experiment) -> None:
     whose framework fields (:data:`~rankbias.framework.config.RESERVED_FIELDS`:
     ``device``, ``num_threads``, ``seed``/``seeds``) have the type the runner and
     the sweep read; at least the preset ``quick`` (minutes on a CPU; the built-in
-    experiments also have ``paper``), each preset a valid config; and a
+    experiments, those whose run function is in this package, all of
+    :data:`BUILTIN_PRESETS`: also ``smoke``, seconds on one thread, and ``paper``), each
+    preset a valid config; and a
     ``run(config, run_dir)`` function of two positional parameters.
 
     Raises
@@ -126,11 +133,12 @@ def check_contract(exp: Experiment) -> None:
         raise InvalidParameterError(f"{where}: config_cls {cls!r} is not a Config dataclass; "
                                     "accepted: a @dataclass(frozen=True) subclass of rankbias.framework.config.Config")
     problems += cls.contract_problems()
-    missing = [p for p in REQUIRED_PRESETS if p not in exp.presets]
+    builtin = getattr(exp.run, "__module__", "").startswith(__name__.rpartition(".")[0] + ".")
+    missing = [p for p in (BUILTIN_PRESETS if builtin else REQUIRED_PRESETS) if p not in exp.presets]
     if missing:
         problems.append(f"presets {sorted(exp.presets)} lack {missing} (accepted: at least "
-                        f"{', '.join(REQUIRED_PRESETS)}, minutes on a CPU; the built-in experiments "
-                        "also have 'paper', the papers' scale)")
+                        "'quick', minutes on a CPU; an experiment of rankbias.experiments also "
+                        "'smoke', seconds on one thread, and 'paper', the papers' scale)")
     if not _takes_config_and_run_dir(exp.run):
         problems.append("its run function must take (config, run_dir) and return the summary dict")
     if problems:
