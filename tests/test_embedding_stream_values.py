@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rankbias import KernelSpectrum, rank_report
+from rankbias.errors import InvalidParameterError
 from rankbias.measures import MEASURES
 
 
@@ -75,11 +76,16 @@ def test_opposite_infinities_in_one_column_are_refused():
         ks.update(torch.tensor([[1.0, float("inf")], [2.0, float("-inf")], [3.0, 0.0]]))
 
 
-def test_finite_values_whose_squares_overflow_are_not_called_nan():
-    # the O(d) test sees an infinite scatter; the full test then finds every value finite
+def test_finite_values_whose_squares_overflow_are_refused_not_called_nan():
+    """The O(d) test sees an infinite scatter and the full test finds every value finite:
+    merged, they would give ranks of 0 and a NaN participation ratio without an error
+    (what the code did before). They are refused, naming the value, and the state kept."""
+    ks = KernelSpectrum(max_rows=0).update(torch.randn(10, 2, dtype=torch.float64))
+    before = ks.scatter_.clone()
     Z = torch.tensor([[1e200, 0.0], [-1e200, 1.0], [0.0, 2.0]], dtype=torch.float64)
-    ks = KernelSpectrum(max_rows=0).update(Z)
-    assert ks.n_samples_ == 3 and torch.isinf(ks.scatter_[0, 0])
+    with pytest.raises(InvalidParameterError, match=r"overflow float64 \(largest \|value\| 1e\+200\)"):
+        ks.update(Z)
+    assert ks.n_samples_ == 10 and torch.equal(ks.scatter_, before)
 
 
 def test_report_of_a_cnn_equals_one_shot_spectra_of_its_embeddings():

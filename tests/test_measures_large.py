@@ -271,3 +271,22 @@ def test_bench_large_quick_runs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--quick"]) == 0
+
+
+def test_gram_error_model_covers_a_very_long_side():
+    """A k x N matrix sums N-term products in its Gram: with N >> k^2 the rounding grows
+    past k eps s_1^2 (the old model, exceeded here: a bound that was not one), and the model
+    takes sqrt(N) instead; the eigenvalues' actual error stays inside it."""
+    from rankbias.measures._tail import gram_growth
+    from rankbias.measures.spectrum import _gram
+
+    k, N = 8, 400_000
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(N, k, generator=g, dtype=torch.float64))
+    s = torch.tensor([1.0] + [1e-4] * (k - 1), dtype=torch.float64)
+    X = s[:, None] * Q.mT  # singular values s exactly, up to the QR's own rounding
+    lam = torch.linalg.eigvalsh(_gram(X)).flip(0)
+    err = float((lam - s.square()).abs().max())
+    eps = torch.finfo(torch.float64).eps
+    assert err > k * eps  # the old model's bound (s_1 = 1) is exceeded
+    assert err <= gram_growth(k, N) * eps

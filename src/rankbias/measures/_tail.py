@@ -39,6 +39,14 @@ _MAX_ITERATIONS = 40
 _LAST_ITERATIONS = [0]  # iterations of the last refinement (read by the tests)
 
 
+def gram_growth(k: int, n_sum: int) -> float:
+    """c in the Gram route's error model c eps s_1^2: k for the eigensolver's backward
+    error, and sqrt(N) for the rounding of the product's N-term sums (N, the longer side:
+    the typical growth of a blocked BLAS sum, not the worst case N); the larger of the two,
+    so that a very long side (N > k^2) widens the bound instead of escaping it."""
+    return float(max(k, math.sqrt(max(n_sum, 1))))
+
+
 def _bottom_eigvecs(
     G: torch.Tensor, lam: torch.Tensor, h: int, q: int, t: int, eps_g: float
 ) -> torch.Tensor | None:
@@ -83,7 +91,7 @@ def refine_tail(
     h = k - t
     eps = torch.finfo(X.dtype).eps
     s1 = float(s[0])
-    eps_g = k * eps * s1 * s1  # the Gram route's bound (spectrum._gram_error)
+    eps_g = gram_growth(k, N) * eps * s1 * s1  # the Gram route's bound (spectrum._gram_error)
     lam = s.square()
     V = _bottom_eigvecs(G, lam, h, min(2 * t + _OVERSAMPLE, k), t, eps_g)
     if V is None:

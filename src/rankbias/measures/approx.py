@@ -29,15 +29,15 @@ Error bars (``Estimates.errors``, half-widths, same units as the values):
   component below ~||r_1||/lambda_1 along it).
 - the entropies and RankMe: a Student-t 99.9% interval from the spread of the
   per-probe estimates (jackknife over 16 groups of probes, so the ratio
-  S-dependence is carried), plus the quadrature error (twice the change from
-  the rule with 4 nodes fewer, at most 2/3 of the Gauss-Radau gap, which
-  brackets the truth for sum s), plus the deflation error (the measures
+  S-dependence is carried), plus the quadrature error (2/3 of the gap between
+  the Gauss and the Gauss-Radau rule, which bracket the truth for sum s; never
+  narrowed by a second, heuristic estimate), plus the deflation error (the measures
   recomputed with each theta_i raised by the quadratic residual bound
   ||r_i||^2 / gap_i), plus the rounding of the control variate's trace.
   A statistical bar: it holds with high probability, not always.
 
 Deterministic given ``seed`` (a private ``torch.Generator``; the global RNG is
-untouched). Matrices whose smaller side is at most ``rank + 10`` are resolved
+untouched). Matrices whose smaller side is at most ``rank`` are resolved
 completely by step 1 (errors then ~eps).
 
 Why written here: ``torch.svd_lowrank`` is the same range finder but returns no
@@ -275,15 +275,11 @@ def _values_and_bars(theta, res, T, dim, fro2, names, rankme_eps, rounding):
         for n in names:
             x = torch.stack([d[n] for d in loo])
             errs[n] = _t_quantile(g - 1) * ((g - 1) / g * (x - x.mean()).square().sum()).sqrt()
-    # quadrature: the estimate's rule against the same with 4 nodes fewer (x 2), at most
-    # 2/3 of the Gauss-Radau gap (the truth lies between them, the estimate 1/3 of the way)
+    # quadrature: 2/3 of the Gauss-Radau gap (the truth lies between the two rules, the
+    # estimate 1/3 of the way). Never narrowed by a heuristic (e.g. the same rule with
+    # fewer nodes): a second estimate that happens to agree would shrink the bar by chance
     gauss, radau = at(nodes=ng, w=wg), at(nodes=nr, w=wr)
-    q = T.shape[-1]
     quad = {n: 2 * (gauss[n] - radau[n]).abs() / 3 for n in names}
-    if q > 6:
-        nf, wf = _rules(T[..., : q - 4, : q - 4], dim)[2]
-        fewer = at(nodes=nf, w=wf)
-        quad = {n: torch.minimum(quad[n], 2 * (fewer[n] - vals[n]).abs()) for n in names}
     # deflation: each theta_i may sit below its eigenvalue by ||r_i||^2 / gap_i
     gap = (theta - nodes.max()).clamp_min(torch.finfo(torch.float64).tiny)
     shift = torch.where(theta - nodes.max() > res, res.square() / gap, res)

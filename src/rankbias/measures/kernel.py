@@ -219,9 +219,14 @@ class KernelSpectrum:
         """Fold the (n, mean, scatter) of a checked-dimension batch Z into the state."""
         # a NaN or Inf in Z reaches its mean or its scatter's diagonal: this O(d) test
         # replaces a full pass over Z (as costly as the Gram), which then runs only
-        # to name them (or finds none: finite values whose squares overflowed)
+        # to name them; finite values whose squares overflow float64 would leave an
+        # infinite scatter and silently wrong ranks, so they are refused too
         if not bool(torch.isfinite(stats[1].sum() + stats[2].trace())):
             _check_finite(Z, "Z")
+            raise InvalidParameterError(
+                f"Z: finite values whose squares overflow float64 (largest |value| "
+                f"{float(Z.detach().abs().max()):.3g}); accepted: values below ~1e150 in magnitude "
+                "(rescale the embeddings: every rank measure is scale-invariant)")
         self.dim_ = stats[1].shape[0]
         if not self._folded:
             self._fold()

@@ -55,7 +55,7 @@ from rankbias.measures._checks import (
     _default_eps,
     _to_tensor,
 )
-from rankbias.measures._tail import refine_tail
+from rankbias.measures._tail import gram_growth, refine_tail
 from rankbias.measures.approx import fast_rank_measures
 from rankbias.measures.spec import (
     RANKME_EPS,
@@ -197,14 +197,14 @@ def _gram_spectrum(X: torch.Tensor | None, G: torch.Tensor | None = None) -> tor
     return _safe_sqrt(lam)
 
 
-def _gram_error(s: torch.Tensor) -> torch.Tensor:
+def _gram_error(s: torch.Tensor, n_sum: int = 0) -> torch.Tensor:
     """Bound delta_i on the error of each Gram-route singular value s_i.
 
-    The Gram's eigenvalues are off by at most ~ k eps s_1^2 (backward-stable
-    eigensolver, rounding in forming the Gram), so s_i by delta_i ~ k eps
-    s_1^2 / (s_i + sqrt(k eps) s_1)."""
-    k = s.shape[-1]
-    dl = k * torch.finfo(s.dtype).eps * s[..., :1].square()
+    The Gram's eigenvalues are off by ~ c eps s_1^2 (``c = gram_growth(k, N)``:
+    backward-stable eigensolver, rounding in forming the Gram), so s_i by
+    delta_i ~ c eps s_1^2 / (s_i + sqrt(c eps) s_1)."""
+    c = gram_growth(s.shape[-1], n_sum)
+    dl = c * torch.finfo(s.dtype).eps * s[..., :1].square()
     return dl / (s + dl.sqrt()).clamp_min(torch.finfo(s.dtype).tiny)
 
 
@@ -257,10 +257,10 @@ def _spectrum(
     s = _gram_spectrum(None, G)
     if method == "gram":
         return s, True
-    delta = _gram_error(s)
-    make = spectrum or (lambda s, delta: Spectrum(s, shape=(1, 1), delta=delta))
     if shape is None:
         shape = tuple(X.shape[-2:]) if X is not None else (s.shape[-1], s.shape[-1])
+    delta = _gram_error(s, max(shape))
+    make = spectrum or (lambda s, delta: Spectrum(s, shape=(1, 1), delta=delta))
     target = _accuracy(accuracy, s.dtype, shape)
     unsafe = ~_gram_is_accurate(make(s, delta=delta), names, target)
     if bool(unsafe.any()) and _estimate_seconds("svd", 1, *shape) * max(
