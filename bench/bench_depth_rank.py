@@ -8,7 +8,11 @@
    padded by identity factors -- against one network at a time (same networks,
    same steps, same initial factors).
 
-Run: ``python bench/bench_depth_rank.py`` (``--quick`` for a smaller run).
+Run: ``OMP_NUM_THREADS=1 python bench/bench_depth_rank.py`` (``--quick`` for a smaller
+run; ``--only init`` or ``--only trained`` for one part). Everything runs with one torch
+thread, as the experiments are run (``--threads 2`` for the init cases: on a shared
+machine the per-draw loop then pays OpenMP's spin-waiting on every small call, and the
+ratio swung from 5x to 66x between two runs of issue 21).
 """
 
 from __future__ import annotations
@@ -78,13 +82,18 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--only", choices=("init", "trained"), help="run one part only")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the init cases (default 1)")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
-    rows = bench_init(draws=200 if args.quick else 1000, loop_draws=20 if args.quick else 100)
+    rows = []
+    if args.only != "trained":
+        torch.set_num_threads(args.threads)
+        rows += bench_init(draws=200 if args.quick else 1000, loop_draws=20 if args.quick else 100)
     # training runs single-threaded, as the experiments are meant to (the library sets no
     # thread count): its n x n matmuls lose several-fold to intra-op threads under load
     torch.set_num_threads(1)
-    rows += bench_trained(steps=50 if args.quick else 300, seeds=2 if args.quick else 3)
+    if args.only != "init":
+        rows += bench_trained(steps=50 if args.quick else 300, seeds=2 if args.quick else 3)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -6,7 +6,16 @@
 2. Embeddings: 10,000 MNIST test images through a small CNN (defined below).
    Images per second of the forward passes alone and of ``rank_report`` with
    the data (weights + every layer's streamed output kernel + the data's own
-   rank). Peak memory of each, measured in a fresh subprocess:
+   rank). Time: forward alone, the report, and the floor of an exact stream
+   (forward + the bare float64 Gram products of the same embeddings: no
+   centring, no merge, no measures) run in interleaved rounds (5 by default,
+   the order rotated each round); the ratio to the forward pass is taken
+   within each round and the median printed, in wall time and in CPU time
+   (less inflated by other processes on a shared machine), with the load
+   average before and after. Goal: report <= 1.5x the forward pass. Values:
+   every embedding measure of the report against a plain
+   ``KernelSpectrum.update`` fed each layer's rows, relative tolerance 1e-10
+   (that of the tests). Peak memory of each, measured in a fresh subprocess:
    after loading the data and building the model, the peak-RSS counter of the
    process is reset (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) and the
    current RSS is the baseline; after the work, ``VmHWM`` from
@@ -19,7 +28,7 @@
    the method used is printed.)
 
 Run: ``PYTHONPATH=src python bench/bench_rank_report.py`` (``--quick`` for a
-smoke run: 1 repeat, 2,000 images). The data root is ``--data-root``, else
+smoke run: 1 weights repeat, 2,000 images; ``--threads 1`` for single-threaded). The data root is ``--data-root``, else
 ``$RANKBIAS_DATA``, else ./data.
 """
 
@@ -43,6 +52,8 @@ import torch
 from torch import nn
 
 THREADS = 2
+# the report's embedding values against a plain KernelSpectrum (as in the tests)
+VALUE_RTOL = 1e-10
 
 
 def small_cnn() -> nn.Sequential:
@@ -181,9 +192,9 @@ def _hwm_kb() -> int:
     raise RuntimeError("no VmHWM")
 
 
-def memory_child(mode: str, root: str, n: int, batch_size: int) -> None:
+def memory_child(mode: str, root: str, n: int, batch_size: int, threads: int) -> None:
     """In a fresh process: the peak RSS increase of one workload."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     x = mnist_test(root, n)
     model = small_cnn()
     if mode == "report":
@@ -215,10 +226,100 @@ def _run_child(mode: str, root: str, n: int, batch_size: int) -> dict:
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
         [sys.executable, __file__, "--_memory", mode, "--data-root", root, "--images", str(n),
-         "--batch-size", str(batch_size)],
+         "--batch-size", str(batch_size), "--threads", str(torch.get_num_threads())],
         check=True, capture_output=True, text=True, env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _weight_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def forward_with_grams(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """The floor of an exact stream: the forward passes plus the bare float64 Gram
+    products of the same embeddings (every weight layer's output per position, and
+    the data), without centring, merging, checks or measures."""
+
+    from rankbias.analysis.stream import CHUNK_ELEMENTS
+
+    def gram(t: torch.Tensor) -> None:  # None: a forward hook's result would replace the output
+        # in the stream's chunks: a whole batch in float64 would cost page faults the stream avoids
+        for c in t.split(max(1, CHUNK_ELEMENTS * len(t) // t.numel())):
+            z = c.double().flatten(2) if c.ndim > 2 else c.double()
+            torch.matmul(z, z.mT).sum(0) if c.ndim > 2 else z.mT @ z
+
+    hooks = [m.register_forward_hook(lambda m, a, out: gram(out)) for m in _weight_layers(model)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                gram(x[i : i + batch_size].flatten(1))
+                model(x[i : i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _timed(fn) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call; CPU time is less inflated by other processes."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def time_side_by_side(model: nn.Module, x: torch.Tensor, batch_size: int, pairs: int) -> dict:
+    """Forward alone, the report and the float64 floor, interleaved ``pairs`` times (the
+    order rotated each time); the ratios are taken within each round, then their median."""
+    runs = {"forward": lambda: forward_only(model, x, batch_size),
+            "report": lambda: report(model, x, batch_size),
+            "floor": lambda: forward_with_grams(model, x, batch_size)}
+    order = list(runs)
+    t: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    for r in range(pairs):
+        for k in order[r % 3:] + order[: r % 3]:
+            t[k].append(_timed(runs[k]))
+    res = {}
+    for clock, j in (("wall", 0), ("cpu", 1)):
+        for k in ("report", "floor"):
+            ratios = [a[j] / f[j] for a, f in zip(t[k], t["forward"])]
+            res[f"{k}_over_forward_{clock}"] = statistics.median(ratios)
+            res[f"{k}_over_forward_{clock}_all"] = [round(v, 3) for v in ratios]
+    res["images_per_s"] = {k: len(x) / statistics.median(a[0] for a in v) for k, v in t.items()}
+    return res
+
+
+def value_check(model: nn.Module, x: torch.Tensor, batch_size: int, df) -> float:
+    """Largest relative difference between the report's embedding measures and those of
+    a plain ``KernelSpectrum.update`` fed each layer's rows (channels-last copy) and the data."""
+    from rankbias import KernelSpectrum
+    from rankbias.analysis.layers import DATA_ROW_NAME
+    from rankbias.measures import MEASURES
+
+    layers = dict(model.named_modules())
+    ref = {name: KernelSpectrum() for name, m in layers.items() if m in _weight_layers(model)}
+    def feed(ks: KernelSpectrum, out: torch.Tensor) -> None:  # None: the output is kept
+        ks.update(out.movedim(1, -1) if out.ndim > 2 else out)
+
+    hooks = [layers[name].register_forward_hook(lambda m, a, out, ks=ks: feed(ks, out))
+             for name, ks in ref.items()]
+    ref[DATA_ROW_NAME] = KernelSpectrum()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                ref[DATA_ROW_NAME].update(x[i : i + batch_size].flatten(1))
+                model(x[i : i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = df.set_index("name")
+    worst = 0.0
+    for name, ks in ref.items():
+        want = ks.measures()
+        for k in MEASURES:
+            a, b = float(rows.loc[name, f"emb_{k}"]), float(want[k])
+            worst = max(worst, abs(a - b) / max(abs(b), 1e-300))
+    return worst
 
 
 def bench_embeddings(root: str, n: int, batch_size: int, repeats: int, memory_runs: int) -> dict:
@@ -230,15 +331,11 @@ def bench_embeddings(root: str, n: int, batch_size: int, repeats: int, memory_ru
     model = small_cnn()
     forward_only(model, x[:batch_size], batch_size)  # warm-up
     report(model, x[:batch_size], batch_size)
-    t_fwd, t_rep = [], []
-    df = None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        forward_only(model, x, batch_size)
-        t_fwd.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        df = report(model, x, batch_size)
-        t_rep.append(time.perf_counter() - t)
+    load_before = os.getloadavg()[0]
+    timing = time_side_by_side(model, x, batch_size, repeats)
+    load_after = os.getloadavg()[0]
+    df = report(model, x, batch_size)
+    worst = value_check(model, x, batch_size, df)
     # RSS peaks of identical runs differ by tens of MiB (allocator and thread
     # scheduling), so each is measured in `memory_runs` fresh processes,
     # interleaved, and the medians are compared
@@ -253,9 +350,13 @@ def bench_embeddings(root: str, n: int, batch_size: int, repeats: int, memory_ru
     res = {
         "images": len(x),
         "batch_size": batch_size,
-        "images_per_s_forward": len(x) / min(t_fwd),
-        "images_per_s_report": len(x) / min(t_rep),
-        "time_ratio_report_over_forward": min(t_rep) / min(t_fwd),
+        "threads": torch.get_num_threads(),
+        "load_average": [load_before, load_after],
+        "images_per_s_forward": timing["images_per_s"]["forward"],
+        "images_per_s_report": timing["images_per_s"]["report"],
+        "time_ratio_report_over_forward": timing["report_over_forward_wall"],
+        "timing": timing,
+        "value_check_max_rel_diff": worst,
         "peak_increase_mib": inc,
         "peak_increase_mib_all_runs": inc_all,
         "peak_total_mib": tot,
@@ -265,10 +366,21 @@ def bench_embeddings(root: str, n: int, batch_size: int, repeats: int, memory_ru
         "emb_effective_rank": dict(zip(df["name"], df["emb_effective_rank"].round(3))),
     }
     res["goal_met"] = res["memory_ratio_increase"] < 2
+    res["time_goal_met"] = res["time_ratio_report_over_forward"] <= 1.5
+    res["values_equal"] = worst <= VALUE_RTOL
     print(
-        f"embeddings, {len(x)} MNIST test images, small CNN, batch {batch_size}: forward alone "
+        f"embeddings, {len(x)} MNIST test images, small CNN, batch {batch_size}, "
+        f"{res['threads']} thread(s), load average {load_before:.1f} -> {load_after:.1f}: forward alone "
         f"{res['images_per_s_forward']:.0f} img/s, rank_report {res['images_per_s_report']:.0f} img/s "
-        f"({res['time_ratio_report_over_forward']:.2f}x the time)"
+        f"(medians of {repeats} interleaved rounds)\n"
+        f"  report / forward, median of the rounds' ratios: {timing['report_over_forward_wall']:.2f}x wall "
+        f"{timing['report_over_forward_wall_all']}, {timing['report_over_forward_cpu']:.2f}x CPU time "
+        f"{timing['report_over_forward_cpu_all']} (goal <= 1.5x: "
+        f"{'met' if res['time_goal_met'] else 'NOT met'})\n"
+        f"  floor, forward + bare float64 Gram products of the same embeddings: "
+        f"{timing['floor_over_forward_wall']:.2f}x wall, {timing['floor_over_forward_cpu']:.2f}x CPU time\n"
+        f"  values: largest relative difference from plain KernelSpectrum.update {worst:.1e} "
+        f"(tolerance {VALUE_RTOL:g}: {'equal' if res['values_equal'] else 'DIFFERENT'})"
     )
     print(
         f"peak memory ({res['memory_method']}, median of {memory_runs} processes each): increase over "
@@ -284,13 +396,14 @@ def bench_embeddings(root: str, n: int, batch_size: int, repeats: int, memory_ru
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 repeat, 2,000 images")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; embeddings: interleaved rounds, default 5)")
     p.add_argument("--images", type=int, default=None, help="MNIST test images (default 10000)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--memory-runs", type=int, default=None, help="fresh processes per memory measurement (default 3)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--only", choices=["weights", "embeddings"], default=None)
+    p.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     p.add_argument("--no-diagnostic", action="store_true",
                    help="skip the second weights run with GOMP_SPINCOUNT=0")
     p.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
@@ -298,9 +411,9 @@ def main(argv=None) -> int:
     root = a.data_root or default_root()
     n = a.images or (2000 if a.quick else 10_000)
     if a._memory:
-        memory_child(a._memory, root, n, a.batch_size)
+        memory_child(a._memory, root, n, a.batch_size, a.threads)
         return 0
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(a.threads)
     repeats = a.repeats or (1 if a.quick else 3)
     print(f"bench_rank_report: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f} (shared machine: absolute times are inflated)")
@@ -310,7 +423,9 @@ def main(argv=None) -> int:
         if not a.no_diagnostic:
             results["weights_spincount0"] = weights_without_spinning(repeats)
     if a.only in (None, "embeddings"):
-        results["embeddings"] = bench_embeddings(root, n, a.batch_size, repeats, a.memory_runs or (1 if a.quick else 3))
+        # interleaved rounds: a median of ratios needs a few even in a smoke run
+        results["embeddings"] = bench_embeddings(root, n, a.batch_size, a.repeats or 5,
+                                                 a.memory_runs or (1 if a.quick else 3))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0

@@ -10,7 +10,7 @@ The rule: no module of ``rankbias`` outside ``rankbias/plots/``
   axes or a figure (``ax``, ``ax1``, ``axes``, ``fig``, ``plt``, ...), so that
   ``tracker.plot(path)`` and ``KernelSpectrum.scatter()`` stay allowed,
 - or uses the plots package's drawing primitives (``figure``, ``save``,
-  ``line_with_band``, ``style``), which would let it draw without importing matplotlib.
+  ``line_with_band``, ``mean_std_lines``, ``style``), which would let it draw without importing matplotlib.
 
 An experiment computes plain data (lists of dicts, arrays, numbers) and hands it,
 with ``run_dir.figure_path(name)``, to a figure function of ``rankbias.plots``;
@@ -86,7 +86,7 @@ SHARED_NAMES = frozenset(
     }
 )
 AXES_LIKE = re.compile(r"^(ax|axs|axes|fig|figs|plt|pyplot)(\d+|_\w+)?$")
-PLOTS_PRIMITIVES = frozenset({"figure", "save", "line_with_band", "style"})
+PLOTS_PRIMITIVES = frozenset({"figure", "save", "line_with_band", "mean_std_lines", "style"})
 
 
 def _receiver_name(node: ast.expr) -> str | None:

@@ -509,11 +509,78 @@ def test_plan_shares(preset):
         assert all("no cifar10 in the data (/data)" == st.skip for st in lacking if st.skip)
 
 
+# -------------------------------------------------------- the GPU plan, assembled from the experiments
+# A frozen copy of the plan as it was written by hand in plans.py before the experiments declared
+# their GPU steps (gpu= of @register): the assembled plans must stay these exact steps.
+_TINY = {"sigmas": [0.0, 0.5], "seeds": [0, 1], "steps": 20, "log_every": 10}
+
+
+def _lacks(data, dataset):
+    return None if dataset in data.has else f"no {dataset} in the data ({data.packed or data.root})"
+
+
+def _handwritten_gpu(data):
+    from rankbias.plans import Step
+
+    root, cuda = {"data_root": data.root}, {"device": "cuda"}
+    p2_data = {"packed_dir": data.packed} if data.packed is not None else root
+    cifar = {"dataset": "cifar10", "classes": [0, 1], "patch_size": 16, "lr": 0.3}
+    return [
+        Step("paper1-synthetic", "noise-robustness", "paper", cuda, 0.07),
+        Step("paper1-mnist", "noise-robustness-images", "paper", {**cuda, **root}, 0.14,
+             skip=_lacks(data, "mnist")),
+        Step("paper1-cifar10", "noise-robustness-images", "paper",
+             {**cuda, **root, **cifar, "n_train": 2000, "n_test": 2000}, 0.12, skip=_lacks(data, "cifar10")),
+        Step("paper2-overparam-cifar", "overparam-cifar", "gpu", {**cuda, **p2_data}, 0.67,
+             stops_itself=True, skip=_lacks(data, "cifar10")),
+    ]
+
+
+def _handwritten_smoke(data):
+    from rankbias.plans import Step
+
+    root = {"data_root": data.root}
+    p2_data = {"packed_dir": data.packed} if data.packed is not None else root
+    cifar = {"dataset": "cifar10", "classes": [0, 1], "patch_size": 16, "lr": 0.3}
+    mnist = "mnist" if "mnist" in data.has else "digits"
+    steps = [
+        Step("paper1-synthetic", "noise-robustness", "quick", {**_TINY, "n_train": 40, "n_test": 40}, 0.18),
+        Step("paper1-mnist", "noise-robustness-images", "quick",
+             {**_TINY, **root, "dataset": mnist, "n_train": 60, "n_test": 60,
+              **({"patch_size": 14} if mnist == "mnist" else {})}, 0.18),
+    ]
+    if "cifar10" in data.has:
+        steps.append(Step("paper1-cifar10", "noise-robustness-images", "quick",
+                          {**_TINY, **root, **cifar, "n_train": 20, "n_test": 20}, 0.18))
+    p2 = {} if "cifar10" not in data.has else {
+        **p2_data, "dataset": "cifar10", "train_limit": 200, "test_limit": 100, "train_eval_limit": 100,
+        "train.crop_padding": 4, "train.hflip": True}
+    steps.append(Step("paper2-overparam-cifar", "overparam-cifar", "smoke", p2, 0.46, stops_itself=True))
+    return steps
+
+
+_FOLDERS = [(packed_dir, frozenset(has)) for packed_dir in (None, "/packed")
+            for has in ((), ("mnist",), ("cifar10",), ("mnist", "cifar10"))]
+
+
+@pytest.mark.parametrize("packed_dir, has", _FOLDERS)
+def test_the_assembled_gpu_plans_are_the_handwritten_ones(packed_dir, has):
+    """Every field of every step (label, experiment, preset, overrides, share, skip,
+    stops_itself, and the order) of both plans, for every data folder kind: packed or a plain
+    root, with and without MNIST and CIFAR-10."""
+    from rankbias.plans import DataFolder, gpu_steps
+
+    data = DataFolder(packed_dir, packed_dir or "/data", has)
+    assert gpu_steps("gpu", data) == _handwritten_gpu(data)
+    assert gpu_steps("gpu-smoke", data) == _handwritten_smoke(data)
+
+
 def test_the_cifar10_step_does_not_inherit_the_mnist_lr():
     """The plan's CIFAR-10 step uses the paper preset (sized for MNIST, lr 1, which collapsed
     CIFAR to a constant predictor in the CPU check of docs/gpu.md): its lr is set."""
+    from rankbias.experiments.noise_robustness_images import CIFAR_LR
     from rankbias.experiments.registry import build_config
-    from rankbias.plans import CIFAR_LR, DataFolder, gpu_steps
+    from rankbias.plans import DataFolder, gpu_steps
 
     step = next(st for st in gpu_steps("gpu", DataFolder(None, "/data", frozenset({"cifar10"})))
                 if st.label == "paper1-cifar10")

@@ -185,6 +185,52 @@ def test_fast_route_holds_the_truth_in_its_error_bar(seed):
         assert abs(v - float(ref[k])) <= e, (k, v, e, float(ref[k]))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_stable_rank_alone_needs_no_tail(seed):
+    # lambda_1 by subspace iteration on 8 columns: the bar meets the target, holds the truth
+    # (known exactly: the spectrum is built), and the work is a few passes, not the ~500
+    # columns of the range finder plus the tail that the four measures take
+    s = np.arange(1, 301) ** -0.5
+    A = with_spectrum(s, 300, 800, seed=seed).float()
+    truth = float((s**2).sum() / s[0] ** 2)
+    est = fast_rank_measures(A, ["stable_rank"], seed=seed)
+    v, e = float(est["stable_rank"]), float(est.errors["stable_rank"])
+    assert 0 < e <= 1e-2 * v and abs(v - truth) <= e, (v, e, truth)
+    assert est.columns % approx._BLOCK == 0 and est.columns <= 6 * approx._BLOCK
+    tight = fast_rank_measures(A, ["stable_rank"], seed=seed, accuracy=1e-4)
+    assert (
+        abs(float(tight["stable_rank"]) - truth)
+        <= float(tight.errors["stable_rank"])
+        <= 1e-4 * truth
+    )
+    assert tight.columns > est.columns
+    # beyond float32: it stops where the residual reaches the products' rounding, and says so
+    floor = fast_rank_measures(A, ["stable_rank"], seed=seed, accuracy=1e-9)
+    assert abs(float(floor["stable_rank"]) - truth) <= float(floor.errors["stable_rank"])
+    assert float(floor.errors["stable_rank"]) > 1e-9 * truth and floor.columns < 20 * approx._BLOCK
+
+
+def test_fast_route_uses_the_input_uncopied_only_where_its_scale_is_safe():
+    A = power_law(120, 300, seed=5)
+    before = A.clone()
+    ref = fast_rank_measures(A, seed=1)
+    assert torch.equal(A, before)  # read, never scaled in place
+    for scale in (1e-30, 1e30):  # squares under- or overflow float32 unless rescaled
+        got = fast_rank_measures(A * scale, seed=1)
+        for k in FAST_MEASURES:
+            assert float(got[k]) == pytest.approx(float(ref[k]), rel=1e-5), (scale, k)
+
+
+@pytest.mark.parametrize("cols", [3, 15, 16, 40])
+def test_products_are_m_times_v_whichever_way_they_are_taken(cols):
+    X = power_law(50, 130, seed=2)
+    V = torch.randn(50, cols)
+    ref = X.double() @ (X.double().mT @ V.double())
+    got = approx._product(X)(V)
+    assert got.shape == (50, cols)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_gauss_and_radau_rules_bracket_the_sum_of_singular_values():
     # M = diag(lam), a power law down to ~0: per probe, the Gauss rule overestimates
     # z^T sqrt(M) z and the Radau rule (a node at 0) underestimates it; the estimate's

@@ -1,4 +1,5 @@
-"""The experiment registry: a taken name is refused, and tests register through its public API."""
+"""The experiment registry: a taken name is refused, and tests register through its public API;
+the GPU plans are assembled from what the experiments declare (``gpu=``), each declaration checked."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import re
 
 import pytest
 
-from rankbias.errors import InvalidParameterError
+from rankbias.errors import InvalidParameterError, UnsupportedError
 from rankbias.experiments import registry
-from rankbias.framework.config import Config
+from rankbias.framework.config import Config, ConfigError
+from rankbias.framework.gpu_declarations import DataFolder, GpuRun, GpuStep
+from rankbias.plans import Step, gpu_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,3 +175,165 @@ def test_a_public_module_that_registers_nothing_is_refused():
     registry._check_modules("pkg", ["depth_thing", "depth_thing_summary"], exps)  # a part of it: fine
     with pytest.raises(InvalidParameterError, match=r"stray\.py register\(s\) no experiment"):
         registry._check_modules("pkg", ["depth_thing", "stray"], exps)
+
+
+# ---------------------------------------------------------------- the GPU plans' steps
+EVERYTHING = DataFolder(None, "/data", frozenset({"mnist", "cifar10"}))
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuToyConfig(Config):
+    x: int = 1
+    """A number."""
+    device: str = "cpu"
+    """The torch device."""
+    budget_minutes: float | None = None
+    """Where it stops."""
+
+
+def _toy(name="aa-gpu-toy", steps=(), presets=None, config_cls=GpuToyConfig):
+    return registry.Experiment(name, "toy", config_cls, _run, presets or {"quick": {}, "big": {"x": 5}},
+                               gpu=tuple(steps))
+
+
+def _without_noise_robustness_steps():
+    """noise-robustness standing in without its GPU step: 0.07 (gpu) and 0.18 (gpu-smoke) of
+    the budget, which the built-in steps fill to exactly 1, left for a toy."""
+    return registry.registered(dataclasses.replace(registry.get_experiment("noise-robustness"), gpu=()),
+                               replace=True)
+
+
+def test_a_registered_experiment_takes_part_in_the_gpu_plans_with_no_other_edit():
+    first = GpuStep("aa-toy-first", gpu=GpuRun("big", 0.03, lambda data: {"x": 7}),
+                    smoke=GpuRun("quick", 0.08, needs="mnist", if_missing="omit"))
+    last = GpuStep("aa-toy-last", gpu=GpuRun("quick", 0.04, needs="cifar10"),
+                   smoke=GpuRun("quick", 0.1, lambda data: {"x": len(data.has)}), stops_itself=True)
+    builtin = [st.label for st in gpu_steps("gpu", EVERYTHING)]
+    with _without_noise_robustness_steps(), registry.registered(_toy(steps=[first, last])):
+        steps = gpu_steps("gpu", EVERYTHING)
+        # the documented order: child-process steps, then those that stop themselves (each by
+        # experiment name, then as declared)
+        assert [st.label for st in steps] == ["aa-toy-first", "paper1-mnist", "paper1-cifar10",
+                                              "aa-toy-last", "paper2-overparam-cifar"]
+        assert steps[0] == Step("aa-toy-first", "aa-gpu-toy", "big", {"device": "cuda", "x": 7}, 0.03)
+        assert steps[3] == Step("aa-toy-last", "aa-gpu-toy", "quick", {"device": "cuda"}, 0.04,
+                                stops_itself=True)
+        no_cifar = gpu_steps("gpu", DataFolder("/p", "/p", frozenset({"mnist"})))
+        assert no_cifar[3].skip == "no cifar10 in the data (/p)"  # skipped: reported "not run"
+        smoke = {st.label: st for st in gpu_steps("gpu-smoke", EVERYTHING)}
+        assert smoke["aa-toy-first"] == Step("aa-toy-first", "aa-gpu-toy", "quick", {}, 0.08)
+        assert smoke["aa-toy-last"].overrides == {"x": 2}
+        omitted = gpu_steps("gpu-smoke", DataFolder(None, "/data", frozenset()))
+        assert "aa-toy-first" not in [st.label for st in omitted]  # if_missing="omit": left out
+    assert [st.label for st in gpu_steps("gpu", EVERYTHING)] == builtin
+
+
+def test_a_plan_whose_declared_shares_sum_above_one_is_refused():
+    """The built-in steps fill each budget: one more step is refused when the plan is built,
+    even where the data leaves it out of the plan (its share is declared all the same)."""
+    extra = GpuStep("aa-toy-extra", gpu=GpuRun("quick", 0.05),
+                    smoke=GpuRun("quick", 0.05, needs="cifar10", if_missing="omit"))
+    with registry.registered(_toy(steps=[extra])):
+        for plan in ("gpu", "gpu-smoke"):
+            with pytest.raises(UnsupportedError, match=r"sum to <= 1; got .*'aa-toy-extra': 0\.05.*\(sum 1\.05\)"):
+                gpu_steps(plan, DataFolder(None, "/data", frozenset()))
+    with pytest.raises(UnsupportedError, match="unknown GPU preset 'gpu-big'; accepted: gpu, gpu-smoke"):
+        gpu_steps("gpu-big", EVERYTHING)
+    with pytest.raises(InvalidParameterError, match="unknown GPU plan 'gpu-big'; accepted: gpu, gpu-smoke"):
+        extra.run_in("gpu-big")
+
+
+def _step(**kw):
+    run = {"gpu": GpuRun("quick", 0.01), "smoke": GpuRun("quick", 0.01)}
+    return GpuStep(**{"label": "aa-step", **run, **kw})
+
+
+@pytest.mark.parametrize("steps, config_cls, match", [
+    ([_step(gpu=GpuRun("paper", 0.01))], GpuToyConfig,
+     r"GPU step 'aa-step' in plan 'gpu': preset 'paper' is not one of the experiment's \(accepted: quick, big\)"),
+    ([_step(smoke=GpuRun("quick", 0.0))], GpuToyConfig, r"in plan 'gpu-smoke': share 0\.0 is not in \(0, 1\]"),
+    ([_step(gpu=GpuRun("quick", 1.5))], GpuToyConfig, r"share 1\.5 is not in \(0, 1\]"),
+    ([_step(gpu=GpuRun("quick", True))], GpuToyConfig, r"share True is not in \(0, 1\]"),
+    ([_step(gpu=GpuRun("quick", "0.1"))], GpuToyConfig, r"share '0\.1' is not in \(0, 1\]"),
+    ([_step(gpu=GpuRun("quick", float("nan")))], GpuToyConfig, r"share nan is not in \(0, 1\]"),
+    ([_step(gpu=GpuRun("quick", 0.1, needs="imagenet"))], GpuToyConfig,
+     r"needs 'imagenet' is no dataset a data folder holds \(accepted: None, cifar10, mnist\)"),
+    ([_step(gpu=GpuRun("quick", 0.1, needs="mnist", if_missing="drop"))], GpuToyConfig,
+     r"if_missing 'drop' \(accepted: 'skip', 'omit'\)"),
+    ([_step(gpu=GpuRun("quick", 0.1, overrides={"x": 2}))], GpuToyConfig, r"overrides \{'x': 2\} is not callable"),
+    ([_step(label="Paper_1")], GpuToyConfig, r"GPU step 'Paper_1': label not kebab-case"),
+    ([_step(), _step()], GpuToyConfig, r"GPU step 'aa-step': label not kebab-case or not unique"),
+    ([_step(stops_itself=True)], TinyConfig,
+     r"its GPU steps need a 'device' config field.*stops_itself=True needs a 'budget_minutes' config field"),
+    ([_step(stops_itself="yes")], GpuToyConfig,
+     r"GPU step 'aa-step': stops_itself 'yes' \(accepted: True, False\)"),
+    ([_step(stops_itself=1)], GpuToyConfig, r"stops_itself 1 \(accepted: True, False\)"),
+    ([{"label": "aa-step"}], GpuToyConfig, r"GPU step \{'label': 'aa-step'\} is no GpuStep"),
+    ([_step(smoke="quick")], GpuToyConfig, r"in plan 'gpu-smoke': 'quick' is no GpuRun"),
+    ([_step(gpu=GpuRun("quick", 0.1, lambda data: None))], GpuToyConfig,
+     r"GPU step 'aa-step': its overrides in 'gpu' returned None; accepted: a dict"),
+])
+def test_a_bad_gpu_declaration_is_refused_at_registration(steps, config_cls, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        registry.register("aa-gpu-bad", description="d", config_cls=config_cls, presets={"quick": {}, "big": {}},
+                          gpu=steps)(_run)
+    assert "aa-gpu-bad" not in registry.list_experiments()
+
+
+def test_gpu_overrides_the_config_refuses_and_a_taken_label_are_refused_at_registration():
+    typo = _step(smoke=GpuRun("quick", 0.1, lambda data: {"xx": 1}))
+    with pytest.raises(InvalidParameterError, match=r"GPU step 'aa-step' in 'gpu-smoke': unknown key\(s\) 'xx'"):
+        with registry.registered(_toy(steps=[typo])):
+            pass
+    clash = _step(label="paper1-mnist")
+    with pytest.raises(InvalidParameterError,
+                       match=r"GPU step label\(s\) 'paper1-mnist' \(of 'noise-robustness-images'\) taken already"):
+        with registry.registered(_toy(steps=[clash])):
+            pass
+    with pytest.raises(InvalidParameterError, match=r"gpu=GpuStep\(.*\(accepted: a tuple of GpuStep\)"):
+        registry.register("aa-gpu-bad", description="d", config_cls=GpuToyConfig, presets={"quick": {}},
+                          gpu=_step())(_run)
+    assert "aa-gpu-toy" not in registry.list_experiments() and "aa-gpu-bad" not in registry.list_experiments()
+
+
+def test_a_copy_of_an_experiment_with_gpu_steps_is_told_to_drop_them():
+    builtin = registry.get_experiment("noise-robustness")
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "taken already; accepted: a label no other step of the GPU plans has (a copy of an "
+            "experiment under a new name: dataclasses.replace(exp, name=..., gpu=()))")):
+        with registry.registered(dataclasses.replace(builtin, name="aa-my-copy")):
+            pass
+    with registry.registered(dataclasses.replace(builtin, name="aa-my-copy", gpu=())) as copy:
+        assert registry.get_experiment("aa-my-copy") is copy  # the fix the message gives works
+    assert "aa-my-copy" not in registry.list_experiments()
+
+
+def test_a_bad_gpu_override_value_is_refused_naming_the_experiment_step_and_plan():
+    bad = _step(smoke=GpuRun("quick", 0.1, lambda data: {"x": [1, 2]}))
+    with pytest.raises(ConfigError, match=r"^experiment 'aa-gpu-toy', GPU step 'aa-step' in 'gpu-smoke': x"):
+        with registry.registered(_toy(steps=[bad])):
+            pass
+    assert "aa-gpu-toy" not in registry.list_experiments()
+
+
+def test_an_overrides_function_that_raises_is_refused_naming_the_experiment_step_and_data():
+    def broken(data):
+        return {"x": {"cifar10": 1}[next(iter(data.has))]}  # StopIteration without data
+
+    def refusing(data):
+        raise InvalidParameterError("no such thing")
+
+    for fn, error in ((broken, "StopIteration"), (refusing, "InvalidParameterError: no such thing")):
+        with pytest.raises(InvalidParameterError, match=re.escape(
+                f"experiment 'aa-gpu-toy': GPU step 'aa-step': its overrides in 'gpu' raised {error}")) as e:
+            with registry.registered(_toy(steps=[_step(gpu=GpuRun("quick", 0.1, fn))])):
+                pass
+        assert "data: DataFolder(packed=None, root='/data'" in str(e.value)
+    assert "aa-gpu-toy" not in registry.list_experiments()
+
+
+def test_the_plan_datasets_are_what_a_data_root_is_searched_for():
+    from rankbias.framework.gpu_declarations import PLAN_DATASETS
+    from rankbias.plans import DATA_ROOT_LAYOUTS
+
+    assert {name for name, _ in DATA_ROOT_LAYOUTS} == set(PLAN_DATASETS)

@@ -1,5 +1,5 @@
-"""Speed changes of issue 21 (part 6) that keep every value: the weights'
-one-pass finiteness test and depth-rank-init's in-place scaling of its draws."""
+"""Speed changes of issue 21 (part 6): the weights' one-pass finiteness test (every
+value kept) and depth-rank-init's float32 draws (the same whatever the batch)."""
 
 import torch
 
@@ -16,14 +16,19 @@ def test_weight_finiteness_test_counts_bad_values_and_passes_overflowing_sums():
     assert torch.equal(out["big"], big)
 
 
-def test_sample_factor_in_place_scaling_gives_the_out_of_place_values():
-    for init, n in (("normal", 7), ("uniform", 5)):
-        got = sample_factor((3, n, n), init, n, torch.Generator().manual_seed(4), "cpu")
+def test_sample_factor_blocks_are_float32_draws_and_do_not_depend_on_the_batch():
+    """Issue 21: depth-rank-init draws its factors in float32 (cast, then scaled), and a
+    layer's stream cut into draws of any batch size gives the same blocks, also where a
+    block's size (n * n = 25) is no multiple of torch's 16-number normal transform."""
+    for init, n in (("normal", 5), ("normal", 4), ("uniform", 5)):
+        got = sample_factor(6, (n, n), init, n, torch.Generator().manual_seed(4), "cpu")
         g = torch.Generator().manual_seed(4)
         if init == "normal":
-            want = torch.randn((3, n, n), generator=g, dtype=torch.float64) / n**0.5
+            k = -(-n * n // 16) * 16  # each block padded to a multiple of 16 numbers
+            raw = torch.randn((6, k), generator=g)[:, : n * n].double() / n**0.5
         else:
-            want = (torch.rand((3, n, n), generator=g, dtype=torch.float64) * 2 - 1) * (
-                3 / n
-            ) ** 0.5
-        assert torch.equal(got, want), init
+            raw = (torch.rand((6, n * n), generator=g) * 2 - 1).double() * (3 / n) ** 0.5
+        assert got.dtype == torch.float64 and torch.allclose(got, raw.reshape(6, n, n), rtol=1e-15, atol=0)
+        g = torch.Generator().manual_seed(4)
+        one_by_one = torch.cat([sample_factor(b, (n, n), init, n, g, "cpu") for b in (1, 2, 1, 2)])
+        assert torch.equal(got, one_by_one), (init, n)

@@ -333,7 +333,10 @@ def gated(tmp_path):
 
 
 def start_and_wait_at_gate(cmd: list[str], out: Path, gate: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell starts background jobs with it
+    # ignored, and Python then never raises KeyboardInterrupt (the Ctrl-C test would hang)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     guard = time.monotonic() + HANG_GUARD_S
     while not (gate / "started-3-0").exists():
         if proc.poll() is not None:

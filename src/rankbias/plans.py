@@ -16,7 +16,11 @@ the time budget. A :class:`Preset` says how its steps are made:
 * ``build``: a function of the data folder that returns the steps, for a plan
   that runs some experiments more than once or only where the data has their
   dataset. ``gpu`` and ``gpu-smoke`` (docs/gpu.md) are written this way, with a
-  budget: every step has a share (:func:`check_shares`).
+  budget: every step has a share (:func:`check_shares`). Their steps are declared by
+  the experiments that take part (``gpu=`` of
+  :func:`~rankbias.experiments.registry.register`, a tuple of
+  :class:`~rankbias.framework.gpu_declarations.GpuStep`); :func:`gpu_steps` assembles
+  them from the registry, so taking part needs no edit here.
 
 :func:`rankbias.plan_runner.reproduce` runs a preset's steps. This module imports
 only the standard library at import time.
@@ -32,15 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from rankbias.errors import UnsupportedError
+from rankbias.framework.gpu_declarations import GPU_PLANS, DataFolder, GpuStep
 from rankbias.framework.paths import data_root
 
 __all__ = [
     "ALL",
-    "CIFAR_LR",
     "DEPTH_DEMO",
-    "GPU_SHARES",
     "REPRODUCE_PRESETS",
-    "SMOKE_SHARES",
     "DataFolder",
     "Plan",
     "Preset",
@@ -89,18 +91,6 @@ class Step:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataFolder:
-    """Where a budgeted plan reads its data."""
-
-    packed: str | None
-    """The folder written by ``rankbias prepare-data``, or None for a plain data root."""
-    root: str
-    """The data root the loaders read (a packed folder is one too)."""
-    has: frozenset[str]
-    """The datasets available there."""
-
-
-@dataclasses.dataclass(frozen=True)
 class Preset:
     """What a reproduction preset runs: ``plans`` or ``build`` (module docstring)."""
 
@@ -128,26 +118,6 @@ DEPTH_DEMO = {"steps": 2000, "lr_factors": [1.0]}
 """The depth experiments in ``make demo``: at most 2,000 steps at one rate, so the demo takes
 minutes (trained to the plateau with a rate grid, their quick presets take 10-60 min on two
 cores). The plateau rule still applies and every network whose cap bound is reported."""
-
-GPU_SHARES = {
-    "paper1-synthetic": 0.07,
-    "paper1-mnist": 0.14,
-    "paper1-cifar10": 0.12,
-    "paper2-overparam-cifar": 0.67,
-}
-"""The ``gpu`` plan's budget shares (docs/gpu.md: paper 1's steps are sized from their FLOP
-counts with room for the rank measures; paper 2 trains to a plateau, so it gets the rest)."""
-SMOKE_SHARES = {
-    "paper1-synthetic": 0.18,
-    "paper1-mnist": 0.18,
-    "paper1-cifar10": 0.18,
-    "paper2-overparam-cifar": 0.46,
-}
-CIFAR_LR = 0.3
-"""The ``gpu`` plan's learning rate for paper 1 on CIFAR-10. The paper preset's lr 1 (sized
-for MNIST) holds CIFAR networks at the constant predictor for up to ~200 steps and makes the
-loss oscillate; 0.3 trains monotonically, to the best clean test accuracy of the CPU check in
-docs/gpu.md, and moves the filters far from their init (lower lrs leave them near it)."""
 
 
 def check_shares(steps: list[Step]) -> None:
@@ -187,129 +157,60 @@ def experiment_steps(name: str, plans: Mapping[str, Plan]) -> list[Step]:
 
 
 def gpu_steps(preset: str, data: DataFolder) -> list[Step]:
-    """The steps of ``gpu`` (one GPU) or ``gpu-smoke`` (the same path, tiny, on the CPU);
-    a step whose dataset ``data`` lacks is skipped (its share goes to the next steps)."""
-    if preset not in ("gpu", "gpu-smoke"):
-        raise UnsupportedError(f"unknown GPU preset {preset!r}; accepted: gpu, gpu-smoke")
-    steps = _gpu_plan(data) if preset == "gpu" else _smoke_plan(data)
-    check_shares(steps)
-    return steps
+    """The steps of ``gpu`` (one GPU) or ``gpu-smoke`` (the same path, tiny, on the CPU),
+    as the registered experiments declare them (``gpu=`` of ``register``).
 
+    The order: first the steps that run as child processes killed at their limit, then those
+    that stop themselves (they take up whatever time the others left); within each, by
+    experiment name, then in the order the experiment declares them. A step whose dataset
+    ``data`` lacks is skipped (its share goes on to the next steps), or left out where it
+    declares ``if_missing="omit"``.
 
-def _data_overrides(data: DataFolder) -> tuple[dict, dict, dict]:
-    """(paper 1's data root, paper 2's data, the CIFAR-10 step of paper 1)."""
-    root = {"data_root": data.root}
-    p2_data = {"packed_dir": data.packed} if data.packed is not None else root
-    cifar = {"dataset": "cifar10", "classes": [0, 1], "patch_size": 16, "lr": CIFAR_LR}
-    return root, p2_data, cifar
+    Raises
+    ------
+    UnsupportedError
+        ``preset`` is not a GPU plan, or the declared shares sum to more than 1.
+    """
+    from rankbias.experiments.registry import list_experiments
 
-
-def _gpu_plan(data: DataFolder) -> list[Step]:
-    """``gpu``: both papers' headline experiments at their own scale on one GPU (docs/gpu.md)."""
-    root, p2_data, cifar = _data_overrides(data)
-    cuda, sh = {"device": "cuda"}, GPU_SHARES
+    if preset not in GPU_PLANS:
+        raise UnsupportedError(f"unknown GPU preset {preset!r}; accepted: {', '.join(GPU_PLANS)}")
+    declared = sorted(
+        ((st.stops_itself, name, i), name, st)
+        for name, exp in list_experiments().items()
+        for i, st in enumerate(exp.gpu)
+    )
+    steps = [_gpu_step(preset, name, st, data) for _, name, st in declared]
+    check_shares(steps)  # every declared share counts, whether or not this data keeps its step
     return [
-        Step("paper1-synthetic", "noise-robustness", "paper", cuda, sh["paper1-synthetic"]),
-        Step(
-            "paper1-mnist",
-            "noise-robustness-images",
-            "paper",
-            {**cuda, **root},
-            sh["paper1-mnist"],
-            skip=_lacks(data, "mnist"),
-        ),
-        Step(
-            "paper1-cifar10",
-            "noise-robustness-images",
-            "paper",
-            {**cuda, **root, **cifar, "n_train": 2000, "n_test": 2000},
-            sh["paper1-cifar10"],
-            skip=_lacks(data, "cifar10"),
-        ),
-        Step(
-            "paper2-overparam-cifar",
-            "overparam-cifar",
-            "gpu",
-            {**cuda, **p2_data},
-            sh["paper2-overparam-cifar"],
-            stops_itself=True,
-            skip=_lacks(data, "cifar10"),
-        ),
+        step
+        for step, (_, _, st) in zip(steps, declared, strict=True)
+        if not (step.skip and st.run_in(preset).if_missing == "omit")
     ]
 
 
-def _smoke_plan(data: DataFolder) -> list[Step]:
-    """``gpu-smoke``: the same path at a tiny size on the CPU (CI)."""
-    root, p2_data, cifar = _data_overrides(data)
-    tiny, sh = (
-        {"sigmas": [0.0, 0.5], "seeds": [0, 1], "steps": 20, "log_every": 10},
-        SMOKE_SHARES,
+def _gpu_step(plan: str, experiment: str, st: GpuStep, data: DataFolder) -> Step:
+    run = st.run_in(plan)
+    lacks = run.needs is not None and run.needs not in data.has
+    return Step(
+        st.label,
+        experiment,
+        run.preset,
+        st.overrides_in(plan, data),
+        run.share,
+        stops_itself=st.stops_itself,
+        skip=f"no {run.needs} in the data ({data.packed or data.root})" if lacks else None,
     )
-    mnist = "mnist" if "mnist" in data.has else "digits"
-    steps = [
-        Step(
-            "paper1-synthetic",
-            "noise-robustness",
-            "quick",
-            {**tiny, "n_train": 40, "n_test": 40},
-            sh["paper1-synthetic"],
-        ),
-        Step(
-            "paper1-mnist",
-            "noise-robustness-images",
-            "quick",
-            {
-                **tiny,
-                **root,
-                "dataset": mnist,
-                "n_train": 60,
-                "n_test": 60,
-                **({"patch_size": 14} if mnist == "mnist" else {}),
-            },
-            sh["paper1-mnist"],
-        ),
-    ]
-    if "cifar10" in data.has:
-        steps.append(
-            Step(
-                "paper1-cifar10",
-                "noise-robustness-images",
-                "quick",
-                {**tiny, **root, **cifar, "n_train": 20, "n_test": 20},
-                sh["paper1-cifar10"],
-            )
-        )
-    steps.append(
-        Step(
-            "paper2-overparam-cifar",
-            "overparam-cifar",
-            "smoke",
-            _smoke_overparam(data, p2_data),
-            sh["paper2-overparam-cifar"],
-            stops_itself=True,
-        )
-    )
-    return steps
 
 
-def _smoke_overparam(data: DataFolder, p2_data: dict) -> dict[str, Any]:
-    """``gpu-smoke``'s overparam-cifar overrides: CIFAR-10 at a tiny size, or without it
-    none (the smoke preset's digits)."""
-    if "cifar10" not in data.has:
-        return {}
-    return {
-        **p2_data,
-        "dataset": "cifar10",
-        "train_limit": 200,
-        "test_limit": 100,
-        "train_eval_limit": 100,
-        "train.crop_padding": 4,
-        "train.hflip": True,
-    }
-
-
-def _lacks(data: DataFolder, dataset: str) -> str | None:
-    return None if dataset in data.has else f"no {dataset} in the data ({data.packed or data.root})"
+DATA_ROOT_LAYOUTS = (
+    ("mnist", "MNIST/raw"),
+    ("cifar10", "cifar10-jpeg"),
+    ("cifar10", "cifar10-jpeg.tar"),
+    ("cifar10", "cifar-10-batches-py"),
+)
+"""Where a plain data root holds each dataset of
+:data:`~rankbias.framework.gpu_declarations.PLAN_DATASETS` (any of its paths will do)."""
 
 
 def resolve_data(data: str | os.PathLike | None) -> DataFolder:
@@ -318,16 +219,7 @@ def resolve_data(data: str | os.PathLike | None) -> DataFolder:
 
     folder = data_root(data)
     if not is_packed(folder):
-        has = {
-            n
-            for n, p in (
-                ("mnist", "MNIST/raw"),
-                ("cifar10", "cifar10-jpeg"),
-                ("cifar10", "cifar10-jpeg.tar"),
-                ("cifar10", "cifar-10-batches-py"),
-            )
-            if (folder / p).exists()
-        }
+        has = {n for n, p in DATA_ROOT_LAYOUTS if (folder / p).exists()}
         return DataFolder(None, str(folder), frozenset(has))
     # a packed folder is a data root itself (load_image_dataset reads it): nothing to unpack
     manifest = json.loads((Path(folder) / MANIFEST).read_text())

@@ -20,6 +20,7 @@ from typing import Any
 from rankbias.experiments.registry import build_config, check_summary, get_experiment
 from rankbias.framework.config import ConfigError, check_device_available
 from rankbias.framework.paths import runs_root
+from rankbias.framework.process import temporarily
 from rankbias.framework.runs import RunDir, config_hash, dir_lock
 
 __all__ = ["default_out_dir", "environment", "run_experiment", "torch_threads"]
@@ -41,12 +42,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         raise ConfigError(f"threads: got {threads!r}; accepted: an int >= 1 or None")
     import torch
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with temporarily(torch.get_num_threads, torch.set_num_threads, threads):
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 

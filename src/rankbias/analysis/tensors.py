@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 
@@ -23,6 +24,9 @@ from rankbias.measures._checks import _unreadable
 
 __all__ = ["iter_measure_tensors", "measure_tensors"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 # A streamed checkpoint's small tensors are read and measured together (stacked by
 # rank_measures_many) up to this many elements; a larger tensor is read alone.
 _CHUNK_ELEMENTS = 1 << 20
@@ -32,7 +36,7 @@ def _dims(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def measure_tensors(
+def iter_measure_tensors(
     source: str | os.PathLike | Mapping[str, torch.Tensor],
     *,
     conv_reading: ConvReading = "flatten",
@@ -41,7 +45,46 @@ def measure_tensors(
     device: str | torch.device | None = None,
     method: str = "auto",
     progress: bool | None = False,
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
+    """The rows of :func:`measure_tensors`, one at a time, as the tensors are read.
+
+    Parameters and errors: those of :func:`measure_tensors`.
+    """
+    from rankbias.framework.config import check_device_available
+
+    check_conv_reading(conv_reading)
+    names = _check_names(measures, method)
+    if device is not None:
+        check_device_available(str(device))
+    if conv_reading == "pooled" and method != "auto":
+        raise InvalidParameterError(f"method={method!r}: the pooled reading computes its own "
+                                    "spectra; accepted with conv_reading='pooled': 'auto'")
+    total, chunks = _chunks(source, trust_pickle)  # a bad file fails here, before any compute
+    return _stream(chunks, total, names, conv_reading, device, method, progress)
+
+
+def _listed(rows: Callable[P, Iterable[R]]) -> Callable[[Callable[[], list[R]]], Callable[P, list[R]]]:
+    """Make the decorated stub (its name, docstring and return annotation) the function
+    that returns the rows of ``rows`` as a list. It takes ``rows``' parameters, declared
+    once: type checkers follow them through ``P``, ``inspect.signature`` and ``help``
+    through ``__signature__``."""
+
+    def make(stub: Callable[[], list[R]]) -> Callable[P, list[R]]:
+        def listed(*args: P.args, **kwargs: P.kwargs) -> list[R]:
+            return list(rows(*args, **kwargs))
+
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(listed, attr, getattr(stub, attr))
+        returns = stub.__annotations__["return"]
+        listed.__annotations__ = {**rows.__annotations__, "return": returns}
+        listed.__signature__ = inspect.signature(rows).replace(return_annotation=returns)  # type: ignore[attr-defined]
+        return listed
+
+    return make
+
+
+@_listed(iter_measure_tensors)
+def measure_tensors() -> list[dict[str, Any]]:  # the parameters of iter_measure_tensors
     """The rank measures of every tensor of a file or mapping, one dict per tensor.
 
     Tensors with 2 or more dimensions are measured; :func:`iter_measure_tensors`
@@ -98,36 +141,6 @@ def measure_tensors(
     {'name': 'fc', 'shape': '3x3', 'matrix': '3x3', 'numerical_rank': 3}
     {'name': 'conv', 'shape': '8x3x3x3', 'matrix': '8x27', 'numerical_rank': 1}
     """
-    return list(iter_measure_tensors(
-        source, conv_reading=conv_reading, measures=measures, trust_pickle=trust_pickle,
-        device=device, method=method, progress=progress))
-
-
-def iter_measure_tensors(
-    source: str | os.PathLike | Mapping[str, torch.Tensor],
-    *,
-    conv_reading: ConvReading = "flatten",
-    measures: Sequence[str] | None = None,
-    trust_pickle: bool = False,
-    device: str | torch.device | None = None,
-    method: str = "auto",
-    progress: bool | None = False,
-) -> Iterator[dict[str, Any]]:
-    """The rows of :func:`measure_tensors`, one at a time, as the tensors are read.
-
-    Parameters and errors: those of :func:`measure_tensors`.
-    """
-    from rankbias.framework.config import check_device_available
-
-    check_conv_reading(conv_reading)
-    names = _check_names(measures, method)
-    if device is not None:
-        check_device_available(str(device))
-    if conv_reading == "pooled" and method != "auto":
-        raise InvalidParameterError(f"method={method!r}: the pooled reading computes its own "
-                                    "spectra; accepted with conv_reading='pooled': 'auto'")
-    total, chunks = _chunks(source, trust_pickle)  # a bad file fails here, before any compute
-    return _stream(chunks, total, names, conv_reading, device, method, progress)
 
 
 def _stream(chunks, total: int, names, conv_reading, device, method, progress) -> Iterator[dict[str, Any]]:

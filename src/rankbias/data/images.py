@@ -28,7 +28,6 @@ decoded JPEG folders (and the extracted tar) are cached under ``$RANKBIAS_CACHE`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -48,6 +47,7 @@ import torch
 from rankbias.data.image_data import ImageData, stratified_sample
 from rankbias.errors import InvalidParameterError, LoadError
 from rankbias.framework.paths import cache_dir, data_root
+from rankbias.framework.process import temporarily
 
 __all__ = [
     "DATASETS",
@@ -250,17 +250,6 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    # torchvision opens its URLs without a timeout: a dropped connection would block forever
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def _probe(urls: list[str], timeout: float) -> str | None:
     """None when one of ``urls`` answers within ``timeout`` s (any HTTP status), else why none did."""
     import urllib.error
@@ -285,7 +274,8 @@ def _download_grey(cls, root: Path) -> str | None:
     if why is not None:
         return f"no download mirror reachable within {PROBE_TIMEOUT_S:g} s ({why})"
     try:
-        with _socket_timeout(READ_TIMEOUT_S):
+        # torchvision opens its URLs without a timeout: a dropped connection would block forever
+        with temporarily(socket.getdefaulttimeout, socket.setdefaulttimeout, READ_TIMEOUT_S):
             cls(str(root), train=True, download=True)
     except (RuntimeError, OSError) as e:  # md5 mismatch, HTTP error, timeout, read-only root
         return f"download failed ({_short(e)})"

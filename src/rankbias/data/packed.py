@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from rankbias.errors import InvalidParameterError, LoadError, UnsupportedError
+from rankbias.framework.gpu_declarations import PLAN_DATASETS
 from rankbias.framework.paths import data_root
 
 __all__ = ["MANIFEST", "PART_LIMIT", "TOTAL_LIMIT", "is_packed", "load_packed", "load_packed_uint8",
@@ -130,7 +131,7 @@ def pack(
     out: str | os.PathLike,
     root: str | os.PathLike | None = None,
     *,
-    datasets: Sequence[str] = ("cifar10", "mnist"),
+    datasets: Sequence[str] = PLAN_DATASETS,
     mnist_classes: Sequence[int] | None = (0, 1),
     part_mib: float = 15.0,
 ) -> dict:
@@ -140,9 +141,11 @@ def pack(
     not fit beside CIFAR-10). Refuses (UnsupportedError) when the parts would exceed
     60 MiB in all. Returns the manifest.
     """
-    unknown = [d for d in datasets if d not in ("cifar10", "mnist")]
+    unknown = [d for d in datasets if d not in PLAN_DATASETS]
     if unknown or not datasets:
-        raise UnsupportedError(f"datasets: {unknown or 'none'} not packable; accepted: cifar10, mnist")
+        raise UnsupportedError(
+            f"datasets: {unknown or 'none'} not packable; accepted: {', '.join(PLAN_DATASETS)}"
+        )
     if not 0 < part_mib < PART_LIMIT / 2**20:
         raise UnsupportedError(f"part_mib must be in (0, {PART_LIMIT / 2**20:.0f}); got {part_mib}")
     root_p, out_p = data_root(root), Path(out)
@@ -164,7 +167,7 @@ def pack(
                                        names=np.array(names[a:b], dtype="S")))
                 entry[split] = {"n": len(blobs), "parts": parts}
                 entry.update(classes=classes, encoding="jpeg", shape=[3, 32, 32])
-            else:
+            elif ds == "mnist":
                 images, labels, classes = _mnist(root_p, split)
                 keep = (np.ones(len(labels), bool) if mnist_classes is None
                         else np.isin(labels, np.asarray(list(mnist_classes))))
@@ -176,6 +179,8 @@ def pack(
                 entry[split] = {"n": int(len(labels)), "parts": parts}
                 entry.update(classes=classes, encoding="uint8", shape=[1, 28, 28],
                              classes_included=sorted(int(c) for c in np.unique(labels)))
+            else:  # a dataset added to PLAN_DATASETS without a packer here: never pack it as MNIST
+                raise UnsupportedError(f"datasets: no packer for {ds!r}; accepted: cifar10, mnist")
         manifest["datasets"][ds] = entry
     total = sum(p["bytes"] for e in manifest["datasets"].values() for s in _SPLITS for p in e[s]["parts"])
     manifest["total_bytes"] = total

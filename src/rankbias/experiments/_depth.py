@@ -18,7 +18,7 @@ import torch
 
 from rankbias.data.matrix_tasks import TARGETS, MatrixFitTask, make_task
 from rankbias.fit.deep_linear import FitResult, ScaleOf, fit_deep_linear
-from rankbias.framework.config import Config
+from rankbias.framework.config import DeviceField
 from rankbias.measures import rank_measures
 from rankbias.models.deep_linear import Init
 from rankbias.verdicts import mean_std, verdict
@@ -29,13 +29,11 @@ __all__ = ["DeepLinearFitConfig", "DeepLinearTaskConfig", "DepthConfig", "SweepG
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthConfig(Config):
+class DepthConfig(DeviceField):
     """Fields of every depth experiment."""
 
     depths: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     """Depths L of the networks, each >= 1, strictly increasing."""
-    device: str = "cpu"
-    """torch device, e.g. "cpu" or "cuda"."""
 
     min_depths: ClassVar[int] = 1
 

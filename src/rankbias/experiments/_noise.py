@@ -25,10 +25,12 @@ import numpy as np
 
 from rankbias.experiments._statements import PAPER1_NOISE
 from rankbias.fit.two_layer_cnn import CnnOptimizer
-from rankbias.framework.config import Config
+from rankbias.framework.config import Config, DeviceField
 from rankbias.verdicts import mean_std, relative_rank_verdict
 
 __all__ = [
+    "GPU_SMOKE_SIZES",
+    "ImageSourceFields",
     "NoiseSweepConfig",
     "SweepLabels",
     "SweepTable",
@@ -39,6 +41,7 @@ __all__ = [
     "per_sigma_table",
     "status_rows",
     "train_sweep",
+    "write_outputs",
 ]
 
 PAPER_CLAIM = (
@@ -49,8 +52,18 @@ PAPER_CLAIM = (
 """The paper's side of the "paper vs measured" table."""
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)  # kw_only: see DeviceField
+class ImageSourceFields(Config):
+    """Where the image experiments of paper 1 read a dataset from."""
+
+    data_root: str | None = None
+    """Data root (null: $RANKBIAS_DATA, else ./data)."""
+    download: bool = False
+    """Let torchvision download a missing dataset (needs internet)."""
+
+
 @dataclasses.dataclass(frozen=True)
-class NoiseSweepConfig(Config):
+class NoiseSweepConfig(DeviceField):
     """Fields shared by the noise-robustness experiments: the sweep, the CNN, its training."""
 
     sigmas: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5, 1.0])
@@ -77,8 +90,6 @@ class NoiseSweepConfig(Config):
     """Mini-batch size for optimizer=sgd (ignored by gd)."""
     log_every: int = 25
     """Steps between logged metrics (and rank measures)."""
-    device: str = "cpu"
-    """torch device, e.g. "cpu" or "cuda"."""
 
     def validate(self) -> None:
         req = self._require
@@ -103,6 +114,10 @@ class NoiseSweepConfig(Config):
     def clean_index(self) -> int:
         """Position of sigma = 0 in ``sigmas``."""
         return list(self.sigmas).index(0.0)
+
+
+GPU_SMOKE_SIZES = {"sigmas": [0.0, 0.5], "seeds": [0, 1], "steps": 20, "log_every": 10}
+"""The ``gpu-smoke`` plan's sweep of a paper-1 step (each step adds its data sizes)."""
 
 
 def model_index(seed_index: int, sigma_index: int, n_sigmas: int) -> int:

@@ -12,6 +12,10 @@ of the list. Each depth's distribution is exact; the depths of one draw share
 their first factors (prefix products), which correlates depths, not draws.
 Each factor is scaled by 1/sqrt(n) (Gaussian) or sqrt(3/n) (uniform) so the
 product neither overflows nor underflows; the entropy rank is scale-invariant.
+Every layer has its own random stream (:func:`layer_stream`), of which draw i
+takes the i-th block, so the values do not depend on ``chunk``: a batched run
+and a per-draw loop give the same draws. Factors are drawn in float32 and the
+products computed in float64 (:func:`sample_factor`).
 
 With ``network="mlp"`` the run also measures the same effect for nonlinear
 networks (Huh et al. sec. 3, fig. 3): N random inputs x_j ~ N(0, I_w) pass
@@ -34,6 +38,7 @@ its shape, not of its size (the entropy rank is scale-invariant anyway).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import numpy as np
@@ -45,7 +50,7 @@ from rankbias.experiments._depth import DepthConfig
 from rankbias.experiments._statements import PAPER2_INIT
 from rankbias.experiments.registry import register
 from rankbias.framework.runs import RunDir
-from rankbias.measures import rank_measures
+from rankbias.measures import measures_from_singular_values, rank_measures
 from rankbias.verdicts import verdict
 
 CLAIM_MLP = (
@@ -96,7 +101,8 @@ class DepthRankInitConfig(DepthConfig):
     seed: int = 0
     """Seed of the draws; fixes the run completely."""
     chunk: int = 1024
-    """Draws processed per batched matmul (memory: chunk * n * n * 8 bytes per buffer)."""
+    """Draws processed per batched matmul (memory: chunk * n * n * 8 bytes per buffer);
+    a speed and memory setting only: the values do not depend on it."""
     network: Literal["linear", "mlp"] = "linear"
     """"linear": the end-to-end maps W_L...W_1 only; "mlp": those and, for every
     activation, the kernel of N random inputs' embeddings through deep MLPs."""
@@ -110,6 +116,7 @@ class DepthRankInitConfig(DepthConfig):
     def validate(self) -> None:
         super().validate()
         self._require(self.n >= 2, "n", "an int >= 2")
+        self._require(self.seed >= 0, "seed", "an int >= 0")  # it seeds a SeedSequence
         self._require(self.draws >= 2, "draws", "an int >= 2")
         self._require(self.chunk >= 1, "chunk", "an int >= 1")
         self._require(len(self.activations) >= 1 and all(a in ACTIVATIONS for a in self.activations),
@@ -120,28 +127,62 @@ class DepthRankInitConfig(DepthConfig):
         self._require(self.n_inputs >= 2, "n_inputs", "an int >= 2")
 
 
-def sample_factor(shape, init: str, n: int, gen: torch.Generator, device) -> torch.Tensor:
-    """i.i.d. factors scaled to unit variance per output (the scale does not change ranks)."""
-    # scaled in place: the same operations as out-of-place, without a second (chunk, n, n) pass
+# torch's CPU normal sampler turns its uniforms into normals 16 at a time and redraws a
+# tail under 16, so a stream cut into calls whose sizes are multiples of 16 yields the
+# same numbers as the uncut stream (tests/test_depth.py checks it on every torch)
+_NORMAL_BLOCK = 16
+
+
+def layer_stream(seed: int, stream: int, layer: int) -> torch.Generator:
+    """The CPU generator of layer ``layer`` of ``stream`` (0: the linear maps, 1 + the
+    activation's index: an MLP, whose layer 0 is its inputs) for ``seed``.
+
+    Draw i's factor of that layer is the i-th block of this stream, so a run gives the
+    same values whatever its ``chunk`` (one draw at a time included) and its device.
+    """
+    state = np.random.SeedSequence([seed, stream, layer]).generate_state(1)[0]  # uint32
+    return torch.Generator().manual_seed(int(state))
+
+
+def sample_factor(b: int, shape: tuple[int, ...], init: str, fan_in: int, gen: torch.Generator,
+                  device, gain: float = 1.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``b`` i.i.d. blocks of ``shape`` (``dtype`` on ``device``), the next ``b`` of ``gen``'s
+    stream: entries N(0, 1) or uniform(-1, 1), scaled to variance gain^2 / fan_in.
+
+    Drawn in float32 (torch's float32 sampler is ~6x faster than its float64 one, and
+    drawing was over half of a batched run), then cast: a float32 normal differs from a
+    float64 one only by its rounding (relative 6e-8) and beyond 5.8 sigma (probability
+    1e-8), both far below what a run's statistics resolve.
+    """
+    k = math.prod(shape)
     if init == "normal":
-        return torch.randn(shape, generator=gen, dtype=torch.float64, device=device).div_(n**0.5)
-    return torch.rand(shape, generator=gen, dtype=torch.float64, device=device).mul_(2).sub_(1).mul_((3 / n) ** 0.5)
+        x = torch.randn((b, k + -k % _NORMAL_BLOCK), generator=gen)[:, :k]
+        c = gain / fan_in**0.5
+    else:
+        x = torch.rand((b, k), generator=gen).mul_(2).sub_(1)  # exact in float32
+        c = gain * (3 / fan_in) ** 0.5
+    return x.to(device=device, dtype=dtype).mul_(c).reshape(b, *shape)
+
+
+def _entropy_rank(A: torch.Tensor) -> np.ndarray:
+    # the SVD at once: deep products and kernels are too ill-conditioned for the Gram
+    # route, which "auto" would compute first and then redo with the SVD anyway
+    return rank_measures(A, ["entropy_rank"], method="svd")["entropy_rank"].cpu().numpy()
 
 
 def entropy_ranks_by_depth(cfg: DepthRankInitConfig) -> dict[int, np.ndarray]:
     """Entropy rank of W_L...W_1 for every depth in ``cfg.depths``, shape (draws,) each."""
-    gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    wanted = set(cfg.depths)
+    n, wanted = cfg.n, set(cfg.depths)
+    gens = [layer_stream(cfg.seed, 0, layer) for layer in range(1, max(cfg.depths) + 1)]
     out: dict[int, list[np.ndarray]] = {d: [] for d in cfg.depths}
     for start in range(0, cfg.draws, cfg.chunk):
         b = min(cfg.chunk, cfg.draws - start)
         prod = None
-        for depth in range(1, max(cfg.depths) + 1):
-            W = sample_factor((b, cfg.n, cfg.n), cfg.init, cfg.n, gen, cfg.device)
+        for depth, gen in enumerate(gens, 1):
+            W = sample_factor(b, (n, n), cfg.init, n, gen, cfg.device)
             prod = W if prod is None else W @ prod  # (b, n, n)
             if depth in wanted:
-                h = rank_measures(prod, ["entropy_rank"])["entropy_rank"]
-                out[depth].append(h.cpu().numpy())
+                out[depth].append(_entropy_rank(prod))
     return {d: np.concatenate(v) for d, v in out.items()}
 
 
@@ -157,25 +198,48 @@ def mlp_embeddings(X: torch.Tensor, weights, activation: str, depths) -> dict[in
     return out
 
 
+def kernel_entropy_rank(Z: torch.Tensor) -> np.ndarray:
+    """Entropy rank of the kernels K = Z Z^T of embeddings Z (b, N, w), shape (b,).
+
+    K is summed in float64. It is symmetric positive semi-definite, so its singular
+    values are its eigenvalues, which ``eigvalsh`` gives to the SVD's accuracy
+    (absolute ~eps ||K||) in about half the SVD's time.
+
+    Raises
+    ------
+    InvalidParameterError
+        Z holds NaN or Inf (an MLP's signal overflowed).
+    """
+    if not bool(torch.isfinite(Z).all()):
+        raise InvalidParameterError("Z: the embeddings hold NaN/Inf (the MLP's signal overflowed); "
+                                    "accepted: finite embeddings")
+    Z = Z.double()
+    # rounding can leave a zero eigenvalue at -eps ||K||: it is 0
+    s = torch.linalg.eigvalsh(Z @ Z.mT).clamp_min_(0).flip(-1)
+    return measures_from_singular_values(s, shape=(s.shape[-1], s.shape[-1]),
+                                         measures=["entropy_rank"])["entropy_rank"].cpu().numpy()
+
+
 def kernel_entropy_ranks_by_depth(cfg: DepthRankInitConfig, activation: str) -> dict[int, np.ndarray]:
     """Entropy rank of the kernel Z_L Z_L^T of ``cfg.n_inputs`` random inputs through
     an MLP with ``activation`` at every depth in ``cfg.depths``, shape (draws,) each.
-    Every draw has its own inputs and weights; draws run in batches of ``cfg.chunk``."""
-    # one stream per activation, so adding or reordering activations changes no other result
-    gen = torch.Generator(device=cfg.device).manual_seed(
-        cfg.seed * 1000 + 1 + ACTIVATIONS.index(activation))
+    Every draw has its own inputs and weights; draws run in batches of ``cfg.chunk``.
+    The forward pass runs in float32 (its matmuls are ~3x faster than float64's) and
+    each kernel is summed in float64: against a float64 forward pass of the same draws
+    that moves an entropy rank by at most ~5e-6 nats at depth 32 (tests/test_depth.py)."""
+    # streams per activation, so adding or reordering activations changes no other result
+    stream = 1 + ACTIVATIONS.index(activation)
+    gens = [layer_stream(cfg.seed, stream, layer) for layer in range(max(cfg.depths) + 1)]
     gain = variance_preserving_gain(activation)
     w, N = cfg.width, cfg.n_inputs
     out: dict[int, list[np.ndarray]] = {d: [] for d in cfg.depths}
     for start in range(0, cfg.draws, cfg.chunk):
         b = min(cfg.chunk, cfg.draws - start)
-        X = torch.randn((b, N, w), generator=gen, dtype=torch.float64, device=cfg.device)
-        weights = (sample_factor((b, w, w), cfg.init, w, gen, cfg.device).mul_(gain)
-                   for _ in range(max(cfg.depths)))
+        X = sample_factor(b, (N, w), "normal", 1, gens[0], cfg.device, dtype=torch.float32)
+        weights = (sample_factor(b, (w, w), cfg.init, w, g, cfg.device, gain, torch.float32)
+                   for g in gens[1:])
         for depth, Z in mlp_embeddings(X, weights, activation, cfg.depths).items():
-            K = Z @ Z.mT  # (b, N, N): the kernel; its singular values are its eigenvalues
-            h = rank_measures(K, ["entropy_rank"])["entropy_rank"]
-            out[depth].append(h.cpu().numpy())
+            out[depth].append(kernel_entropy_rank(Z))
     return {d: np.concatenate(v) for d, v in out.items()}
 
 

@@ -24,6 +24,7 @@ import torch
 from rankbias.data.patches import SignalPosition
 from rankbias.experiments import _noise
 from rankbias.experiments.registry import register
+from rankbias.framework.gpu_declarations import GpuRun, GpuStep
 from rankbias.framework.runs import RunDir
 
 CLAIM = (
@@ -118,6 +119,9 @@ def build_data(cfg: NoiseRobustnessConfig):
         },
     },
     claim=CLAIM,
+    # the GPU plans (docs/gpu.md: paper 1's shares are sized from its FLOP counts)
+    gpu=(GpuStep("paper1-synthetic", gpu=GpuRun("paper", 0.07),
+                 smoke=GpuRun("quick", 0.18, lambda data: {**_noise.GPU_SMOKE_SIZES, "n_train": 40, "n_test": 40})),),
 )
 def run(cfg: NoiseRobustnessConfig, run: RunDir) -> dict:
     X, y, Xt, yt, data_ranks = build_data(cfg)

@@ -38,6 +38,7 @@ import torch
 from rankbias.data.images import DatasetName
 from rankbias.errors import InvalidParameterError
 from rankbias.experiments import noise_robustness_deep_summary as summary_mod
+from rankbias.experiments._noise import ImageSourceFields
 from rankbias.experiments.noise_robustness_deep_data import (
     add_noise,
     canvas_side,
@@ -46,7 +47,7 @@ from rankbias.experiments.noise_robustness_deep_data import (
     load_split,
 )
 from rankbias.experiments.registry import register
-from rankbias.framework.config import Config
+from rankbias.framework.config import DeviceField, ThreadsField
 from rankbias.framework.runs import RunDir
 from rankbias.verdicts import ACCURACY_DROP
 
@@ -56,7 +57,7 @@ MODEL_NAMES = Literal["plain-cnn", "resnet8", "resnet20", "vit", "mlp"]
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepNoiseConfig(Config):
+class DeepNoiseConfig(ImageSourceFields, DeviceField, ThreadsField):
     dataset: DatasetName = "digits"
     """Image dataset (digits: scikit-learn's 8x8, always present; the others from data_root)."""
     classes: list[int] | None = None
@@ -120,14 +121,8 @@ class DeepNoiseConfig(Config):
     """k of the MLE estimator."""
     eval_batch_size: int = 512
     """Batch size of the evaluation and rank-report passes."""
-    data_root: str | None = None
-    """Data root (null: $RANKBIAS_DATA, else ./data)."""
-    download: bool = False
-    """Let torchvision download a missing dataset (needs internet)."""
-    device: str = "cpu"
+    device: str = "cpu"  # DeviceField's, re-declared for its docstring (it keeps its place)
     """torch device ("cuda" for the paper preset)."""
-    num_threads: int | None = None
-    """CPU threads for torch during the run (null: leave torch's setting)."""
 
     def validate(self) -> None:
         req = self._require

@@ -28,6 +28,7 @@ from rankbias.data.images import CanvasPosition, DatasetName, NoiseRegion
 from rankbias.errors import UnsupportedError
 from rankbias.experiments import _noise
 from rankbias.experiments.registry import register
+from rankbias.framework.gpu_declarations import DataFolder, GpuRun, GpuStep
 from rankbias.framework.runs import RunDir
 from rankbias.framework.tables import markdown_table
 
@@ -44,7 +45,7 @@ CLAIM = (
 
 
 @dataclasses.dataclass(frozen=True)
-class NoiseImagesConfig(_noise.NoiseSweepConfig):
+class NoiseImagesConfig(_noise.ImageSourceFields, _noise.NoiseSweepConfig):
     """Real images with background noise (docs/paper1.md, "Real images") and the shared sweep fields."""
 
     dataset: Literal["auto", DatasetName] = "auto"
@@ -79,10 +80,6 @@ class NoiseImagesConfig(_noise.NoiseSweepConfig):
     """Filters start as N(0, init_std^2 I). Pixels are in [0, 1], so pre-activations
     start ~ init_std * ||patch||; with q = 3 the gradient scales as their square, and
     0.01 leaves gradient descent stuck near init for thousands of steps."""
-    data_root: str | None = None
-    """Data root (null: $RANKBIAS_DATA, else ./data)."""
-    download: bool = False
-    """Let torchvision download a missing dataset (needs internet)."""
 
     def validate(self) -> None:
         super().validate()
@@ -202,6 +199,25 @@ def _fallback_notice(info: dict) -> dict:
     return {"notices": [notice], "provisional": "the digits stood in for MNIST"}
 
 
+CIFAR_LR = 0.3
+"""The GPU plans' learning rate for paper 1 on CIFAR-10. The paper preset's lr 1 (sized
+for MNIST) holds CIFAR networks at the constant predictor for up to ~200 steps and makes the
+loss oscillate; 0.3 trains monotonically, to the best clean test accuracy of the CPU check in
+docs/gpu.md, and moves the filters far from their init (lower lrs leave them near it)."""
+
+
+def _gpu_cifar10(data: DataFolder) -> dict:
+    """The GPU plans' CIFAR-10 step: the paper preset's network on classes 0 vs 1."""
+    return {"data_root": data.root, "dataset": "cifar10", "classes": [0, 1], "patch_size": 16, "lr": CIFAR_LR}
+
+
+def _smoke_mnist(data: DataFolder) -> dict:
+    """``gpu-smoke``'s MNIST step: the digits where the data has no MNIST."""
+    mnist = "mnist" if "mnist" in data.has else "digits"
+    return {**_noise.GPU_SMOKE_SIZES, "data_root": data.root, "dataset": mnist, "n_train": 60, "n_test": 60,
+            **({"patch_size": 14} if mnist == "mnist" else {})}
+
+
 @register(
     "noise-robustness-images",
     description="Filter rank vs data rank on real images with background noise (Zhang et al. 2025)",
@@ -225,6 +241,17 @@ def _fallback_notice(info: dict) -> dict:
         },
     },
     claim=CLAIM,
+    # the GPU plans (docs/gpu.md: paper 1's shares are sized from its FLOP counts)
+    gpu=(
+        GpuStep("paper1-mnist", gpu=GpuRun("paper", 0.14, lambda data: {"data_root": data.root}, needs="mnist"),
+                smoke=GpuRun("quick", 0.18, _smoke_mnist)),
+        GpuStep("paper1-cifar10",
+                gpu=GpuRun("paper", 0.12, lambda data: {**_gpu_cifar10(data), "n_train": 2000, "n_test": 2000},
+                           needs="cifar10"),
+                smoke=GpuRun("quick", 0.18, lambda data: {**_noise.GPU_SMOKE_SIZES, **_gpu_cifar10(data),
+                                                          "n_train": 20, "n_test": 20},
+                             needs="cifar10", if_missing="omit")),
+    ),
 )
 def run(cfg: NoiseImagesConfig, run: RunDir) -> dict:
     X, y, Xt, yt, data_ranks, info = build_data(cfg)

@@ -41,7 +41,8 @@ from rankbias.experiments._overparam import (
 from rankbias.experiments.overparam_cifar_summary import CLAIM, PAPER, arms, summarise
 from rankbias.experiments.registry import register
 from rankbias.fit.fast_classify import FastTrainSettings
-from rankbias.framework.config import Config
+from rankbias.framework.config import DeviceField, ThreadsField
+from rankbias.framework.gpu_declarations import DataFolder, GpuRun, GpuStep
 from rankbias.framework.runs import RunDir, config_hash
 
 # fields (of the config or of its train settings) that do not change what a finished depth's
@@ -68,7 +69,7 @@ def resolved_settings(cfg: OverparamCifarConfig) -> FastTrainSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class OverparamCifarConfig(Config):
+class OverparamCifarConfig(DeviceField, ThreadsField):
     dataset: Literal["cifar10", "digits", "mnist", "fashion-mnist"] = "cifar10"
     """Image dataset (digits: scikit-learn's, always present, for smoke runs)."""
     data_root: str | None = None
@@ -111,10 +112,6 @@ class OverparamCifarConfig(Config):
     """Training images (stratified sample) for the final train accuracy (null: all)."""
     budget_minutes: float | None = None
     """Stop training cleanly when the next epoch would end after this (null: no limit)."""
-    device: str = "cpu"
-    """torch device, e.g. "cpu" or "cuda"."""
-    num_threads: int | None = None
-    """CPU threads for torch during the run (null: leave torch's setting)."""
     ablate_weight_decay: bool = False
     """Also train every depth > 1 with the other weight_decay_on, same seeds (the ablation's
     paired interval is reported beside the verdict; the verdict uses weight_decay_on)."""
@@ -406,6 +403,19 @@ def _arm_costs(cfg, todo: list[dict], train, settings, batched: bool, in_ch: int
 # -------------------------------------------------------------------- the run
 
 
+def _gpu_data(data: DataFolder) -> dict[str, Any]:
+    """Where the GPU plans' step reads its data: the packed folder, else the data root."""
+    return {"packed_dir": data.packed} if data.packed is not None else {"data_root": data.root}
+
+
+def _smoke_cifar10(data: DataFolder) -> dict[str, Any]:
+    """``gpu-smoke``'s step: CIFAR-10 at a tiny size, or without it the smoke preset's digits."""
+    if "cifar10" not in data.has:
+        return {}
+    return {**_gpu_data(data), "dataset": "cifar10", "train_limit": 200, "test_limit": 100,
+            "train_eval_limit": 100, "train.crop_padding": 4, "train.hflip": True}
+
+
 @register(
     "overparam-cifar",
     description="Paper 2's over-parameterisation at CIFAR-10 scale on a GPU: ResNet-20, depths 1/2/4, batched seeds",
@@ -437,6 +447,9 @@ def _arm_costs(cfg, todo: list[dict], train, settings, batched: bool, in_ch: int
                   "train": {"epochs": 200, "batch_size": 128, "lr": 0.1, "warmup_epochs": 1.0}, "device": "cuda"},
     },
     claim=CLAIM,
+    # the GPU plans (docs/gpu.md): last, it stops at its deadline and takes up what paper 1 left
+    gpu=(GpuStep("paper2-overparam-cifar", gpu=GpuRun("gpu", 0.67, _gpu_data, needs="cifar10"),
+                 smoke=GpuRun("smoke", 0.46, _smoke_cifar10), stops_itself=True),),
 )
 def run(cfg: OverparamCifarConfig, run: RunDir) -> dict:
     bench = torch.backends.cudnn.benchmark

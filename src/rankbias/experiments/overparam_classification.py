@@ -55,7 +55,7 @@ from rankbias.experiments.overparam_classification_summary import (
     plot,
 )
 from rankbias.experiments.registry import register
-from rankbias.framework.config import Config
+from rankbias.framework.config import DeviceField
 from rankbias.framework.runs import RunDir
 from rankbias.overparam.layers import ExpandLayers, Mode
 from rankbias.training import lr_factor
@@ -69,7 +69,7 @@ CLAIM = (
 
 
 @dataclasses.dataclass(frozen=True)
-class OverparamClassificationConfig(Config):
+class OverparamClassificationConfig(DeviceField):
     dataset: DatasetName = "digits"
     """Image dataset: scikit-learn digits (always present) or one from the data root."""
     data_root: str | None = None
@@ -124,8 +124,6 @@ class OverparamClassificationConfig(Config):
     """Seed of the stratified train/test samples (the same for every run of the config)."""
     eval_batch_size: int = 512
     """Batch size for evaluation passes."""
-    device: str = "cpu"
-    """torch device, e.g. "cpu" or "cuda"."""
 
     def validate(self) -> None:
         self._require(len(self.models) >= 1, "models", "a non-empty list of model names")

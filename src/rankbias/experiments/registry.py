@@ -7,6 +7,11 @@ An experiment module defines a :class:`~rankbias.framework.config.Config` subcla
 module of this package is imported on the first lookup, so adding an experiment needs
 no edit elsewhere. Running one is
 :func:`rankbias.runner.run_experiment`.
+
+An experiment that takes part in the budgeted GPU plans (``rankbias reproduce --preset
+gpu`` / ``gpu-smoke``, docs/gpu.md) declares its steps there too: ``gpu=`` of
+:func:`register`, a tuple of :class:`GpuStep`; :func:`rankbias.plans.gpu_steps` assembles
+the plans from these declarations.
 """
 
 from __future__ import annotations
@@ -17,12 +22,19 @@ import importlib
 import inspect
 import pkgutil
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rankbias.errors import InvalidParameterError
 from rankbias.framework.config import Config, ConfigError, did_you_mean
+from rankbias.framework.gpu_declarations import (
+    GPU_PLANS,
+    PLAN_DATASETS,
+    DataFolder,
+    GpuRun,
+    GpuStep,
+)
 from rankbias.framework.runs import RunDir
 
 __all__ = [
@@ -52,6 +64,8 @@ class Experiment:
     """Named overrides of the config defaults; ``quick`` and ``paper`` at least."""
     claim: str = ""
     """The paper claim the experiment tests (for reports)."""
+    gpu: tuple[GpuStep, ...] = ()
+    """Its steps in the budgeted GPU plans (none: it takes no part in them)."""
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -65,19 +79,23 @@ def register(
     config_cls: type[Config],
     presets: Mapping[str, Mapping[str, Any]],
     claim: str = "",
+    gpu: Sequence[GpuStep] = (),
 ) -> Callable[[Callable], Callable]:
     """Decorator for an experiment's ``run(config, run_dir)`` function.
+
+    ``gpu``: its steps in the budgeted GPU plans (:class:`GpuStep`), if it takes part.
 
     Raises
     ------
     InvalidParameterError
         ``name`` is registered already (two experiments under one name would make
-        ``rankbias run NAME`` run whichever module was imported last), or a preset
-        is not a valid config.
+        ``rankbias run NAME`` run whichever module was imported last), or it breaks
+        the contract (:func:`check_contract`), a preset or a GPU step included.
     """
 
     def deco(fn: Callable) -> Callable:
-        _add(Experiment(name, description, config_cls, fn, dict(presets), claim))
+        steps = tuple(gpu) if isinstance(gpu, list | tuple) else gpu  # else refused by the contract
+        _add(Experiment(name, description, config_cls, fn, dict(presets), claim, steps))
         return fn
 
     return deco
@@ -92,6 +110,13 @@ def _add(exp: Experiment, replace: bool = False) -> Experiment | None:
         raise InvalidParameterError(
             f"experiment name {exp.name!r} is registered already (by {where}); "
             "accepted: a name no other experiment has (see `rankbias list`)")
+    taken = {st.label: e.name for e in _REGISTRY.values() if e.name != exp.name for st in e.gpu}
+    clash = [f"{st.label!r} (of {taken[st.label]!r})" for st in exp.gpu if st.label in taken]
+    if clash:
+        raise InvalidParameterError(
+            f"experiment {exp.name!r}: GPU step label(s) {', '.join(clash)} taken already; "
+            "accepted: a label no other step of the GPU plans has (a copy of an experiment "
+            "under a new name: dataclasses.replace(exp, name=..., gpu=()))")
     _REGISTRY[exp.name] = exp
     return old
 
@@ -116,8 +141,11 @@ def check_contract(exp: Experiment) -> None:
     the sweep read; at least the preset ``quick`` (minutes on a CPU; the built-in
     experiments, those whose run function is in this package, all of
     :data:`BUILTIN_PRESETS`: also ``smoke``, seconds on one thread, and ``paper``), each
-    preset a valid config; and a
-    ``run(config, run_dir)`` function of two positional parameters.
+    preset a valid config; a
+    ``run(config, run_dir)`` function of two positional parameters; and GPU steps
+    (``gpu``, if any: :class:`~rankbias.framework.gpu_declarations.GpuStep`) that keep
+    :meth:`~rankbias.framework.gpu_declarations.GpuRun.problems` and whose overrides make
+    valid configs.
 
     Raises
     ------
@@ -141,10 +169,65 @@ def check_contract(exp: Experiment) -> None:
                         "'smoke', seconds on one thread, and 'paper', the papers' scale)")
     if not _takes_config_and_run_dir(exp.run):
         problems.append("its run function must take (config, run_dir) and return the summary dict")
+    problems += _gpu_problems(exp)
     if problems:
         raise InvalidParameterError(f"{where} breaks the registry's contract: " + "; ".join(problems))
     for _p, values in exp.presets.items():  # fail at import on a broken preset
         cls.from_dict(dict(values))
+    _check_gpu_configs(exp)
+
+
+def _gpu_problems(exp: Experiment) -> list[str]:
+    """What the experiment's GPU steps break of the contract (empty: nothing): each is a
+    :class:`GpuStep` with a kebab-case label unique among its steps, a :class:`GpuRun` in each
+    plan that keeps :meth:`GpuRun.problems`, a config with a ``device`` field (the ``gpu`` plan
+    sets "cuda") and, for a step that stops itself, a ``budget_minutes`` field."""
+    if not isinstance(exp.gpu, tuple):
+        return [f"gpu={exp.gpu!r} (accepted: a tuple of GpuStep)"]
+    fields = {f.name for f in dataclasses.fields(exp.config_cls)}
+    problems = [] if not exp.gpu or "device" in fields else [
+        "its GPU steps need a 'device' config field (the gpu plan runs them with device='cuda')"]
+    labels = [getattr(st, "label", None) for st in exp.gpu]
+    for st in exp.gpu:
+        if not isinstance(st, GpuStep):
+            problems.append(f"GPU step {st!r} is no GpuStep (accepted: GpuStep(label, gpu=GpuRun(...), "
+                            "smoke=GpuRun(...)))")
+            continue
+        where = f"GPU step {st.label!r}"
+        if not isinstance(st.label, str) or not _NAME.fullmatch(st.label) or labels.count(st.label) > 1:
+            problems.append(f"{where}: label not kebab-case or not unique among its steps "
+                            "(accepted: e.g. 'paper1-mnist', once)")
+        if not isinstance(st.stops_itself, bool):  # else gpu_steps' sort fails on it later
+            problems.append(f"{where}: stops_itself {st.stops_itself!r} (accepted: True, False)")
+        elif st.stops_itself and "budget_minutes" not in fields:
+            problems.append(f"{where}: stops_itself=True needs a 'budget_minutes' config field (the "
+                            "deadline it stops at)")
+        for plan in GPU_PLANS:
+            run = st.run_in(plan)
+            problems += [f"{where} in plan {plan!r}: {p}" for p in (
+                run.problems(exp.presets) if isinstance(run, GpuRun) else
+                [f"{run!r} is no GpuRun (accepted: GpuRun(preset, share, overrides, needs, if_missing))"])]
+    return problems
+
+
+def _check_gpu_configs(exp: Experiment) -> None:
+    """Fail at registration on GPU overrides the config refuses, with all the data or none."""
+    folders = (DataFolder(None, "/data", frozenset()),
+               DataFolder("/packed", "/packed", frozenset(PLAN_DATASETS)))
+    cls = exp.config_cls
+    for st in exp.gpu:
+        for plan in GPU_PLANS:
+            for data in folders:
+                where = f"experiment {exp.name!r}, GPU step {st.label!r} in {plan!r}"
+                try:
+                    overrides = st.overrides_in(plan, data)
+                except InvalidParameterError as e:  # it names the step and plan, not the experiment
+                    raise InvalidParameterError(f"experiment {exp.name!r}: {e}") from e
+                cls.check_keys(overrides, label=where)
+                try:
+                    cls.from_dict(cls.merged(exp.presets[st.run_in(plan).preset], overrides))
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from e
 
 
 def _takes_config_and_run_dir(fn: Callable) -> bool:
@@ -233,7 +316,10 @@ def registered(experiment: Experiment, *, replace: bool = False) -> Iterator[Exp
     Raises
     ------
     InvalidParameterError
-        The name is taken and ``replace`` is false, or a preset is not a valid config.
+        The name is taken and ``replace`` is false, a preset is not a valid config, or a
+        GPU step's label is another experiment's: a copy of an experiment that has GPU steps
+        (``get_experiment("noise-robustness")``) under a new name drops them,
+        ``dataclasses.replace(exp, name="my-copy", gpu=())``, as its steps' labels are taken.
 
     Examples
     --------

@@ -28,6 +28,8 @@ if typing.TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Config",
     "ConfigError",
+    "DeviceField",
+    "ThreadsField",
     "check_device_available",
     "did_you_mean",
     "field_docs",
@@ -329,10 +331,15 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: typing.Mapping[str, Any]):
-        """Build from a mapping (dotted keys reach nested configs); an unknown key is an
-        error listing the accepted ones."""
+        """Build from a mapping (dotted keys reach nested configs); an unknown key, or a
+        field without a default left out, is a ConfigError listing the accepted ones."""
         values = cls.merged(values)
         cls.check_keys(values)
+        missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in values
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:  # else a bare TypeError from __init__
+            raise ConfigError(f"{cls.__name__}: required key(s) {', '.join(map(repr, missing))} not "
+                              "given; accepted: a value for each (`--set KEY=VALUE`)")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +354,26 @@ class Config:
 
     def replace(self, **changes):
         return self.from_dict(self.merged(self.to_dict(), changes))
+
+
+# The framework fields most experiments share (RESERVED_FIELDS), each declared once: a
+# config opts in by subclassing, e.g. ``class MyConfig(DeviceField, ThreadsField)``.
+# kw_only: a subclass may then declare fields without a default (required ones) after
+# these defaulted ones; fields() order, and so to_dict and the config hash, is unchanged.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeviceField(Config):
+    """A config with the framework's ``device`` field."""
+
+    device: str = "cpu"
+    """torch device, e.g. "cpu" or "cuda"."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ThreadsField(Config):
+    """A config with the framework's ``num_threads`` field."""
+
+    num_threads: int | None = None
+    """CPU threads for torch during the run (null: leave torch's setting)."""
 
 
 def parse_device(device: str | torch.device) -> torch.device:

@@ -36,6 +36,12 @@ Error bars (``Estimates.errors``, half-widths, same units as the values):
   ||r_i||^2 / gap_i), plus the rounding of the control variate's trace.
   A statistical bar: it holds with high probability, not always.
 
+The stable rank alone (``measures=["stable_rank"]``) needs no tail: lambda_1 comes
+from subspace iteration on ``_BLOCK`` = 8 columns, each pass followed by Rayleigh-Ritz,
+until the bar [||A||_F^2 / (theta_1 + ||r_1||), ||A||_F^2 / theta_1] meets ``accuracy``
+(or the residual reaches the products' rounding): a few passes, 24-40 columns on
+trained-layer spectra, ~50x faster than the exact route on 4096 x 11008.
+
 Deterministic given ``seed`` (a private ``torch.Generator``; the global RNG is
 untouched). Matrices whose smaller side is at most ``rank`` are resolved
 completely by step 1 (errors then ~eps).
@@ -65,6 +71,7 @@ FAST_MEASURES: tuple[str, ...] = ("stable_rank", "effective_rank", "entropy_rank
 #: Default target of the relative error bar of ``method="fast"``.
 FAST_ACCURACY = 1e-2
 _OVERSAMPLE = 10
+_BLOCK = 8  # columns of the stable rank's subspace iteration
 _GROUPS = 16  # the jackknife's groups of probes
 # below this many float64 flops (~1 s) the exact route is cheap: rounds are not limited
 _CHEAP_EXACT_FLOPS = 2.5e10
@@ -80,8 +87,13 @@ class Estimates(dict):
     the smaller side, 4 m n flops each) spent, all matrices together. The true value
     lies in value +- error (with high probability: see the module docstring)."""
 
-    def __init__(self, values: dict[str, torch.Tensor], errors: dict[str, torch.Tensor], seed: int,
-                 columns: int = 0):
+    def __init__(
+        self,
+        values: dict[str, torch.Tensor],
+        errors: dict[str, torch.Tensor],
+        seed: int,
+        columns: int = 0,
+    ):
         super().__init__(values)
         self.columns = columns
         self.errors = errors
@@ -106,6 +118,39 @@ def _check_fast_args(names: Sequence[str], rank: int, probes: int, steps: int) -
     for name, v, lo in (("rank", rank, 1), ("probes", probes, 4), ("steps", steps, 4)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise InvalidParameterError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _scaled(W: torch.Tensor, cdt: torch.dtype, A) -> torch.Tensor:
+    """W in the computing dtype, divided by its largest |entry| where that is far from 1
+    (the measures are scale-invariant; a product of float32 entries near 1e20 would
+    overflow). W itself, uncopied, where it already is ``cdt`` and its scale is safe."""
+    lo, hi = W.aminmax()  # one pass, no |W| temporary; NaN and Inf reach the extremes
+    amax = torch.maximum(-lo, hi).to(cdt)
+    if not bool(torch.isfinite(amax)):
+        _check_finite(A, "A")  # counts them for the message
+    if W.dtype == cdt and 1e-6 <= float(amax) <= 1e6:
+        return W
+    return W.to(cdt, copy=True).div_(amax.clamp_min(torch.finfo(cdt).tiny))
+
+
+def _fro2(X: torch.Tensor) -> torch.Tensor:
+    """||X||_F^2 in float64: row norms in the computing dtype (pairwise sums of one row,
+    ~1e-8 relative in float32), summed in float64 (a float32 sum of 10^7 squares errs by
+    ~1e-3, beyond the stable rank's bar). 20x faster than a float64 norm of the whole X."""
+    return torch.linalg.vector_norm(X, dim=-1).double().square().sum()
+
+
+def _product(X: torch.Tensor):
+    """V -> X (X^T V), M's product. For blocks under 16 columns it is taken row-wise,
+    ((V^T X) X^T)^T: BLAS's thin X^T V is ~8x slower than V^T X on a 4096 x 11008 row-major X
+    (measured, 2 threads), wider blocks the other way round."""
+
+    def mv(V: torch.Tensor) -> torch.Tensor:
+        if V.shape[-1] < 16:
+            return ((V.mT @ X) @ X.mT).mT
+        return X @ (X.mT @ V)
+
+    return mv
 
 
 def _deflate(mv, k: int, rank: int, gen: torch.Generator, cdt: torch.dtype):
@@ -184,7 +229,9 @@ def _rules(T: torch.Tensor, dim: int):
     return (ng, wg), (nr, wr), (torch.cat([ng, nr], -1), torch.cat([2 * wg, wr], -1) / 3)
 
 
-def _measures(theta, nodes, weights, fro2, lam1, names, rankme_eps, t_tail) -> dict[str, torch.Tensor]:
+def _measures(
+    theta, nodes, weights, fro2, lam1, names, rankme_eps, t_tail
+) -> dict[str, torch.Tensor]:
     """Measures from the deflated top (theta) and per-probe tail rules averaged over probes.
 
     ``t_tail``: tr of M on the tail, known exactly (||A||_F^2 - sum theta). Each
@@ -199,7 +246,9 @@ def _measures(theta, nodes, weights, fro2, lam1, names, rankme_eps, t_tail) -> d
     def total(g_top, g_tail):
         Gp = (weights * g_tail).sum(-1)
         if Gp.numel() > 2:
-            b = ((Gp - Gp.mean()) * dTc).sum() / dTc.square().sum().clamp_min(torch.finfo(dT.dtype).tiny)
+            b = ((Gp - Gp.mean()) * dTc).sum() / dTc.square().sum().clamp_min(
+                torch.finfo(dT.dtype).tiny
+            )
             Gp = Gp - b * dT
         return g_top.sum() + Gp.mean()
 
@@ -220,13 +269,11 @@ def _measures(theta, nodes, weights, fro2, lam1, names, rankme_eps, t_tail) -> d
 def _estimate_one(X: torch.Tensor, names, rank, probes, steps, gen, rankme_eps):
     """(values, errors) for one matrix X (k x N, k <= N), values in float64."""
     k = X.shape[0]
-    # accumulated in float64 (a float32 sum of 10^7 squares errs by ~1e-3, beyond the
-    # stable rank's bar), without a float64 copy of X
-    fro2 = torch.linalg.vector_norm(X, dtype=torch.float64).square()
+    fro2 = _fro2(X)
     if float(fro2) == 0:
         zero = {n: torch.zeros((), dtype=torch.float64) for n in names}
         return zero, dict(zero)
-    mv = lambda V: X @ (X.mT @ V)  # noqa: E731
+    mv = _product(X)
     theta, Q, res = _deflate(mv, k, rank, gen, X.dtype)
     theta, res = theta.double(), res.double()
     if Q.shape[1] >= k:  # resolved completely: no tail
@@ -235,6 +282,42 @@ def _estimate_one(X: torch.Tensor, names, rank, probes, steps, gen, rankme_eps):
         T, dim = _lanczos(mv, Q, probes, min(steps, k - Q.shape[1]), gen)
     rounding = k * torch.finfo(X.dtype).eps  # the products' rounding, relative (backward stable)
     return _values_and_bars(theta, res, T, dim, fro2, names, rankme_eps, rounding)
+
+
+def _stable_rank_only(X: torch.Tensor, target: float, gen: torch.Generator, max_iter: int = 64):
+    """The stable rank alone, (values, errors, columns): it needs lambda_1 only, so no tail.
+
+    Subspace iteration on M with a block of ``_BLOCK`` columns, each pass followed by
+    Rayleigh-Ritz, until the top Ritz pair's residual r_1 puts the bar within ``target``:
+    lambda_1 lies in [theta_1, theta_1 + ||r_1||] (theta_1 a Rayleigh quotient; the upper
+    end as in the module docstring), so the stable rank lies in [F / (theta_1 + ||r_1||),
+    F / theta_1], relative half-width ||r_1|| / (2 theta_1 + ||r_1||). The residual shrinks
+    by about lambda_{b+1} / lambda_1 per pass: a few passes of b columns where the
+    spectrum falls like a trained layer's."""
+    k, mv = X.shape[0], _product(X)
+    fro2 = _fro2(X)
+    if float(fro2) == 0:
+        zero = torch.zeros((), dtype=torch.float64)
+        return {"stable_rank": zero}, {"stable_rank": zero.clone()}, 0
+    Q = torch.linalg.qr(torch.randn(k, min(k, _BLOCK), generator=gen, dtype=X.dtype)).Q
+    rounding = k * torch.finfo(X.dtype).eps  # the products' rounding, relative
+    columns, last = 0, math.inf
+    for it in range(max_iter):
+        Z = mv(Q)
+        columns += Q.shape[1]
+        theta, V = torch.linalg.eigh((Q.mT @ Z + Z.mT @ Q) / 2)
+        t1 = theta[-1].double().clamp_min(torch.finfo(torch.float64).tiny)
+        # in float64: a float32 residual of a converged pair is rounding, not error
+        r1 = (Z.double() @ V[:, -1].double() - t1 * (Q.double() @ V[:, -1].double())).norm()
+        met = float(r1 / (2 * t1 + r1)) + rounding <= target
+        # at the products' rounding the residual shrinks no more: the bar is what it is
+        floor = float(r1) <= 100 * rounding * float(t1) and float(r1) > last / 2
+        if Q.shape[1] >= k or (it >= 1 and (met or floor)):
+            break
+        Q, last = torch.linalg.qr(Z).Q, float(r1)
+    lo, hi = fro2 / (t1 + r1), fro2 / t1
+    value = (lo + hi) / 2
+    return {"stable_rank": value}, {"stable_rank": (hi - lo) / 2 + rounding * value}, columns
 
 
 def _columns(k: int, rank: int, probes: int, steps: int) -> int:
@@ -288,13 +371,34 @@ def _values_and_bars(theta, res, T, dim, fro2, names, rankme_eps, rounding):
     t_err = rounding * theta.sum()
     moved = [at(t_tail=t_tail + t_err), at(t_tail=(t_tail - t_err).clamp_min(0))]
     for n in names:  # jackknife + quadrature + deflation + the control variate's trace
-        errs[n] = errs[n] + quad[n] + (raised[n] - vals[n]).abs() + max((d[n] - vals[n]).abs() for d in moved)
+        errs[n] = (
+            errs[n]
+            + quad[n]
+            + (raised[n] - vals[n]).abs()
+            + max((d[n] - vals[n]).abs() for d in moved)
+        )
     if "stable_rank" in names:  # lambda_1 in [lam1, lam1 + ||r_1||]
         lo, hi = fro2 / (lam1 + res[0]), fro2 / lam1
         vals["stable_rank"], errs["stable_rank"] = (lo + hi) / 2, (hi - lo) / 2
     for n in names:
         errs[n] = errs[n] + rounding * vals[n].abs()
     return vals, errs
+
+
+def _rounds(X, names, target, rank, probes, steps, max_rounds, seed, rankme_eps):
+    """(values, errors, columns) of one matrix: rounds of doubling rank and probes until
+    every bar meets ``target``, ``max_rounds`` is reached or the budget would be exceeded."""
+    r, p, used, budget = rank, probes, 0, _round_budget(*X.shape)
+    for _ in range(max_rounds):
+        gen = torch.Generator(device=X.device).manual_seed(seed)
+        v, e = _estimate_one(X, names, r, p, steps, gen, rankme_eps)
+        used += _columns(X.shape[0], r, p, steps)
+        if all(float(e[k]) <= target * abs(float(v[k])) for k in names):
+            break
+        r, p = 2 * r, 2 * p
+        if used + _columns(X.shape[0], r, p, steps) > budget:
+            break
+    return v, e, used
 
 
 def fast_rank_measures(
@@ -355,25 +459,17 @@ def fast_rank_measures(
     errs = {k: [] for k in names}
     columns = 0
     for W in flat:
-        X = W.to(cdt, copy=True)
-        lo, hi = X.aminmax()  # one pass, no |X| temporary; NaN and Inf reach the extremes
-        amax = torch.maximum(-lo, hi)
-        if not bool(torch.isfinite(amax)):
-            _check_finite(A, "A")  # counts them for the message
-        X.div_(amax.clamp_min(torch.finfo(cdt).tiny))  # measures are scale-invariant
+        X = _scaled(W, cdt, A)
         X = X if m <= n else X.mT
-        r, p, used, budget = rank, probes, 0, _round_budget(*X.shape)
-        for _ in range(max_rounds):
-            # the same probes for every matrix: an estimate depends on the matrix, not
-            # on where it sits in the batch
-            gen = torch.Generator(device=X.device).manual_seed(seed)
-            v, e = _estimate_one(X, names, r, p, steps, gen, rankme_eps)
-            used += _columns(X.shape[0], r, p, steps)
-            if all(float(e[k]) <= target * abs(float(v[k])) for k in names):
-                break
-            r, p = 2 * r, 2 * p
-            if used + _columns(X.shape[0], r, p, steps) > budget:
-                break
+        # the same probes for every matrix: an estimate depends on the matrix, not on
+        # where it sits in the batch
+        gen = torch.Generator(device=X.device).manual_seed(seed)
+        if tuple(names) == ("stable_rank",):
+            v, e, used = _stable_rank_only(X, target, gen)
+        else:
+            v, e, used = _rounds(
+                X, names, target, rank, probes, steps, max_rounds, seed, rankme_eps
+            )
         columns += used
         for k in names:
             vals[k].append(v[k])

@@ -445,6 +445,21 @@ def _centered_grams(
     return sums, G
 
 
+def _scaled_or_blocked_gram(A: torch.Tensor, cdt: torch.dtype, blocked: bool):
+    """(X, c, G): A scaled by c in the computing dtype and no Gram yet, or, for a large float
+    input whose Gram route is allowed (``blocked``), no copy of A (X None) and its Gram G
+    computed from blocks of A."""
+    if not (blocked and A.numel() > _BLOCK_ELEMENTS and A.dtype in (torch.float32, torch.float64)):
+        X, c = _scaled(A, cdt)
+        return X, c, None
+    c, amax = _pow2_scale_and_max(A)
+    if not bool(torch.isfinite(amax).all()):
+        _check_finite(A, "A")
+    c = c.to(cdt)
+    _warn_if_slow(A, "gram", "Gram matrix (in blocks) and eigvalsh", cdt)
+    return None, c, _blocked_gram(A, c, cdt)
+
+
 def rank_measures(
     A: MatrixLike,
     measures: Sequence[str] | None = None,
@@ -527,18 +542,7 @@ def rank_measures(
     spectral, centred = split_centered(names)
     grad = A.requires_grad and torch.is_grad_enabled()
     m, n = A.shape[-2:]
-    G = None
-    if (not centred and method != "svd" and not grad and A.numel() > _BLOCK_ELEMENTS
-            and A.dtype in (torch.float32, torch.float64)):
-        X = None  # never copied whole: the Gram from blocks of A
-        c, amax = _pow2_scale_and_max(A)
-        if not bool(torch.isfinite(amax).all()):
-            _check_finite(A, "A")
-        c = c.to(cdt)
-        _warn_if_slow(A, "gram", "Gram matrix (in blocks) and eigvalsh", cdt)
-        G = _blocked_gram(A, c, cdt)
-    else:
-        X, c = _scaled(A, cdt)
+    X, c, G = _scaled_or_blocked_gram(A, cdt, blocked=not centred and method != "svd" and not grad)
     common = dict(shape=(m, n), eps=_default_eps(A.dtype, cdt), atol=atol, rtol=rtol,
                   scale=c[..., 0, 0], rankme_eps=rankme_eps)
     sums = None

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from rankbias.errors import InvalidParameterError
+from rankbias.framework.docs import shared_doc
 
 __all__ = [
     "HuberizedReLU",
@@ -165,6 +166,20 @@ class _CNNLayerFn(torch.autograd.Function):
         return None, gw, None, None, None, None, None
 
 
+# huberized_relu's and HuberizedReLU's parameters and errors, written once
+_HUBER_DOC = {
+    "q_kappa": """q : float, default 3.0
+    The power of the polynomial piece (>= 1; 1 is the ReLU).
+kappa : float, default 1.0
+    The threshold between the polynomial and the linear piece (> 0).""",
+    "raises": """Raises
+------
+InvalidParameterError
+    ``q < 1`` or ``kappa <= 0``.""",
+}
+
+
+@shared_doc(**_HUBER_DOC)
 def huberized_relu(z: torch.Tensor, q: float = 3.0, kappa: float = 1.0) -> torch.Tensor:
     """sigma(z) = 0 (z <= 0); z^q / (q kappa^(q-1)) (0 < z <= kappa); z - (1 - 1/q) kappa (z > kappa).
 
@@ -175,20 +190,14 @@ def huberized_relu(z: torch.Tensor, q: float = 3.0, kappa: float = 1.0) -> torch
     ----------
     z : torch.Tensor
         Pre-activations, any shape.
-    q : float, default 3.0
-        The power of the polynomial piece (>= 1).
-    kappa : float, default 1.0
-        The threshold between the polynomial and the linear piece (> 0).
+    {q_kappa}
 
     Returns
     -------
     torch.Tensor
         sigma(z), of the shape of ``z``.
 
-    Raises
-    ------
-    InvalidParameterError
-        ``q < 1`` or ``kappa <= 0``.
+    {raises}
 
     Examples
     --------
@@ -204,25 +213,20 @@ def huberized_relu(z: torch.Tensor, q: float = 3.0, kappa: float = 1.0) -> torch
     return _HuberizedReLUFn.apply(z, float(q), float(kappa))
 
 
+@shared_doc(**_HUBER_DOC)
 class HuberizedReLU(nn.Module):
     """The Huberised ReLU as a module (see :func:`huberized_relu`).
 
     Parameters
     ----------
-    q : float, default 3.0
-        The power of the polynomial piece (>= 1; 1 is the ReLU).
-    kappa : float, default 1.0
-        The threshold between the polynomial and the linear piece (> 0).
+    {q_kappa}
 
     Attributes
     ----------
     q, kappa : float
         The parameters, as floats.
 
-    Raises
-    ------
-    InvalidParameterError
-        ``q < 1`` or ``kappa <= 0``.
+    {raises}
 
     Examples
     --------

@@ -4,8 +4,8 @@ Figures are meant for a paper: labelled axes with units, legends, error bars
 over seeds. Each function takes plain data (lists / dicts from a summary) and a
 path, writes a PNG and returns the path.
 
-Modules: ``core`` (the style, :func:`figure`, :func:`save`, :func:`line_with_band`
-and the generic figures), ``depth`` (paper 2), ``ranks`` (per-layer ranks and ranks
+Modules: ``core`` (the style, :func:`figure`, :func:`save`, :func:`line_with_band`,
+:func:`mean_std_lines` and the generic figures), ``depth`` (paper 2), ``ranks`` (per-layer ranks and ranks
 against the noise level), ``noise`` (the noise-robustness sweeps), ``overparam``
 (accuracy and rank against the expansion depth), ``spectra`` (per-layer ESDs).
 Importing this package imports matplotlib; importing ``rankbias`` does not.
@@ -21,6 +21,7 @@ from rankbias.plots.core import (
     distributions_by_group,
     figure,
     line_with_band,
+    mean_std_lines,
     quantile_lines,
     save,
     style,
@@ -51,6 +52,7 @@ __all__ = [
     "save",
     "style",
     "line_with_band",
+    "mean_std_lines",
     "distributions_by_group",
     "sweep_figure",
     "quantile_lines",

@@ -13,8 +13,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["STYLE", "distributions_by_group", "figure", "line_with_band", "quantile_lines", "save",
-           "style", "sweep_figure"]
+__all__ = ["STYLE", "distributions_by_group", "figure", "line_with_band", "mean_std_lines", "quantile_lines",
+           "save", "std_column", "style", "sweep_figure"]
+
+# The numpy-doc entries every figure function of this package shares, written once:
+# the placeholders ``{path}`` and ``{returns}`` of a docstring decorated with
+# ``shared_doc(**FIGURE_DOC)`` (rankbias.framework.docs).
+FIGURE_DOC = {
+    "path": "path : str or Path\n    Where the PNG goes.",
+    "returns": "Returns\n-------\nPath\n    ``path``.",
+}
 
 STYLE = {
     "figure.dpi": 110,
@@ -72,6 +80,30 @@ def line_with_band(
     if std is None:
         return ax.plot(x, mean, marker=marker, label=label, **kw)
     return ax.errorbar(x, mean, yerr=np.asarray(std, float), marker=marker, capsize=3, label=label, **kw)
+
+
+def std_column(key: str) -> str:
+    """The column of a summary row that holds the std over seeds beside the mean column
+    ``key``: ``x_mean`` -> ``x_std``, ``x`` -> ``x_std``."""
+    return f"{key.removesuffix('_mean')}_std"
+
+
+def mean_std_lines(
+    ax,
+    x: Sequence[float],
+    rows: Sequence[Mapping[str, float]],
+    lines: Sequence[tuple[str, Mapping[str, object]]],
+    *,
+    scale: float = 1.0,
+    **kw,
+) -> None:
+    """One :func:`line_with_band` per ``(mean column, keyword arguments)`` of ``lines``:
+    the column's values in ``rows`` against ``x``, error bars from :func:`std_column`,
+    both times ``scale`` (100: fractions as percent); ``kw`` goes to every line."""
+    for key, line_kw in lines:
+        mean = scale * np.asarray([r[key] for r in rows], float)
+        std = scale * np.asarray([r[std_column(key)] for r in rows], float)
+        line_with_band(ax, x, mean, std, **line_kw, **kw)
 
 
 def distributions_by_group(

@@ -18,12 +18,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
-from rankbias.plots.core import figure, line_with_band, save
+from rankbias.framework.docs import shared_doc
+from rankbias.plots.core import FIGURE_DOC, figure, mean_std_lines, save
 from rankbias.verdicts import ACCURACY_DROP  # the verdict's accuracy band below the clean accuracy
 
 __all__ = ["accuracy_against_sigma", "filter_rank_against_steps", "stable_ranks_against_sigma"]
 
 Row = Mapping[str, Any]
+_CLEAN_RANK_DOC = """clean_rank : float
+    The clean signal's rank, drawn as a dashed line labelled ``clean_label``."""
 
 
 def _sigma_axis(ax, sigmas: Sequence[float], label: str) -> None:
@@ -60,6 +63,7 @@ def _shade_non_generalising(ax, per_sigma: Sequence[Row], clean_acc: float) -> N
         )
 
 
+@shared_doc(**FIGURE_DOC, clean_rank=_CLEAN_RANK_DOC)
 def stable_ranks_against_sigma(
     per_sigma: Sequence[Row],
     path: str | Path,
@@ -80,10 +84,8 @@ def stable_ranks_against_sigma(
         One row per noise level: ``sigma``, ``filter_stable_rank_mean`` / ``_std``,
         ``data_patch_stable_rank`` / ``_std``, ``test_acc_mean`` and optionally
         ``in_accuracy_band`` (rows outside the band are shaded).
-    path : str or Path
-        Where the PNG goes.
-    clean_rank : float
-        The clean signal's rank, drawn as a dashed line labelled ``clean_label``.
+    {path}
+    {clean_rank}
     clean_label, sigma_label, title : str
         Legend entry of the clean rank, x-axis label, title.
     clean_acc : float
@@ -93,47 +95,19 @@ def stable_ranks_against_sigma(
     clean_data_key : str or None
         Row key of the clean data's patch rank (and ``<key>_std``); None: no such line.
 
-    Returns
-    -------
-    Path
-        ``path``.
+    {returns}
     """
     x = [r["sigma"] for r in per_sigma]
     fig, ax = figure(width=5.6, height=4.4)
-    line_with_band(
-        ax,
-        x,
-        [r["filter_stable_rank_mean"] for r in per_sigma],
-        [r["filter_stable_rank_std"] for r in per_sigma],
-        label="filters W (2m x d)",
-    )
-    line_with_band(
-        ax,
-        x,
-        [r["data_patch_stable_rank"] for r in per_sigma],
-        [r["data_patch_stable_rank_std"] for r in per_sigma],
-        label="data: patch matrix",
-        marker="s",
-    )
+    lines: list[tuple[str, dict]] = [
+        ("filter_stable_rank_mean", {"label": "filters W (2m x d)"}),
+        ("data_patch_stable_rank", {"label": "data: patch matrix", "marker": "s"}),
+    ]
     if image_key:
-        line_with_band(
-            ax,
-            x,
-            [r[image_key] for r in per_sigma],
-            [r[f"{image_key}_std"] for r in per_sigma],
-            label="data: image matrix",
-            marker="^",
-        )
+        lines.append((image_key, {"label": "data: image matrix", "marker": "^"}))
     if clean_data_key:
-        line_with_band(
-            ax,
-            x,
-            [r[clean_data_key] for r in per_sigma],
-            [r[f"{clean_data_key}_std"] for r in per_sigma],
-            label="clean data: patch matrix",
-            marker="v",
-            ls=":",
-        )
+        lines.append((clean_data_key, {"label": "clean data: patch matrix", "marker": "v", "ls": ":"}))
+    mean_std_lines(ax, x, per_sigma, lines)
     ax.axhline(clean_rank, color="k", ls="--", lw=1, label=clean_label)
     _shade_non_generalising(ax, per_sigma, clean_acc)
     ax.set_yscale("log")
@@ -147,6 +121,7 @@ def stable_ranks_against_sigma(
     return save(fig, path)
 
 
+@shared_doc(**FIGURE_DOC, clean_rank=_CLEAN_RANK_DOC)
 def filter_rank_against_steps(
     history: Sequence[Row],
     sigmas: Sequence[float],
@@ -164,17 +139,12 @@ def filter_rank_against_steps(
         Logged rows: ``sigma``, ``step`` and ``filter_stable_rank`` (None or NaN rows are skipped).
     sigmas : sequence of float
         The noise levels, in the order of the colour map.
-    path : str or Path
-        Where the PNG goes.
-    clean_rank : float
-        The clean signal's rank, drawn as a dashed line labelled ``clean_label``.
+    {path}
+    {clean_rank}
     clean_label, title : str
         Legend entry of the clean rank, title.
 
-    Returns
-    -------
-    Path
-        ``path``.
+    {returns}
     """
     fig, ax = figure(width=5.4, height=3.6)
     cmap = plt.get_cmap("viridis")
@@ -203,6 +173,7 @@ def filter_rank_against_steps(
     return save(fig, path)
 
 
+@shared_doc(**FIGURE_DOC)
 def accuracy_against_sigma(
     per_sigma: Sequence[Row], path: str | Path, *, sigma_label: str, title: str, clean_acc: float
 ) -> Path:
@@ -212,35 +183,18 @@ def accuracy_against_sigma(
     ----------
     per_sigma : sequence of dict
         One row per noise level: ``sigma``, ``train_acc_mean`` / ``_std``, ``test_acc_mean`` / ``_std``.
-    path : str or Path
-        Where the PNG goes.
+    {path}
     sigma_label, title : str
         x-axis label, title.
     clean_acc : float
         Mean clean test accuracy; the line ``ACCURACY_DROP`` below it marks the band.
 
-    Returns
-    -------
-    Path
-        ``path``.
+    {returns}
     """
     x = [r["sigma"] for r in per_sigma]
     fig, ax = figure(width=5.0, height=3.4)
-    line_with_band(
-        ax,
-        x,
-        [r["train_acc_mean"] for r in per_sigma],
-        [r["train_acc_std"] for r in per_sigma],
-        label="train",
-        marker="s",
-    )
-    line_with_band(
-        ax,
-        x,
-        [r["test_acc_mean"] for r in per_sigma],
-        [r["test_acc_std"] for r in per_sigma],
-        label="test",
-    )
+    mean_std_lines(ax, x, per_sigma, [("train_acc_mean", {"label": "train", "marker": "s"}),
+                                      ("test_acc_mean", {"label": "test"})])
     ax.axhline(
         clean_acc - ACCURACY_DROP,
         color="k",

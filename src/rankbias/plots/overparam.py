@@ -11,11 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from rankbias.plots.core import figure, line_with_band, save
+from rankbias.framework.docs import shared_doc
+from rankbias.plots.core import FIGURE_DOC, figure, mean_std_lines, save
 
 __all__ = ["accuracy_rank_against_depth", "accuracy_rank_curves"]
 
 Row = Mapping[str, Any]
+_DEPTHS_TITLE_DOC = """depths : sequence of int
+    The depths asked for (the x ticks).
+title : str
+    Title of the accuracy panel."""
 
 
 def _accuracy_rank(
@@ -24,33 +29,11 @@ def _accuracy_rank(
     """Test / train accuracy (%) of ``rows`` on ``ax1`` and their embedding rank on ``ax2``,
     mean +- std over seeds, against the depths ``x``."""
     pre = f"{label} " if label else ""
-    line_with_band(
-        ax1,
-        x,
-        [100 * r["test_acc_mean"] for r in rows],
-        [100 * r["test_acc_std"] for r in rows],
-        label=f"{pre}test",
-        **kw,
-    )
-    line_with_band(
-        ax1,
-        x,
-        [100 * r["train_acc_mean"] for r in rows],
-        [100 * r["train_acc_std"] for r in rows],
-        label=f"{pre}train",
-        ls="--",
-        marker="s",
-        **({"alpha": 0.6} if label else {}),
-        **kw,
-    )
-    line_with_band(
-        ax2,
-        x,
-        [r["embed_erank_mean"] for r in rows],
-        [r["embed_erank_std"] for r in rows],
-        **({"label": label} if label else {}),
-        **kw,
-    )
+    mean_std_lines(ax1, x, rows, [
+        ("test_acc_mean", {"label": f"{pre}test"}),
+        ("train_acc_mean", {"label": f"{pre}train", "ls": "--", "marker": "s", **({"alpha": 0.6} if label else {})}),
+    ], scale=100, **kw)
+    mean_std_lines(ax2, x, rows, [("embed_erank_mean", {"label": label} if label else {})], **kw)
     for ax in (ax1, ax2):
         ax.set_xlabel("expansion depth (1 = baseline)")
         ax.set_xticks(sorted(depths))
@@ -59,6 +42,7 @@ def _accuracy_rank(
     ax2.set_title("penultimate embeddings, test set")
 
 
+@shared_doc(**FIGURE_DOC, depths_title=_DEPTHS_TITLE_DOC)
 def accuracy_rank_against_depth(
     per_model: Mapping[str, Sequence[Row]], path: str | Path, *, depths: Sequence[int], title: str
 ) -> Path:
@@ -71,17 +55,10 @@ def accuracy_rank_against_depth(
         Per model (in legend order, an empty one keeps its colour but draws nothing), its
         rows sorted by depth: ``depth``, ``test_acc_mean`` / ``_std``, ``train_acc_mean`` /
         ``_std`` (fractions), ``embed_erank_mean`` / ``_std``.
-    path : str or Path
-        Where the PNG goes.
-    depths : sequence of int
-        The depths asked for (the x ticks).
-    title : str
-        Title of the accuracy panel.
+    {path}
+    {depths_title}
 
-    Returns
-    -------
-    Path
-        ``path``.
+    {returns}
     """
     fig, (ax1, ax2) = figure(ncols=2, width=4.4, height=3.3)
     for k, (model_name, rows) in enumerate(per_model.items()):
@@ -95,6 +72,7 @@ def accuracy_rank_against_depth(
     return save(fig, path)
 
 
+@shared_doc(**FIGURE_DOC, depths_title=_DEPTHS_TITLE_DOC)
 def accuracy_rank_curves(
     per_depth: Sequence[Row],
     histories: Mapping[str, Sequence[Row]],
@@ -114,17 +92,10 @@ def accuracy_rank_curves(
         ``train_acc_mean`` / ``_std`` (fractions), ``embed_erank_mean`` / ``_std``.
     histories : mapping of str to sequence of dict
         Per arm, its logged rows: ``epoch``, ``test_acc``, ``train_acc_augmented``.
-    path : str or Path
-        Where the PNG goes.
-    depths : sequence of int
-        The depths asked for (the x ticks).
-    title : str
-        Title of the accuracy panel.
+    {path}
+    {depths_title}
 
-    Returns
-    -------
-    Path
-        ``path``.
+    {returns}
     """
     fig, (ax1, ax2, ax3) = figure(ncols=3, width=4.0, height=3.2)
     rows = [r for r in per_depth if r["n_ok"] and "-wd-" not in r["arm"]]
