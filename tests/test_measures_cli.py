@@ -104,3 +104,23 @@ def test_cli_measure_errors(tmp_path, capsys):
     np.savez(tmp_path / "nan.npz", good=np.eye(3), bad=np.array([[np.nan, 1.0], [0.0, 1.0]]))
     rows = _json_rows(capsys, tmp_path / "nan.npz")
     assert rows["good"]["numerical_rank"] == 3 and "NaN" in rows["bad"]["error"]
+
+
+def test_cli_measure_takes_a_subset_of_measures_and_the_fast_stable_rank(tmp_path, capsys):
+    # --measures reaches the library: only those columns, the same values; with --fast the
+    # stable rank alone takes its own route (no tail), its bar holding the exact value
+    A = torch.randn(300, 800, generator=torch.Generator().manual_seed(1))
+    torch.save({"w": A}, tmp_path / "w.pt")
+    ref = rank_measures(A, ["stable_rank", "effective_rank"])
+    row = _json_rows(capsys, tmp_path / "w.pt", "--measures", "stable_rank", "effective_rank")["w"]
+    assert set(row) & set(MEASURES) == {"stable_rank", "effective_rank"}
+    for k in ("stable_rank", "effective_rank"):
+        assert row[k] == pytest.approx(float(ref[k]), rel=1e-12)
+    fast = _json_rows(capsys, tmp_path / "w.pt", "--fast", "--measures", "stable_rank")["w"]
+    assert set(fast) & set(MEASURES) == {"stable_rank"}
+    assert 0 < fast["stable_rank_error"] <= 1e-2 * fast["stable_rank"]
+    assert abs(fast["stable_rank"] - float(ref["stable_rank"])) <= fast["stable_rank_error"]
+    rc, _, err = _run_cli(capsys, tmp_path / "w.pt", "--fast", "--measures", "numerical_rank")
+    assert rc == 2 and "does not estimate ['numerical_rank']" in err
+    rc, _, err = _run_cli(capsys, tmp_path / "w.pt", "--measures", "bogus")
+    assert rc == 2 and "unknown measure(s) ['bogus']" in err and "stable_rank" in err

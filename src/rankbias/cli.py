@@ -64,6 +64,7 @@ def cmd_measure(args) -> int:
     # Exit status: 0 when at least one tensor was measured (those it could not read are
     # rows with an `error`, and counted on stderr); 1 when none was (docs/analysis.md).
     rows = measure_tensors(args.path, conv_reading=args.conv_reading, trust_pickle=args.trust_pickle,
+                           measures=args.measures or None,
                            device=args.device, method="fast" if args.fast else "auto",
                            progress=False if args.json else None)
     if not rows:
@@ -200,7 +201,7 @@ def _add_measure_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("path", help=".npy, .npz, .pt/.pth (tensor, state_dict or model), .safetensors, "
                     "or a sharded checkpoint (a *.safetensors.index.json or its directory), "
                     "streamed tensor by tensor")
-    add_arguments(sp, WeightOptions, only=["conv_reading"])
+    add_arguments(sp, WeightOptions, only=["conv_reading", "measures"])
     sp.add_argument("--device", default=None, help="torch device of the spectra (default: cpu)")
     sp.add_argument("--fast", action="store_true",
                     help="the fast route of the rank measures: estimates with error bars")
