@@ -197,7 +197,8 @@ def test_fast_stable_rank_alone_needs_no_tail(seed):
     v, e = float(est["stable_rank"]), float(est.errors["stable_rank"])
     assert 0 < e <= 1e-2 * v and abs(v - truth) <= e, (v, e, truth)
     assert est.columns % approx._BLOCK == 0 and est.columns <= 6 * approx._BLOCK
-    tight = fast_rank_measures(A, ["stable_rank"], seed=seed, accuracy=1e-4)
+    # 1e-4 is below float32's worst-case rounding here, (300 + 800) eps = 1.3e-4: float64
+    tight = fast_rank_measures(A, ["stable_rank"], seed=seed, accuracy=1e-4, dtype=F64)
     assert (
         abs(float(tight["stable_rank"]) - truth)
         <= float(tight.errors["stable_rank"])
@@ -212,13 +213,42 @@ def test_fast_stable_rank_alone_needs_no_tail(seed):
 
 def test_fast_route_uses_the_input_uncopied_only_where_its_scale_is_safe():
     A = power_law(120, 300, seed=5)
+    A = A / A.abs().max()  # largest |entry| 1: inside [1e-6, 1e6]
     before = A.clone()
     ref = fast_rank_measures(A, seed=1)
     assert torch.equal(A, before)  # read, never scaled in place
-    for scale in (1e-30, 1e30):  # squares under- or overflow float32 unless rescaled
+    for scale, uncopied in ((2e-6, True), (5e5, True), (5e-7, False), (2e6, False)):
+        X = A * scale
+        assert (approx._scaled(X, torch.float32, X).data_ptr() == X.data_ptr()) is uncopied
+    for scale in (1e-7, 1e7, 1e-30, 1e30):  # squares under- or overflow float32 unless rescaled
         got = fast_rank_measures(A * scale, seed=1)
         for k in FAST_MEASURES:
             assert float(got[k]) == pytest.approx(float(ref[k]), rel=1e-5), (scale, k)
+
+
+def test_fast_route_reads_bool_int_and_float64_beyond_float32():
+    # the extremes in float64: bool has no negation, and int8's -(-128) is -128 again;
+    # a float64 input above float32's range is divided before the cast, not made inf
+    g = torch.Generator().manual_seed(3)
+    B = torch.rand(30, 50, generator=g) > 0.5
+    N8 = -torch.randint(0, 128, (30, 50), generator=g, dtype=torch.int8)
+    N8[0, 0] = -128
+    D = torch.randn(30, 50, generator=g, dtype=F64) * 1e39
+    for A in (B, N8, D):
+        got = fast_rank_measures(A, ["stable_rank"])
+        truth = float(rank_measures(A.double() / A.double().abs().max(), ["stable_rank"])["stable_rank"])
+        assert abs(float(got["stable_rank"]) - truth) <= float(got.errors["stable_rank"]), A.dtype
+        assert bool(torch.isfinite(fast_rank_measures(A)["effective_rank"])), A.dtype
+
+
+def test_fast_stable_rank_meets_its_target_where_the_top_is_clustered():
+    # a Gaussian matrix: the top eigenvalues of W W^T crowd at the Marchenko-Pastur edge, so
+    # the residual falls slowly; it must keep iterating to the target, not stop at ~1.2 %
+    A = torch.randn(2048, 4096, generator=torch.Generator().manual_seed(0))
+    est = fast_rank_measures(A, ["stable_rank"])
+    truth = float(rank_measures(A, ["stable_rank"])["stable_rank"])
+    v, e = float(est["stable_rank"]), float(est.errors["stable_rank"])
+    assert e <= 1e-2 * v and abs(v - truth) <= e, (v, e, truth)
 
 
 @pytest.mark.parametrize("cols", [3, 15, 16, 40])

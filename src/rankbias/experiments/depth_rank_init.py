@@ -15,7 +15,8 @@ product neither overflows nor underflows; the entropy rank is scale-invariant.
 Every layer has its own random stream (:func:`layer_stream`), of which draw i
 takes the i-th block, so the values do not depend on ``chunk``: a batched run
 and a per-draw loop give the same draws. Factors are drawn in float32 and the
-products computed in float64 (:func:`sample_factor`).
+linear maps' products computed in float64 (:func:`sample_factor`); the MLPs'
+forward passes run in float32, each kernel summed in float64.
 
 With ``network="mlp"`` the run also measures the same effect for nonlinear
 networks (Huh et al. sec. 3, fig. 3): N random inputs x_j ~ N(0, I_w) pass

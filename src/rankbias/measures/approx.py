@@ -123,21 +123,36 @@ def _check_fast_args(names: Sequence[str], rank: int, probes: int, steps: int) -
 def _scaled(W: torch.Tensor, cdt: torch.dtype, A) -> torch.Tensor:
     """W in the computing dtype, divided by its largest |entry| where that is far from 1
     (the measures are scale-invariant; a product of float32 entries near 1e20 would
-    overflow). W itself, uncopied, where it already is ``cdt`` and its scale is safe."""
-    lo, hi = W.aminmax()  # one pass, no |W| temporary; NaN and Inf reach the extremes
-    amax = torch.maximum(-lo, hi).to(cdt)
+    overflow). W itself, uncopied, where it already is ``cdt`` and its scale is safe.
+    The extremes are taken in float64 (an int8 -128 negated in int8 is -128 again; bool
+    has no negation) and the division done in the wider of W's dtype and ``cdt`` before
+    the cast (a float64 W beyond float32's range would otherwise become inf)."""
+    lo, hi = (t.double() for t in W.aminmax())  # one pass; NaN and Inf reach the extremes
+    amax = torch.maximum(-lo, hi)
     if not bool(torch.isfinite(amax)):
         _check_finite(A, "A")  # counts them for the message
     if W.dtype == cdt and 1e-6 <= float(amax) <= 1e6:
         return W
-    return W.to(cdt, copy=True).div_(amax.clamp_min(torch.finfo(cdt).tiny))
+    wide = torch.promote_types(W.dtype, cdt) if W.is_floating_point() else cdt
+    return (W.to(wide) / amax.clamp_min(torch.finfo(wide).tiny).to(wide)).to(cdt)
 
 
 def _fro2(X: torch.Tensor) -> torch.Tensor:
-    """||X||_F^2 in float64: row norms in the computing dtype (pairwise sums of one row,
-    ~1e-8 relative in float32), summed in float64 (a float32 sum of 10^7 squares errs by
-    ~1e-3, beyond the stable rank's bar). 20x faster than a float64 norm of the whole X."""
+    """||X||_F^2 in float64. Rows of up to 2^16 entries: norms in the computing dtype
+    (pairwise sums, ~1e-8 relative in float32 on 11008-long rows), summed in float64 (a
+    float32 sum of 10^7 squares errs by ~1e-3, beyond the stable rank's bar); 20x faster
+    than a float64 norm of the whole X. Longer rows are accumulated in float64 (a float32
+    norm of a 10^6-long row erred by 4e-7)."""
+    if X.shape[-1] > 2**16:
+        return torch.linalg.vector_norm(X, dtype=torch.float64).square()
     return torch.linalg.vector_norm(X, dim=-1).double().square().sum()
+
+
+def _rounding(X: torch.Tensor) -> float:
+    """The relative rounding error of M's products and of sums over X, worst case: a
+    product X (X^T V) sums over both sides, (k + N) eps (Higham's gamma_n); LLM-shaped
+    float32: 1.8e-3 at 4096 x 11008."""
+    return sum(X.shape[-2:]) * torch.finfo(X.dtype).eps
 
 
 def _product(X: torch.Tensor):
@@ -155,7 +170,7 @@ def _product(X: torch.Tensor):
 
 def _deflate(mv, k: int, rank: int, gen: torch.Generator, cdt: torch.dtype):
     """Top ``rank`` Ritz pairs of M (one power iteration) and their residual norms."""
-    Q = torch.randn(k, min(k, rank + _OVERSAMPLE), generator=gen, dtype=cdt)
+    Q = torch.randn(k, min(k, rank + _OVERSAMPLE), generator=gen, dtype=cdt, device=gen.device)
     for _ in range(1 + _POWER):
         Q = torch.linalg.qr(mv(Q)).Q
     Z = mv(Q)
@@ -171,11 +186,11 @@ def _lanczos(mv, Q: torch.Tensor, probes: int, steps: int, gen: torch.Generator)
     """Batched Lanczos on M restricted to Q's complement from Gaussian probes: the
     tridiagonal matrices (probes, steps, steps) in float64 and the complement's dimension."""
     k, cdt = Q.shape[0], Q.dtype
-    Z = torch.randn(k, probes, generator=gen, dtype=cdt)
+    Z = torch.randn(k, probes, generator=gen, dtype=cdt, device=Q.device)
     Z = Z - Q @ (Q.mT @ Z)
     norm2 = Z.square().sum(0)
     v = Z / norm2.sqrt()
-    V = torch.empty(steps, k, probes, dtype=cdt)
+    V = torch.empty(steps, k, probes, dtype=cdt, device=Q.device)
     alpha, beta = [], []
     for j in range(steps):
         V[j] = v
@@ -213,7 +228,7 @@ def _rules(T: torch.Tensor, dim: int):
         # Radau: the last diagonal entry becomes d_q, T_{q-1} d = beta_{q-1}^2 e_{q-1}
         # (Golub & Meurant 2010, ch. 6)
         b2 = T[..., -1, -2].square()
-        rhs = torch.zeros(T.shape[:-1][:-1] + (q - 1,), dtype=T.dtype)
+        rhs = torch.zeros(T.shape[:-1][:-1] + (q - 1,), dtype=T.dtype, device=T.device)
         rhs[..., -1] = b2
         d = torch.linalg.solve_ex(T[..., :-1, :-1], rhs)[0][..., -1]
         keep = torch.isfinite(d) & (b2 > 0) & (d >= 0)
@@ -271,16 +286,16 @@ def _estimate_one(X: torch.Tensor, names, rank, probes, steps, gen, rankme_eps):
     k = X.shape[0]
     fro2 = _fro2(X)
     if float(fro2) == 0:
-        zero = {n: torch.zeros((), dtype=torch.float64) for n in names}
+        zero = {n: torch.zeros((), dtype=torch.float64, device=X.device) for n in names}
         return zero, dict(zero)
     mv = _product(X)
     theta, Q, res = _deflate(mv, k, rank, gen, X.dtype)
     theta, res = theta.double(), res.double()
     if Q.shape[1] >= k:  # resolved completely: no tail
-        T, dim = torch.zeros(1, 1, 1, dtype=torch.float64), 0
+        T, dim = torch.zeros(1, 1, 1, dtype=torch.float64, device=X.device), 0
     else:
         T, dim = _lanczos(mv, Q, probes, min(steps, k - Q.shape[1]), gen)
-    rounding = k * torch.finfo(X.dtype).eps  # the products' rounding, relative (backward stable)
+    rounding = _rounding(X)
     return _values_and_bars(theta, res, T, dim, fro2, names, rankme_eps, rounding)
 
 
@@ -297,11 +312,11 @@ def _stable_rank_only(X: torch.Tensor, target: float, gen: torch.Generator, max_
     k, mv = X.shape[0], _product(X)
     fro2 = _fro2(X)
     if float(fro2) == 0:
-        zero = torch.zeros((), dtype=torch.float64)
+        zero = torch.zeros((), dtype=torch.float64, device=X.device)
         return {"stable_rank": zero}, {"stable_rank": zero.clone()}, 0
-    Q = torch.linalg.qr(torch.randn(k, min(k, _BLOCK), generator=gen, dtype=X.dtype)).Q
-    rounding = k * torch.finfo(X.dtype).eps  # the products' rounding, relative
-    columns, last = 0, math.inf
+    Q = torch.linalg.qr(torch.randn(k, min(k, _BLOCK), generator=gen, dtype=X.dtype, device=X.device)).Q
+    rounding = _rounding(X)
+    columns = 0
     for it in range(max_iter):
         Z = mv(Q)
         columns += Q.shape[1]
@@ -309,12 +324,11 @@ def _stable_rank_only(X: torch.Tensor, target: float, gen: torch.Generator, max_
         t1 = theta[-1].double().clamp_min(torch.finfo(torch.float64).tiny)
         # in float64: a float32 residual of a converged pair is rounding, not error
         r1 = (Z.double() @ V[:, -1].double() - t1 * (Q.double() @ V[:, -1].double())).norm()
-        met = float(r1 / (2 * t1 + r1)) + rounding <= target
-        # at the products' rounding the residual shrinks no more: the bar is what it is
-        floor = float(r1) <= 100 * rounding * float(t1) and float(r1) > last / 2
-        if Q.shape[1] >= k or (it >= 1 and (met or floor)):
+        half = float(r1 / (2 * t1 + r1))
+        # below the products' rounding the residual is rounding itself: no pass improves it
+        if Q.shape[1] >= k or (it >= 1 and (half + rounding <= target or half <= rounding)):
             break
-        Q, last = torch.linalg.qr(Z).Q, float(r1)
+        Q = torch.linalg.qr(Z).Q
     lo, hi = fro2 / (t1 + r1), fro2 / t1
     value = (lo + hi) / 2
     return {"stable_rank": value}, {"stable_rank": (hi - lo) / 2 + rounding * value}, columns
@@ -347,13 +361,13 @@ def _values_and_bars(theta, res, T, dim, fro2, names, rankme_eps, rounding):
         return _measures(theta, nodes, w, fro2, lam1, names, rankme_eps, t_tail)
 
     vals = at()
-    errs = {n: torch.zeros((), dtype=torch.float64) for n in names}
+    errs = {n: torch.zeros((), dtype=torch.float64, device=theta.device) for n in names}
     # the spread over probes: jackknife over (up to 16) groups of probes (the measures
     # are non-linear in the probe means)
     p = nodes.shape[0]
     g = min(p, _GROUPS)
     if g > 1:
-        group = torch.arange(p) % g
+        group = torch.arange(p, device=nodes.device) % g
         loo = [at(nodes=nodes[group != i], w=w[group != i]) for i in range(g)]
         for n in names:
             x = torch.stack([d[n] for d in loo])
