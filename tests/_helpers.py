@@ -13,3 +13,16 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def count_svd_calls(monkeypatch) -> list[tuple[int, ...]]:
+    """Spy on ``torch.linalg.svdvals``: the returned list gets the shape of every call."""
+    calls = []
+    real = torch.linalg.svdvals
+
+    def spy(X, *a, **k):
+        calls.append(tuple(X.shape))
+        return real(X, *a, **k)
+
+    monkeypatch.setattr(torch.linalg, "svdvals", spy)
+    return calls

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import rankbias
+from _helpers import count_svd_calls
 from rankbias.measures import (
     MEASURES,
     SPECS,
@@ -222,20 +223,8 @@ def test_agrees_with_scipy_user_tolerances():
         assert int(numerical_rank(A, atol=atol, rtol=rtol)) == ref["numerical_rank"], (atol, rtol)
 
 
-def _count_svd_calls(monkeypatch):
-    calls = []
-    real = torch.linalg.svdvals
-
-    def spy(X, *a, **k):
-        calls.append(tuple(X.shape))
-        return real(X, *a, **k)
-
-    monkeypatch.setattr(torch.linalg, "svdvals", spy)
-    return calls
-
-
 def test_auto_keeps_the_gram_route_only_where_it_is_accurate(monkeypatch):
-    calls = _count_svd_calls(monkeypatch)
+    calls = count_svd_calls(monkeypatch)
     # a spread spectrum (1 .. 1e-3): the Gram route, within 1e-9 of the SVD's values
     s = np.geomspace(1.0, 1e-3, 60)
     A = with_spectrum(s, 60, 90, seed=20)

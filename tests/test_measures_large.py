@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from _helpers import count_svd_calls
 from rankbias.errors import InvalidParameterError
 from rankbias.measures import _tail, approx, measures_from_singular_values, rank_measures
 from rankbias.measures.approx import FAST_MEASURES, Estimates, _rules, fast_rank_measures
@@ -37,18 +38,6 @@ def reference(A):
     s = torch.from_numpy(scipy.linalg.svdvals(A.double().numpy()))
     eps = torch.finfo(A.dtype).eps if A.dtype in (torch.float32, F64) else None
     return measures_from_singular_values(s, shape=tuple(A.shape), measures=SPECTRAL, eps=eps)
-
-
-def count_svd_calls(monkeypatch):
-    calls = []
-    real = torch.linalg.svdvals
-
-    def spy(X, *a, **k):
-        calls.append(tuple(X.shape))
-        return real(X, *a, **k)
-
-    monkeypatch.setattr(torch.linalg, "svdvals", spy)
-    return calls
 
 
 def assert_within(got, ref, rel):

@@ -12,6 +12,7 @@ import scipy.linalg
 import torch
 
 import rankbias.measures.spectrum as spectrum
+from _helpers import count_svd_calls
 from rankbias.measures import (
     MEASURES,
     SPECS,
@@ -23,7 +24,7 @@ from rankbias.measures import (
     rank_measures,
     rank_measures_many,
 )
-from test_measures import _count_svd_calls, randn, reference, with_spectrum
+from test_measures import randn, reference, with_spectrum
 
 
 def test_every_list_of_measures_is_the_table():
@@ -50,7 +51,7 @@ SMALLEST = MeasureSpec("smallest_sv", _smallest_sv, None, lambda m, n, e: math.i
 
 def test_a_measure_without_an_error_bound_is_computed_from_the_svd(monkeypatch):
     monkeypatch.setitem(SPECS, SMALLEST.name, SMALLEST)  # registered for this test only
-    calls = _count_svd_calls(monkeypatch)
+    calls = count_svd_calls(monkeypatch)
     s = np.geomspace(1.0, 1e-6, 30)  # s_k = 1e-6 s_1: far below the Gram route's resolution
     A = with_spectrum(s, 40, 30, seed=101)
     got = rank_measures(A, ["stable_rank", "smallest_sv"])
